@@ -1,0 +1,505 @@
+//! Code generation. The generated code is glue: it renders the key and tags
+//! through `KeyBuf`, then calls one generic helper of `cache_core::__private`.
+//! Everything that can be decided at run time is decided there, not here.
+
+use proc_macro2::{Ident, Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned, ToTokens};
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, GenericParam, ItemFn, Meta, Pat, ReturnType, Signature};
+
+use crate::attr::{self, Args, Kind, TemplateArg};
+use crate::template::Segment;
+use crate::validate::{self, FnInfo, ModeKind};
+use crate::Errors;
+
+pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
+    let func: ItemFn = match syn::parse2(item.clone()) {
+        Ok(func) => func,
+        Err(_) => {
+            let error = syn::Error::new(
+                Span::call_site(),
+                format!("`#[{}]` applies to an `async fn` with a body", kind.name()),
+            )
+            .into_compile_error();
+            return quote!(#error #item);
+        }
+    };
+
+    let mut errors = Errors::default();
+    let args = attr::parse(kind, args, &mut errors);
+    let info = validate::check(kind, &args, &func, &mut errors);
+    if let Err(error) = errors.finish() {
+        // The function is kept as written so that its own errors, its callers
+        // and IDEs keep working while the attribute is being fixed.
+        let error = error.into_compile_error();
+        return quote!(#error #item);
+    }
+
+    let cx = Context {
+        krate: match &args.krate {
+            Some(path) => path.to_token_stream(),
+            None => quote!(::cache_core),
+        },
+        args: &args,
+        func: &func,
+        info: &info,
+    };
+    match kind {
+        Kind::Cached => cx.cached(),
+        Kind::Evict => cx.evict(),
+        Kind::Put => cx.put(),
+    }
+}
+
+struct Context<'a> {
+    krate: TokenStream,
+    args: &'a Args,
+    func: &'a ItemFn,
+    info: &'a FnInfo,
+}
+
+/// Names of the locals of generated code. `mixed_site` keeps them from
+/// clashing with the user's names, whatever they are.
+fn local(name: &str) -> Ident {
+    Ident::new(name, Span::mixed_site())
+}
+
+impl Context<'_> {
+    fn private(&self) -> TokenStream {
+        let krate = &self.krate;
+        quote!(#krate::__private)
+    }
+
+    fn cached(&self) -> TokenStream {
+        let krate = &self.krate;
+        let private = self.private();
+        let func = self.func;
+        let name = &func.sig.ident;
+        let vis = &func.vis;
+        let (docs, shared, other) = split_attrs(&func.attrs);
+        let shared_allowing = expect_to_allow(&shared);
+
+        let uncached_name = format_ident!("{}_uncached", name);
+        let invalidate_name = format_ident!("{}_invalidate", name);
+        let refresh_name = format_ident!("{}_refresh", name);
+
+        let wrapper_sig = plain_signature(&func.sig);
+        let mut uncached_sig = func.sig.clone();
+        uncached_sig.ident = uncached_name.clone();
+        let mut refresh_sig = wrapper_sig.clone();
+        refresh_sig.ident = refresh_name.clone();
+        let mut invalidate_sig = wrapper_sig.clone();
+        invalidate_sig.ident = invalidate_name.clone();
+        invalidate_sig.output = syn::parse_quote!(
+            -> ::core::result::Result<bool, #krate::Error>
+        );
+        let body = &func.block;
+
+        let spec = self.spec();
+        let key = local("__cache_key");
+        let tags = local("__cache_tags");
+        let build_key = self.build_key(&key);
+        let build_tags = self.build_tags(&tags);
+        let cache = self.cache_ref();
+        let mode = self.mode();
+        let compute = self.call(&uncached_name);
+        let helper_span = return_span(&func.sig);
+        let cached = quote_spanned!(helper_span=> #private::cached);
+        let refresh = quote_spanned!(helper_span=> #private::refresh);
+        let params = self.info.params.iter().map(|p| &p.ident);
+
+        let name_str = name.to_string();
+        let uncached_doc = format!(
+            "Calls `{name_str}` without the cache: runs its body, and neither reads nor stores a cached value."
+        );
+        let invalidate_doc = format!(
+            "Removes the cached value of `{name_str}` for these arguments, so that the next call computes it again.\n\n\
+             Takes the same arguments as `{name_str}`; those that are not part of the key are ignored. \
+             Returns whether a value was cached."
+        );
+        let refresh_doc = format!(
+            "Computes `{name_str}` for these arguments without reading the cache, stores the result \
+             when it is cacheable, and returns it."
+        );
+
+        quote! {
+            #(#docs)*
+            #(#shared_allowing)*
+            #(#other)*
+            #vis #wrapper_sig {
+                #spec
+                #build_key
+                #build_tags
+                #cached(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute).await
+            }
+
+            #[doc = #uncached_doc]
+            #(#shared)*
+            #vis #uncached_sig #body
+
+            #[doc = #invalidate_doc]
+            #(#shared_allowing)*
+            #vis #invalidate_sig {
+                // Some arguments only exist to match the cached function.
+                let _ = (#(&#params,)*);
+                #build_key
+                #private::invalidate(#cache, #key).await
+            }
+
+            #[doc = #refresh_doc]
+            #(#shared_allowing)*
+            #vis #refresh_sig {
+                #spec
+                #build_key
+                #build_tags
+                #refresh(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute).await
+            }
+        }
+    }
+
+    fn evict(&self) -> TokenStream {
+        let private = self.private();
+        let func = self.func;
+        let attrs = &func.attrs;
+        let vis = &func.vis;
+        let sig = &func.sig;
+        let keys = local("__cache_keys");
+        let key = local("__cache_key");
+        let tags = local("__cache_tags");
+        let build_keys = match &self.args.key {
+            Some(template) => {
+                let build = self.render(&key, template);
+                quote!(let #keys = { #build ::std::vec![#key] };)
+            }
+            None => quote!(let #keys = ::std::vec::Vec::new();),
+        };
+        let build_tags = self.build_tags(&tags);
+        let cache = self.cache_ref();
+        let mode = self.mode();
+        let body = self.body_future();
+        let helper = quote_spanned!(return_span(sig)=> #private::evict_after);
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                #build_keys
+                #build_tags
+                #helper(#cache, #mode, #keys, &#tags, #body).await
+            }
+        }
+    }
+
+    fn put(&self) -> TokenStream {
+        let private = self.private();
+        let func = self.func;
+        let attrs = &func.attrs;
+        let vis = &func.vis;
+        let sig = &func.sig;
+        let key = local("__cache_key");
+        let tags = local("__cache_tags");
+        let spec = self.spec();
+        let build_key = self.build_key(&key);
+        let build_tags = self.build_tags(&tags);
+        let cache = self.cache_ref();
+        let mode = self.mode();
+        let body = self.body_future();
+        let helper = quote_spanned!(return_span(sig)=> #private::put_after);
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                #spec
+                #build_key
+                #build_tags
+                #helper(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #body).await
+            }
+        }
+    }
+
+    /// `static __CACHE_SPEC`: what the runtime needs to know about the
+    /// function, built once.
+    fn spec(&self) -> TokenStream {
+        let private = self.private();
+        let name = self.func.sig.ident.to_string();
+        let ttl = match self.args.ttl_ms {
+            Some(ms) => quote!(::core::option::Option::Some(#ms)),
+            None => quote!(::core::option::Option::None),
+        };
+        quote! {
+            static __CACHE_SPEC: #private::Spec = #private::Spec::new(
+                ::core::concat!(::core::module_path!(), "::", #name),
+                #ttl,
+            );
+        }
+    }
+
+    fn cache_ref(&self) -> TokenStream {
+        let private = self.private();
+        match &self.args.cache {
+            Some(expr) => quote_spanned!(expr.span()=> #private::explicit(&(#expr))),
+            None => quote!(#private::global()),
+        }
+    }
+
+    fn mode(&self) -> TokenStream {
+        let private = self.private();
+        match self.info.mode {
+            ModeKind::Plain => quote!(#private::Plain),
+            ModeKind::Option => {
+                let cache_none = self.args.cache_none.is_some();
+                quote!(#private::OptionMode { cache_none: #cache_none })
+            }
+            ModeKind::Result if self.args.cache_err.is_some() => quote!(#private::ResultErrMode),
+            ModeKind::Result => quote!(#private::ResultMode),
+        }
+    }
+
+    /// `let mut <key> = KeyBuf::new(); ...` from the template, or the default
+    /// key: the function's path, its type parameters, and every argument not
+    /// skipped, separated by `:` (which key parts escape).
+    fn build_key(&self, key: &Ident) -> TokenStream {
+        if let Some(template) = &self.args.key {
+            return self.render(key, template);
+        }
+        let private = self.private();
+        let name = self.func.sig.ident.to_string();
+        let path = if self.info.in_impl {
+            // Two impl blocks of one module may have methods of the same name.
+            let suffix = format!("::{name}");
+            quote! {
+                #key.literal(::core::any::type_name::<Self>());
+                #key.literal(#suffix);
+            }
+        } else {
+            quote!(#key.literal(::core::concat!(::core::module_path!(), "::", #name));)
+        };
+        // `load::<User>(1)` and `load::<Org>(1)` must not share a key.
+        let type_params = self
+            .func
+            .sig
+            .generics
+            .params
+            .iter()
+            .filter_map(|param| match param {
+                GenericParam::Type(ty) => {
+                    let ident = &ty.ident;
+                    Some(quote! {
+                        #key.literal(":");
+                        #key.literal(::core::any::type_name::<#ident>());
+                    })
+                }
+                GenericParam::Const(c) => {
+                    let ident = &c.ident;
+                    Some(quote_spanned! {ident.span()=>
+                        #key.literal(":");
+                        #key.part(&#ident);
+                    })
+                }
+                GenericParam::Lifetime(_) => None,
+            });
+        let parts = self
+            .info
+            .params
+            .iter()
+            .filter(|param| !self.args.skip.contains(&param.ident))
+            .map(|param| {
+                let ident = &param.ident;
+                quote_spanned! {ident.span()=>
+                    #key.literal(":");
+                    #key.part(&#ident);
+                }
+            });
+        quote! {
+            let mut #key = #private::KeyBuf::new();
+            #path
+            #(#type_params)*
+            #(#parts)*
+        }
+    }
+
+    /// Renders one template into a fresh `KeyBuf` named `buf`. Each part is
+    /// spanned on the template literal, so that a parameter that is not a
+    /// `KeyPart`, or a misspelt field, is reported on the attribute.
+    fn render(&self, buf: &Ident, arg: &TemplateArg) -> TokenStream {
+        let private = self.private();
+        let span = arg.lit.span();
+        let template = arg
+            .template
+            .as_ref()
+            .expect("templates that failed to parse stop the expansion");
+        let segments = template.segments.iter().map(|segment| match segment {
+            Segment::Literal(text) => quote_spanned!(span=> #buf.literal(#text);),
+            Segment::Placeholder(placeholder) => {
+                let root = if placeholder.root == "self" {
+                    quote_spanned!(span=> self)
+                } else {
+                    let param = self
+                        .info
+                        .params
+                        .iter()
+                        .find(|p| p.name == placeholder.root)
+                        .expect("placeholders are checked against the parameters");
+                    let mut ident = param.ident.clone();
+                    ident.set_span(span);
+                    ident.into_token_stream()
+                };
+                let fields = placeholder.fields.iter().map(|field| {
+                    if field.bytes().all(|b| b.is_ascii_digit()) {
+                        let index = syn::Index {
+                            index: field.parse().unwrap_or(u32::MAX),
+                            span,
+                        };
+                        quote_spanned!(span=> .#index)
+                    } else {
+                        let field = Ident::new(field, span);
+                        quote_spanned!(span=> .#field)
+                    }
+                });
+                quote_spanned!(span=> #buf.part(&#root #(#fields)*);)
+            }
+        });
+        quote! {
+            let mut #buf = #private::KeyBuf::new();
+            #(#segments)*
+        }
+    }
+
+    /// `let <tags> = [String, ...];`, each tag rendered like a key.
+    fn build_tags(&self, tags: &Ident) -> TokenStream {
+        if self.args.tags.is_empty() {
+            return quote!(let #tags: [::std::string::String; 0] = [];);
+        }
+        let tag = local("__cache_tag");
+        let rendered = self.args.tags.iter().map(|template| {
+            let render = self.render(&tag, template);
+            quote!({ #render #tag.into_string() })
+        });
+        quote!(let #tags = [#(#rendered),*];)
+    }
+
+    /// The call of the `_uncached` companion with the wrapper's arguments.
+    fn call(&self, target: &Ident) -> TokenStream {
+        let generics: Vec<&Ident> = self
+            .func
+            .sig
+            .generics
+            .params
+            .iter()
+            .filter_map(|param| match param {
+                GenericParam::Type(ty) => Some(&ty.ident),
+                GenericParam::Const(c) => Some(&c.ident),
+                GenericParam::Lifetime(_) => None,
+            })
+            .collect();
+        let turbofish = if generics.is_empty() {
+            quote!()
+        } else {
+            quote!(::<#(#generics),*>)
+        };
+        let args = self.info.params.iter().map(|p| &p.ident);
+        match &self.info.receiver {
+            Some(receiver) => {
+                let self_token = &receiver.self_token;
+                quote!(Self::#target #turbofish(#self_token, #(#args),*))
+            }
+            None if self.info.in_impl => quote!(Self::#target #turbofish(#(#args),*)),
+            None => quote!(#target #turbofish(#(#args),*)),
+        }
+    }
+
+    /// The body of the function as a future. The unreachable `return` pins the
+    /// block's output to the declared return type, so that `?` and `return`
+    /// inside the body infer as they do in the function itself (the same
+    /// device as `tracing-attributes`).
+    fn body_future(&self) -> TokenStream {
+        let block = &self.func.block;
+        let ret = match &self.func.sig.output {
+            ReturnType::Default => quote!(()),
+            ReturnType::Type(_, ty) => ty.to_token_stream(),
+        };
+        let fake = local("__cache_return");
+        quote_spanned! {return_span(&self.func.sig)=>
+            async move {
+                #[allow(
+                    unknown_lints,
+                    unreachable_code,
+                    clippy::diverging_sub_expression,
+                    clippy::let_unit_value,
+                    clippy::unreachable,
+                    clippy::empty_loop
+                )]
+                if false {
+                    let #fake: #ret = loop {};
+                    return #fake;
+                }
+                #block
+            }
+        }
+    }
+}
+
+fn return_span(sig: &Signature) -> Span {
+    match &sig.output {
+        ReturnType::Type(_, ty) => ty.span(),
+        ReturnType::Default => sig.ident.span(),
+    }
+}
+
+/// The signature with `mut` and `ref` removed from parameter bindings: the
+/// wrapper only forwards its arguments, and `mut` there would warn.
+fn plain_signature(sig: &Signature) -> Signature {
+    let mut sig = sig.clone();
+    for input in &mut sig.inputs {
+        match input {
+            FnArg::Typed(typed) => {
+                if let Pat::Ident(pat) = &mut *typed.pat {
+                    pat.mutability = None;
+                    pat.by_ref = None;
+                }
+            }
+            FnArg::Receiver(receiver) => {
+                // `mut self: &Self` rebinding is the body's business.
+                receiver.mutability = None;
+            }
+        }
+    }
+    sig
+}
+
+/// Splits the function's attributes into documentation (the wrapper's only),
+/// those every generated function needs (`cfg`, lint levels) and the rest
+/// (the wrapper's: `#[tracing::instrument]`, `#[deprecated]`, ...).
+fn split_attrs(attrs: &[Attribute]) -> (Vec<&Attribute>, Vec<&Attribute>, Vec<&Attribute>) {
+    const SHARED: &[&str] = &[
+        "cfg", "cfg_attr", "allow", "warn", "deny", "forbid", "expect",
+    ];
+    let mut docs = Vec::new();
+    let mut shared = Vec::new();
+    let mut other = Vec::new();
+    for attr in attrs {
+        let path = attr.path();
+        if path.is_ident("doc") {
+            docs.push(attr);
+        } else if SHARED.iter().any(|name| path.is_ident(name)) {
+            shared.push(attr);
+        } else {
+            other.push(attr);
+        }
+    }
+    (docs, shared, other)
+}
+
+/// `#[expect(lint)]` holds on the function with the body; on the generated
+/// functions, which may not trigger the lint, it becomes `#[allow(lint)]`.
+fn expect_to_allow(attrs: &[&Attribute]) -> Vec<Attribute> {
+    attrs
+        .iter()
+        .map(|attr| {
+            let mut attr = (*attr).clone();
+            if let Meta::List(list) = &mut attr.meta {
+                if list.path.is_ident("expect") {
+                    list.path = syn::parse_quote!(allow);
+                }
+            }
+            attr
+        })
+        .collect()
+}

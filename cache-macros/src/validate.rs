@@ -1,0 +1,315 @@
+//! Checks of the annotated function against the attribute: what the signature
+//! allows, and whether the templates and `skip` name its parameters.
+
+use proc_macro2::Span;
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+use syn::{FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+
+use crate::attr::{Args, Kind, TemplateArg};
+use crate::suggest;
+use crate::Errors;
+
+/// What the expansion needs to know about the function.
+#[derive(Debug)]
+pub struct FnInfo {
+    pub receiver: Option<syn::Receiver>,
+    /// Whether the function is known to live in an `impl` block: it has a
+    /// receiver or its signature mentions `Self`. Companions are then called
+    /// through `Self::`.
+    pub in_impl: bool,
+    pub params: Vec<Param>,
+    pub mode: ModeKind,
+}
+
+#[derive(Debug)]
+pub struct Param {
+    pub ident: Ident,
+    /// The name without `r#`, as templates spell it.
+    pub name: String,
+}
+
+/// How the return type decides what is cacheable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModeKind {
+    Plain,
+    Option,
+    Result,
+}
+
+pub fn check(kind: Kind, args: &Args, func: &ItemFn, errors: &mut Errors) -> FnInfo {
+    let sig = &func.sig;
+    let macro_name = kind.name();
+
+    if sig.asyncness.is_none() {
+        errors.spanned(
+            sig.fn_token,
+            format_args!("`#[{macro_name}]` requires an `async fn`; make the function `async`"),
+        );
+    }
+    if let Some(unsafety) = &sig.unsafety {
+        errors.spanned(
+            unsafety,
+            format_args!("`#[{macro_name}]` does not support `unsafe fn`"),
+        );
+    }
+    if let Some(variadic) = &sig.variadic {
+        errors.spanned(
+            variadic,
+            format_args!("`#[{macro_name}]` does not support variadic functions"),
+        );
+    }
+
+    let mut receiver = None;
+    let mut params = Vec::new();
+    for input in &sig.inputs {
+        match input {
+            FnArg::Receiver(recv) => {
+                if recv.reference.is_none() && !is_reference(&recv.ty) {
+                    errors.spanned(recv, "`self` by value is not supported; take `&self`");
+                }
+                receiver = Some(recv.clone());
+            }
+            FnArg::Typed(typed) => {
+                if let Some(span) = find_impl_trait(&typed.ty) {
+                    errors.at(
+                        span,
+                        format_args!(
+                            "`impl Trait` parameters are not supported by `#[{macro_name}]`; use a generic parameter instead, such as `fn f<T: Trait>(x: T)`"
+                        ),
+                    );
+                }
+                match &*typed.pat {
+                    Pat::Ident(pat) if pat.subpat.is_none() => params.push(Param {
+                        name: pat.ident.unraw().to_string(),
+                        ident: pat.ident.clone(),
+                    }),
+                    other => errors.spanned(
+                        other,
+                        format_args!(
+                            "`#[{macro_name}]` needs a name for each parameter; bind it to a name and destructure it in the body"
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+
+    let mode = mode_of(&sig.output);
+    if let Some(span) = args.cache_none {
+        if mode != ModeKind::Option {
+            errors.at(
+                span,
+                "`cache_none` only applies to functions returning `Option`",
+            );
+        }
+    }
+    if let Some(span) = args.cache_err {
+        if mode != ModeKind::Result {
+            errors.at(
+                span,
+                "`cache_err` only applies to functions returning `Result`",
+            );
+        }
+    }
+
+    let info = FnInfo {
+        in_impl: receiver.is_some() || mentions_self(sig),
+        receiver,
+        params,
+        mode,
+    };
+
+    if let Some(key) = &args.key {
+        check_template(key, "key", &info, errors);
+    }
+    for tag in &args.tags {
+        check_template(tag, "tag", &info, errors);
+    }
+
+    match kind {
+        Kind::Cached => check_coverage(args, &info, errors),
+        Kind::Evict => {
+            if args.key.is_none() && args.tags.is_empty() {
+                errors.at(
+                    Span::call_site(),
+                    "`#[cache_evict]` needs something to evict: `key = \"...\"`, `tags = [...]`, or both",
+                );
+            }
+        }
+        Kind::Put => {
+            if args.key.is_none() {
+                errors.at(
+                    Span::call_site(),
+                    "`#[cache_put]` needs `key = \"...\"`: the key of the cached function whose value it writes",
+                );
+            }
+        }
+    }
+    info
+}
+
+fn check_template(arg: &TemplateArg, which: &str, info: &FnInfo, errors: &mut Errors) {
+    let Some(template) = &arg.template else {
+        return;
+    };
+    for placeholder in template.placeholders() {
+        let root = placeholder.root.as_str();
+        if root == "self" {
+            if info.receiver.is_none() {
+                errors.spanned(
+                    &arg.lit,
+                    format_args!(
+                        "`self` in {which} template, but the function has no `self` parameter"
+                    ),
+                );
+            }
+            continue;
+        }
+        if info.params.iter().any(|p| p.name == root) {
+            continue;
+        }
+        errors.spanned(
+            &arg.lit,
+            unknown_parameter(root, &format!("in {which} template"), info),
+        );
+    }
+}
+
+fn unknown_parameter(name: &str, place: &str, info: &FnInfo) -> String {
+    let names = info.params.iter().map(|p| p.name.as_str());
+    if let Some(close) = suggest::closest(name, names.clone()) {
+        return format!("unknown parameter `{name}` {place}; did you mean `{close}`?");
+    }
+    if info.params.is_empty() {
+        format!("unknown parameter `{name}` {place}; the function has no parameters")
+    } else {
+        format!(
+            "unknown parameter `{name}` {place}; the parameters are {}",
+            suggest::list(names)
+        )
+    }
+}
+
+/// Every parameter must be in the key or in `skip`, else two calls differing
+/// only in it would share a cached value.
+fn check_coverage(args: &Args, info: &FnInfo, errors: &mut Errors) {
+    let in_key = |name: &str| match &args.key {
+        // Without `key`, the default key holds every parameter not skipped.
+        None => true,
+        Some(TemplateArg { template: None, .. }) => true,
+        Some(TemplateArg {
+            template: Some(template),
+            ..
+        }) => template.placeholders().any(|p| p.root == name),
+    };
+
+    for skipped in &args.skip {
+        let name = skipped.unraw().to_string();
+        if name == "self" {
+            errors.spanned(
+                skipped,
+                "`self` is never part of the key unless the key template names it; remove it from `skip`",
+            );
+        } else if !info.params.iter().any(|p| p.name == name) {
+            errors.spanned(skipped, unknown_parameter(&name, "in `skip`", info));
+        } else if args.key.is_some() && in_key(&name) {
+            errors.spanned(
+                skipped,
+                format_args!(
+                    "parameter `{name}` is both in the key template and in `skip`; remove it from one of them"
+                ),
+            );
+        }
+    }
+
+    for param in &info.params {
+        let skipped = args.skip.iter().any(|s| s.unraw() == param.name);
+        if !skipped && !in_key(&param.name) {
+            errors.spanned(
+                &param.ident,
+                format_args!(
+                    "parameter `{}` is not part of the key; add it to the key or to `skip = [...]`, otherwise calls that differ only in `{}` share a cached value",
+                    param.name, param.name
+                ),
+            );
+        }
+    }
+}
+
+fn is_reference(ty: &Type) -> bool {
+    match ty {
+        Type::Reference(_) => true,
+        Type::Group(group) => is_reference(&group.elem),
+        Type::Paren(paren) => is_reference(&paren.elem),
+        _ => false,
+    }
+}
+
+/// The span of the first `impl Trait` inside a parameter type.
+fn find_impl_trait(ty: &Type) -> Option<Span> {
+    match ty {
+        Type::ImplTrait(impl_trait) => Some(impl_trait.span()),
+        Type::Reference(r) => find_impl_trait(&r.elem),
+        Type::Ptr(p) => find_impl_trait(&p.elem),
+        Type::Slice(s) => find_impl_trait(&s.elem),
+        Type::Array(a) => find_impl_trait(&a.elem),
+        Type::Paren(p) => find_impl_trait(&p.elem),
+        Type::Group(g) => find_impl_trait(&g.elem),
+        Type::Tuple(t) => t.elems.iter().find_map(find_impl_trait),
+        Type::Path(path) => {
+            path.path
+                .segments
+                .iter()
+                .find_map(|segment| match &segment.arguments {
+                    PathArguments::AngleBracketed(args) => {
+                        args.args.iter().find_map(|arg| match arg {
+                            GenericArgument::Type(ty) => find_impl_trait(ty),
+                            _ => None,
+                        })
+                    }
+                    _ => None,
+                })
+        }
+        _ => None,
+    }
+}
+
+fn mode_of(output: &ReturnType) -> ModeKind {
+    let ReturnType::Type(_, ty) = output else {
+        return ModeKind::Plain;
+    };
+    let mut ty = &**ty;
+    while let Type::Group(group) = ty {
+        ty = &group.elem;
+    }
+    match ty {
+        Type::Path(path) if path.qself.is_none() => {
+            match path
+                .path
+                .segments
+                .last()
+                .map(|s| s.ident.to_string())
+                .as_deref()
+            {
+                Some("Option") => ModeKind::Option,
+                Some("Result") => ModeKind::Result,
+                _ => ModeKind::Plain,
+            }
+        }
+        _ => ModeKind::Plain,
+    }
+}
+
+/// Whether `Self` appears anywhere in the signature, which places the function
+/// in an `impl` block even without a receiver.
+fn mentions_self(sig: &syn::Signature) -> bool {
+    fn walk(tokens: proc_macro2::TokenStream) -> bool {
+        tokens.into_iter().any(|tree| match tree {
+            proc_macro2::TokenTree::Ident(ident) => ident == "Self",
+            proc_macro2::TokenTree::Group(group) => walk(group.stream()),
+            _ => false,
+        })
+    }
+    walk(quote::ToTokens::to_token_stream(sig))
+}
