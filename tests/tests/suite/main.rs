@@ -1,0 +1,4 @@
+//! Integration tests against a real redis-server (one per test process,
+//! started by the `tests` harness) and the in-memory backend.
+
+mod harness;
