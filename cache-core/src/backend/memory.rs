@@ -1,0 +1,221 @@
+//! The embedded backend: a bounded moka cache of encoded entries with per-entry expiry.
+//!
+//! It stores the same envelope bytes as Redis, so every behaviour above the backend
+//! (decode failures, fingerprints, tags) is the same on both.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::ops::compute::Op;
+use moka::sync::Cache as Moka;
+use moka::Expiry;
+
+use super::{KeyTtl, Write};
+use crate::codec;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug)]
+struct Entry {
+    data: Bytes,
+    expires_at: Option<Instant>,
+}
+
+impl Entry {
+    fn live(self, now: Instant) -> Option<Self> {
+        match self.expires_at {
+            Some(at) if at <= now => None,
+            _ => Some(self),
+        }
+    }
+}
+
+struct ByDeadline;
+
+impl ByDeadline {
+    fn remaining(value: &Entry, now: Instant) -> Option<Duration> {
+        value.expires_at.map(|at| at.saturating_duration_since(now))
+    }
+}
+
+impl Expiry<String, Entry> for ByDeadline {
+    fn expire_after_create(&self, _: &String, value: &Entry, now: Instant) -> Option<Duration> {
+        Self::remaining(value, now)
+    }
+
+    // moka's default keeps the old deadline on update; a write sets a new one.
+    fn expire_after_update(
+        &self,
+        _: &String,
+        value: &Entry,
+        now: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Self::remaining(value, now)
+    }
+}
+
+pub(crate) struct MemoryBackend {
+    entries: Moka<String, Entry>,
+}
+
+impl std::fmt::Debug for MemoryBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryBackend")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .finish()
+    }
+}
+
+/// Bookkeeping bytes per entry counted against the capacity besides key and value.
+const ENTRY_OVERHEAD: usize = 64;
+
+impl MemoryBackend {
+    pub(crate) fn new(capacity_bytes: u64) -> Self {
+        MemoryBackend {
+            entries: Moka::builder()
+                .max_capacity(capacity_bytes)
+                .weigher(|k: &String, v: &Entry| {
+                    u32::try_from(k.len() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+                })
+                .expire_after(ByDeadline)
+                .build(),
+        }
+    }
+
+    fn live(&self, key: &str) -> Option<Entry> {
+        self.entries.get(key).and_then(|e| e.live(Instant::now()))
+    }
+
+    pub(crate) fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        Ok(self.live(key).map(|e| e.data))
+    }
+
+    pub(crate) fn get_with_versions(
+        &self,
+        key: &str,
+        tag_keys: &[&str],
+    ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
+        Ok((self.get(key)?, self.versions(tag_keys)?))
+    }
+
+    pub(crate) fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        Ok(keys.iter().map(|k| self.live(k).map(|e| e.data)).collect())
+    }
+
+    pub(crate) fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        let entry = Entry {
+            data: Bytes::from(value),
+            expires_at: ttl.map(|t| Instant::now() + t),
+        };
+        self.entries.insert(key.to_owned(), entry);
+        Ok(())
+    }
+
+    pub(crate) fn set_many(&self, writes: Vec<Write>) -> Result<()> {
+        for (key, value, ttl) in writes {
+            self.set(&key, value, ttl)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn delete(&self, keys: &[String]) -> Result<u64> {
+        let mut removed = 0;
+        for key in keys {
+            if self
+                .entries
+                .remove(key.as_str())
+                .and_then(|e| e.live(Instant::now()))
+                .is_some()
+            {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    pub(crate) fn exists(&self, key: &str) -> Result<bool> {
+        Ok(self.live(key).is_some())
+    }
+
+    pub(crate) fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let now = Instant::now();
+        let result = self
+            .entries
+            .entry(key.to_owned())
+            .and_compute_with(
+                |current| match current.and_then(|e| e.into_value().live(now)) {
+                    Some(e) => Op::Put(Entry {
+                        expires_at: Some(now + ttl),
+                        ..e
+                    }),
+                    None => Op::Nop,
+                },
+            );
+        Ok(matches!(
+            result,
+            moka::ops::compute::CompResult::ReplacedWith(_)
+        ))
+    }
+
+    pub(crate) fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let now = Instant::now();
+        Ok(match self.live(key) {
+            None => KeyTtl::Missing,
+            Some(Entry {
+                expires_at: None, ..
+            }) => KeyTtl::Persistent,
+            Some(Entry {
+                expires_at: Some(at),
+                ..
+            }) => KeyTtl::Expires(at.saturating_duration_since(now)),
+        })
+    }
+
+    /// As Redis `INCRBY`: a missing key counts from zero, the TTL is kept, a value that is
+    /// not an integer is an error.
+    pub(crate) fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        let now = Instant::now();
+        let mut outcome: Result<i64> = Err(Error::WrongKind {
+            operation: "incr",
+            key: key.to_owned(),
+        });
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let current = current.and_then(|e| e.into_value().live(now));
+                let (base, expires_at) = match &current {
+                    None => (Some(0), None),
+                    Some(e) => (codec::decode_plain::<i64>(&e.data).ok(), e.expires_at),
+                };
+                match base.and_then(|b| b.checked_add(by)) {
+                    Some(n) => {
+                        outcome = Ok(n);
+                        Op::Put(Entry {
+                            data: Bytes::from(n.to_string()),
+                            expires_at,
+                        })
+                    }
+                    None => Op::Nop,
+                }
+            });
+        outcome
+    }
+
+    pub(crate) fn versions(&self, tag_keys: &[&str]) -> Result<Vec<Option<u64>>> {
+        Ok(tag_keys
+            .iter()
+            .map(|k| {
+                self.live(k)
+                    .and_then(|e| codec::decode_plain::<u64>(&e.data).ok())
+            })
+            .collect())
+    }
+
+    pub(crate) fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
+        tag_keys
+            .iter()
+            .map(|k| self.incr(k, 1).map(|v| v.max(0) as u64))
+            .collect()
+    }
+}

@@ -1,0 +1,109 @@
+//! Where bytes live: Redis, or the embedded in-memory store. Both speak the same small
+//! vocabulary with the same semantics; everything above (envelope, tags, scopes) is shared.
+//!
+//! An enum rather than a trait object: the hot path stays monomorphic (no boxed futures),
+//! and the circuit breaker can later wrap the enum in one place.
+
+pub(crate) mod memory;
+pub(crate) mod redis;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::Result;
+
+/// Remaining lifetime of a key, as `PTTL` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyTtl {
+    /// No such key.
+    Missing,
+    /// The key exists and never expires.
+    Persistent,
+    /// The key expires after this long.
+    Expires(Duration),
+}
+
+/// One write of a batch: key, encoded value, TTL.
+pub(crate) type Write = (String, Vec<u8>, Option<Duration>);
+
+// One per cache root, behind an `Arc`: its size does not matter, the missing indirection does.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum Backend {
+    Redis(redis::RedisBackend),
+    Memory(memory::MemoryBackend),
+}
+
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match $self {
+            Backend::Redis(b) => b.$method($($arg),*).await,
+            Backend::Memory(b) => b.$method($($arg),*),
+        }
+    };
+}
+
+impl Backend {
+    pub(crate) fn kind(&self) -> crate::Source {
+        match self {
+            Backend::Redis(_) => crate::Source::Redis,
+            Backend::Memory(_) => crate::Source::Memory,
+        }
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        dispatch!(self.get(key))
+    }
+
+    /// The value and the current versions of `tag_keys`, in one round trip.
+    pub(crate) async fn get_with_versions(
+        &self,
+        key: &str,
+        tag_keys: &[&str],
+    ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
+        dispatch!(self.get_with_versions(key, tag_keys))
+    }
+
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        dispatch!(self.get_many(keys))
+    }
+
+    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        dispatch!(self.set(key, value, ttl))
+    }
+
+    pub(crate) async fn set_many(&self, writes: Vec<Write>) -> Result<()> {
+        dispatch!(self.set_many(writes))
+    }
+
+    pub(crate) async fn delete(&self, keys: &[String]) -> Result<u64> {
+        dispatch!(self.delete(keys))
+    }
+
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
+        dispatch!(self.exists(key))
+    }
+
+    pub(crate) async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        dispatch!(self.expire(key, ttl))
+    }
+
+    pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        dispatch!(self.ttl(key))
+    }
+
+    pub(crate) async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        dispatch!(self.incr(key, by))
+    }
+
+    /// Current versions of tags; a missing version key is `None` (and counts as changed).
+    pub(crate) async fn versions(&self, tag_keys: &[&str]) -> Result<Vec<Option<u64>>> {
+        dispatch!(self.versions(tag_keys))
+    }
+
+    /// Bumps each tag's version (creating it if missing) and returns the new versions.
+    pub(crate) async fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
+        dispatch!(self.bump(tag_keys))
+    }
+}

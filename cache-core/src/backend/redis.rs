@@ -1,0 +1,363 @@
+//! The Redis backend: a bb8 pool of multiplexed connections.
+//!
+//! Two choices keep this as fast as one shared multiplexed connection:
+//! - no `PING` on checkout (`test_on_check_out(false)`): a dead connection is noticed by the
+//!   command that fails on it, which marks it broken so bb8 replaces it;
+//! - the checkout lasts only as long as it takes to clone the multiplexed handle: requests
+//!   then pipeline on the shared connection instead of queueing for exclusive checkouts.
+//!
+//! bb8-redis's own manager connects without timeouts and never reports a connection as
+//! broken, so this module has its own `ManageConnection` with both.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bb8_redis::bb8::{ErrorSink, ManageConnection, Pool, RunError};
+use bytes::Bytes;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError};
+
+use super::{KeyTtl, Write};
+use crate::config::{Config, RedisTarget};
+use crate::error::{Error, Result};
+
+/// A pooled multiplexed connection and the flag its users raise when it dies.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    inner: MultiplexedConnection,
+    broken: Arc<AtomicBool>,
+}
+
+pub(crate) struct Manager {
+    client: redis::Client,
+    config: AsyncConnectionConfig,
+}
+
+impl ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = RedisError;
+
+    async fn connect(&self) -> Result<Conn, RedisError> {
+        let inner = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        Ok(Conn {
+            inner,
+            broken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
+        redis::cmd("PING").query_async::<()>(&mut conn.inner).await
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        conn.broken.load(Ordering::Relaxed)
+    }
+}
+
+/// Keeps the last connection error so a checkout that times out can say why.
+#[derive(Debug, Clone, Default)]
+struct LastError(Arc<Mutex<Option<String>>>);
+
+impl ErrorSink<RedisError> for LastError {
+    fn sink(&self, error: RedisError) {
+        tracing::debug!(%error, "redis connection attempt failed");
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(error.to_string());
+        }
+    }
+
+    fn boxed_clone(&self) -> Box<dyn ErrorSink<RedisError>> {
+        Box::new(self.clone())
+    }
+}
+
+pub(crate) struct RedisBackend {
+    // Built on first use: bb8 spawns its reaper and connectors on the tokio runtime, and a
+    // `Cache` may be built before one exists (in a `static`, say).
+    pool: OnceLock<Pool<Manager>>,
+    client: redis::Client,
+    conn_config: AsyncConnectionConfig,
+    last_error: LastError,
+    pool_size: u32,
+    min_idle: u32,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+    display_url: String,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field("url", &self.display_url)
+            .field("pool_size", &self.pool_size)
+            .field("state", &self.pool.get().map(|p| p.state()))
+            .finish()
+    }
+}
+
+impl RedisBackend {
+    pub(crate) fn new(target: &RedisTarget, config: &Config) -> Result<Self> {
+        let info = target
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| Error::Config {
+                setting: "REDIS_URL",
+                reason: format!(
+                    "`{}` is not a valid redis URL: {e}",
+                    crate::config::redact_url(&target.url)
+                ),
+            })?;
+        let mut redis_settings = info.redis_settings().clone();
+        if let Some(u) = &target.username {
+            redis_settings = redis_settings.set_username(u);
+        }
+        if let Some(p) = &target.password {
+            redis_settings = redis_settings.set_password(p);
+        }
+        let info = info.set_redis_settings(redis_settings);
+        let client = redis::Client::open(info).map_err(|e| Error::Config {
+            setting: "REDIS_URL",
+            reason: format!(
+                "cannot use `{}`: {e} (rediss:// needs the `tls` feature)",
+                crate::config::redact_url(&target.url)
+            ),
+        })?;
+        let conn_config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(config.connect_timeout))
+            .set_response_timeout(Some(config.command_timeout));
+        Ok(RedisBackend {
+            pool: OnceLock::new(),
+            client,
+            conn_config,
+            last_error: LastError::default(),
+            pool_size: config.pool_size,
+            min_idle: config.min_idle,
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+            display_url: crate::config::redact_url(&target.url),
+        })
+    }
+
+    fn pool(&self) -> &Pool<Manager> {
+        self.pool.get_or_init(|| {
+            Pool::builder()
+                .max_size(self.pool_size)
+                .min_idle(Some(self.min_idle))
+                .test_on_check_out(false)
+                .connection_timeout(self.connect_timeout)
+                .error_sink(Box::new(self.last_error.clone()))
+                .build_unchecked(Manager {
+                    client: self.client.clone(),
+                    config: self.conn_config.clone(),
+                })
+        })
+    }
+
+    /// A handle on a live multiplexed connection; the pool checkout ends before it returns.
+    async fn conn(&self) -> Result<Conn> {
+        let pool = self.pool();
+        // Each round discards one broken connection, so this ends within pool_size + 1 rounds.
+        for _ in 0..=self.pool_size {
+            let pooled = pool.get().await.map_err(|e| match e {
+                RunError::User(e) => Error::from_redis("connect", e, self.connect_timeout),
+                RunError::TimedOut => {
+                    let last = self.last_error.0.lock().ok().and_then(|l| l.clone());
+                    Error::Connection {
+                        message: match last {
+                            Some(reason) => format!("{} ({reason})", self.display_url),
+                            None => format!(
+                                "no connection to {} within {:?}",
+                                self.display_url, self.connect_timeout
+                            ),
+                        },
+                        source: None,
+                    }
+                }
+            })?;
+            if !pooled.broken.load(Ordering::Relaxed) {
+                return Ok((*pooled).clone());
+            }
+        }
+        Err(Error::Connection {
+            message: format!("every pooled connection to {} is broken", self.display_url),
+            source: None,
+        })
+    }
+
+    async fn run<T: FromRedisValue>(&self, operation: &'static str, cmd: Cmd) -> Result<T> {
+        self.exec(operation, |c| {
+            Box::pin(async move { cmd.query_async(c).await })
+        })
+        .await
+    }
+
+    async fn run_pipe<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipe: Pipeline,
+    ) -> Result<T> {
+        self.exec(operation, |c| {
+            Box::pin(async move { pipe.query_async(c).await })
+        })
+        .await
+    }
+
+    /// Runs one request; a connection that died under it is marked broken for bb8 to replace.
+    async fn exec<T>(
+        &self,
+        operation: &'static str,
+        request: impl FnOnce(
+            &mut MultiplexedConnection,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, RedisError>> + Send + '_>,
+        >,
+    ) -> Result<T> {
+        let mut conn = self.conn().await?;
+        let result = request(&mut conn.inner).await;
+        result.map_err(|e| {
+            if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+                conn.broken.store(true, Ordering::Relaxed);
+            }
+            Error::from_redis(operation, e, self.command_timeout)
+        })
+    }
+
+    pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let mut conn = self.conn().await?;
+        let result: Result<Option<Vec<u8>>, RedisError> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn.inner)
+            .await;
+        match result {
+            Ok(v) => Ok(v.map(Bytes::from)),
+            Err(e) => {
+                if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+                    conn.broken.store(true, Ordering::Relaxed);
+                }
+                Err(Error::from_redis("GET", e, self.command_timeout))
+            }
+        }
+    }
+
+    pub(crate) async fn get_with_versions(
+        &self,
+        key: &str,
+        tag_keys: &[&str],
+    ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
+        if tag_keys.is_empty() {
+            return Ok((self.get(key).await?, Vec::new()));
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET").arg(key).cmd("MGET").arg(tag_keys);
+        let (value, versions): (Option<Vec<u8>>, Vec<Option<u64>>) =
+            self.run_pipe("GET+MGET", pipe).await?;
+        Ok((value.map(Bytes::from), versions))
+    }
+
+    pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        let values: Vec<Option<Vec<u8>>> = self.run("MGET", cmd).await?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    fn set_cmd(pipe: &mut Pipeline, key: &str, value: &[u8], ttl: Option<Duration>) {
+        let cmd = pipe.cmd("SET").arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+        }
+        cmd.ignore();
+    }
+
+    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        if let Some(ttl) = ttl {
+            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+        }
+        self.run("SET", cmd).await
+    }
+
+    pub(crate) async fn set_many(&self, writes: Vec<Write>) -> Result<()> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (key, value, ttl) in &writes {
+            Self::set_cmd(&mut pipe, key, value, *ttl);
+        }
+        self.run_pipe("SET (batch)", pipe).await
+    }
+
+    pub(crate) async fn delete(&self, keys: &[String]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut cmd = redis::cmd("UNLINK");
+        cmd.arg(keys);
+        self.run("UNLINK", cmd).await
+    }
+
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
+        let mut cmd = redis::cmd("EXISTS");
+        cmd.arg(key);
+        self.run("EXISTS", cmd).await
+    }
+
+    pub(crate) async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let mut cmd = redis::cmd("PEXPIRE");
+        cmd.arg(key).arg(ttl.as_millis().max(1) as u64);
+        self.run("PEXPIRE", cmd).await
+    }
+
+    pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(key);
+        let ms: i64 = self.run("PTTL", cmd).await?;
+        Ok(match ms {
+            -2 => KeyTtl::Missing,
+            -1 => KeyTtl::Persistent,
+            ms => KeyTtl::Expires(Duration::from_millis(ms.max(0) as u64)),
+        })
+    }
+
+    pub(crate) async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        let mut cmd = redis::cmd("INCRBY");
+        cmd.arg(key).arg(by);
+        self.run("INCRBY", cmd).await.map_err(|e| match e {
+            Error::Command { .. } => Error::WrongKind {
+                operation: "incr",
+                key: key.to_owned(),
+            },
+            other => other,
+        })
+    }
+
+    pub(crate) async fn versions(&self, tag_keys: &[&str]) -> Result<Vec<Option<u64>>> {
+        if tag_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(tag_keys);
+        self.run("MGET", cmd).await
+    }
+
+    pub(crate) async fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
+        if tag_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in tag_keys {
+            pipe.cmd("INCR").arg(*k);
+        }
+        self.run_pipe("INCR (tags)", pipe).await
+    }
+}

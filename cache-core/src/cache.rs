@@ -1,0 +1,739 @@
+//! The `Cache` handle: typed operations over a backend, scoped by namespace and tenant.
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::RedisBackend;
+use crate::backend::{Backend, KeyTtl};
+use crate::codec::{self, Meta};
+use crate::config::{CacheBuilder, Config, Target};
+use crate::error::{Error, Result};
+use crate::key::{self, KeyBuf, KeyPart};
+use crate::private::Mode;
+use crate::stats::{Stats, StatsSnapshot};
+use crate::tags;
+
+/// Where a value was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Source {
+    /// The Redis backend.
+    Redis,
+    /// The embedded in-memory backend.
+    Memory,
+}
+
+/// The outcome of [`Cache::lookup`]: a hit with where it came from and how old it is, or a
+/// miss.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup<T> {
+    /// A usable value.
+    Hit {
+        /// The value.
+        value: T,
+        /// Where it was found.
+        source: Source,
+        /// Time since it was written (by the writer's clock).
+        age: Duration,
+    },
+    /// Nothing usable: absent, expired, invalidated by a tag, or not decodable as `T`.
+    Miss,
+}
+
+impl<T> Lookup<T> {
+    /// The value of a hit.
+    pub fn into_value(self) -> Option<T> {
+        match self {
+            Lookup::Hit { value, .. } => Some(value),
+            Lookup::Miss => None,
+        }
+    }
+
+    /// True for a hit.
+    pub fn is_hit(&self) -> bool {
+        matches!(self, Lookup::Hit { .. })
+    }
+}
+
+pub(crate) struct Shared {
+    pub(crate) backend: Backend,
+    pub(crate) config: Config,
+    pub(crate) stats: Stats,
+}
+
+/// Everything a handle adds to keys: `root:[namespace:...][@tenant:]`.
+#[derive(Debug)]
+struct Scope {
+    prefix: String,
+    default_ttl: Option<Duration>,
+}
+
+/// A handle on the cache: cheap to clone (two `Arc`s), `Send + Sync`, usable from any task.
+///
+/// Values are any serde type (`Vec<u8>` and `bytes::Bytes` are stored as raw bytes). Every
+/// key lives under the handle's namespace and tenant; scoped handles made with
+/// [`namespace`](Cache::namespace) and [`tenant`](Cache::tenant) share the connection pool and
+/// the counters of the handle they come from.
+///
+/// ```
+/// use std::time::Duration;
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::in_memory();
+/// cache.set("greeting", &"hello", Duration::from_secs(60)).await?;
+/// assert_eq!(cache.get::<String>("greeting").await?, Some("hello".to_owned()));
+///
+/// let acme = cache.tenant("acme");
+/// assert_eq!(acme.get::<String>("greeting").await?, None); // tenants are isolated
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Cache {
+    shared: Arc<Shared>,
+    scope: Arc<Scope>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("backend", &self.shared.backend)
+            .field("prefix", &self.scope.prefix)
+            .field("default_ttl", &self.scope.default_ttl)
+            .finish()
+    }
+}
+
+impl Cache {
+    /// A builder, starting from defaults.
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// A cache configured from the environment (see [`CacheBuilder::from_env`]): Redis when
+    /// `REDIS_URL` (or `REDIS_HOST`) is set, the embedded backend otherwise, with a log line
+    /// saying which. Does not connect, so an unreachable Redis is not an error here.
+    pub fn from_env() -> Result<Cache> {
+        CacheBuilder::from_env()?.build()
+    }
+
+    /// The embedded in-memory backend with default settings.
+    pub fn in_memory() -> Cache {
+        let config = Config::default();
+        Cache::with_backend(
+            Backend::Memory(MemoryBackend::new(config.memory_capacity)),
+            config,
+        )
+    }
+
+    pub(crate) fn from_config(config: Config) -> Result<Cache> {
+        let backend = match &config.target {
+            Target::Memory => {
+                tracing::info!(namespace = %config.namespace, "cache: no REDIS_URL, using the embedded in-memory backend");
+                Backend::Memory(MemoryBackend::new(config.memory_capacity))
+            }
+            Target::Redis(target) => {
+                let backend = RedisBackend::new(target, &config)?;
+                tracing::info!(namespace = %config.namespace, backend = ?backend, "cache: using redis");
+                Backend::Redis(backend)
+            }
+        };
+        Ok(Cache::with_backend(backend, config))
+    }
+
+    fn with_backend(backend: Backend, config: Config) -> Cache {
+        let scope = Scope {
+            prefix: format!("{}:", config.namespace),
+            default_ttl: config.default_ttl,
+        };
+        Cache {
+            shared: Arc::new(Shared {
+                backend,
+                config,
+                stats: Stats::default(),
+            }),
+            scope: Arc::new(scope),
+        }
+    }
+
+    // ---- scopes -----------------------------------------------------------------------------
+
+    /// A handle whose keys live under `name` inside this handle's scope, with the same default
+    /// TTL (change it with [`with_default_ttl`](Cache::with_default_ttl)). The name is escaped,
+    /// so it cannot reach another scope.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let cache = cache_core::Cache::in_memory();
+    /// let screening = cache.namespace("screening").with_default_ttl(Duration::from_secs(600));
+    /// assert_eq!(screening.default_ttl(), Some(Duration::from_secs(600)));
+    /// ```
+    pub fn namespace(&self, name: &str) -> Cache {
+        self.scoped(
+            format!("{}{}:", self.scope.prefix, key::escape(name)),
+            self.scope.default_ttl,
+        )
+    }
+
+    /// A handle whose every key and tag lives under tenant `id`. Patterns and invalidations
+    /// through it cannot reach outside the tenant.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::in_memory();
+    /// let t = cache.tenant(42u64);
+    /// assert!(t.key_prefix().ends_with(":@42:"));
+    /// ```
+    pub fn tenant(&self, id: impl KeyPart) -> Cache {
+        let mut k = KeyBuf::new();
+        k.part(&id);
+        self.scoped(
+            format!("{}@{}:", self.scope.prefix, k.as_str()),
+            self.scope.default_ttl,
+        )
+    }
+
+    /// The same scope with another default TTL.
+    pub fn with_default_ttl(&self, ttl: Duration) -> Cache {
+        self.scoped(self.scope.prefix.clone(), Some(ttl))
+    }
+
+    fn scoped(&self, prefix: String, default_ttl: Option<Duration>) -> Cache {
+        Cache {
+            shared: self.shared.clone(),
+            scope: Arc::new(Scope {
+                prefix,
+                default_ttl,
+            }),
+        }
+    }
+
+    /// The prefix of every key of this handle (`namespace:` plus scopes), as stored in Redis.
+    pub fn key_prefix(&self) -> &str {
+        &self.scope.prefix
+    }
+
+    /// The TTL of writes that do not give one.
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.scope.default_ttl
+    }
+
+    /// Which backend this cache uses.
+    pub fn backend(&self) -> Source {
+        self.shared.backend.kind()
+    }
+
+    /// The counters of this cache (shared by all its scoped handles).
+    pub fn stats(&self) -> StatsSnapshot {
+        self.shared.stats.snapshot()
+    }
+
+    /// The full key stored in the backend for `key`.
+    pub fn full_key(&self, key: &str) -> Result<String> {
+        key::validate_user_key(key)?;
+        Ok(key::full_key(&self.scope.prefix, key))
+    }
+
+    pub(crate) fn full_key_of(&self, key: &KeyBuf) -> String {
+        key::full_key(&self.scope.prefix, key.as_str())
+    }
+
+    pub(crate) fn tag_key(&self, tag: &str) -> String {
+        tags::version_key(&self.scope.prefix, tag)
+    }
+
+    fn ttl_or_default(&self, ttl: Option<Duration>) -> Option<Duration> {
+        ttl.or(self.scope.default_ttl)
+    }
+
+    fn backend_err(&self, operation: &str, key: &str, e: &Error) {
+        self.shared.stats.backend_error();
+        tracing::warn!(operation, key = %key::shorten_for_display(key), error = %e, "cache backend error");
+    }
+
+    // ---- reads ------------------------------------------------------------------------------
+
+    /// The value under `key`, if there is one usable as a `T`. A value that does not decode as
+    /// `T` (written as another type, or garbage) is a miss, counted in
+    /// [`StatsSnapshot::decode_errors`].
+    pub async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
+        Ok(self.lookup(key).await?.into_value())
+    }
+
+    /// As [`get`](Cache::get), saying where a hit came from and how old it is.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Lookup, Source};
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("n", &1u8, None).await?;
+    /// assert!(matches!(cache.lookup::<u8>("n").await?, Lookup::Hit { value: 1, source: Source::Memory, .. }));
+    /// # Ok(()) }
+    /// ```
+    pub async fn lookup<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Lookup<T>> {
+        let full = self.full_key(key)?;
+        let bytes = self
+            .shared
+            .backend
+            .get(&full)
+            .await
+            .inspect_err(|e| self.backend_err("get", &full, e))?;
+        self.decode_hit(&full, bytes, None, 0).await
+    }
+
+    /// Decodes what a read found; `known_versions` are the current versions of tags the
+    /// caller already fetched in the same round trip.
+    async fn decode_hit<T: DeserializeOwned + 'static>(
+        &self,
+        full: &str,
+        bytes: Option<Bytes>,
+        known_versions: Option<(&[&str], &[Option<u64>])>,
+        fingerprint: u64,
+    ) -> Result<Lookup<T>> {
+        let stats = &self.shared.stats;
+        let Some(bytes) = bytes else {
+            stats.miss();
+            return Ok(Lookup::Miss);
+        };
+        let now = codec::now_ms();
+        let decoded = match codec::parse(&bytes) {
+            Ok(env) => {
+                if env.expires_at_ms != 0 && env.expires_at_ms <= now {
+                    stats.miss();
+                    return Ok(Lookup::Miss);
+                }
+                if !env.tags.is_empty()
+                    && !tags::still_valid(self, &env.tags, known_versions).await?
+                {
+                    stats.miss();
+                    return Ok(Lookup::Miss);
+                }
+                env.value::<T>(fingerprint).map(|v| {
+                    (
+                        v,
+                        Duration::from_millis(now.saturating_sub(env.created_at_ms)),
+                    )
+                })
+            }
+            Err(reason) => codec::decode_plain::<T>(&bytes)
+                .map(|v| (v, Duration::ZERO))
+                .map_err(|_| reason.to_owned()),
+        };
+        match decoded {
+            Ok((value, age)) => {
+                stats.hit();
+                Ok(Lookup::Hit {
+                    value,
+                    source: self.shared.backend.kind(),
+                    age,
+                })
+            }
+            Err(reason) => {
+                stats.decode_error();
+                stats.miss();
+                tracing::debug!(key = %key::shorten_for_display(full), %reason, "cache value not decodable, treated as a miss");
+                Ok(Lookup::Miss)
+            }
+        }
+    }
+
+    /// Values of several keys in one round trip, in order; misses (and undecodable values)
+    /// are `None`.
+    pub async fn mget<T: DeserializeOwned + 'static>(
+        &self,
+        keys: &[&str],
+    ) -> Result<Vec<Option<T>>> {
+        let full: Vec<String> = keys
+            .iter()
+            .map(|k| self.full_key(k))
+            .collect::<Result<_>>()?;
+        let found = self
+            .shared
+            .backend
+            .get_many(&full)
+            .await
+            .inspect_err(|e| self.backend_err("mget", &full.join(" "), e))?;
+        let mut out = Vec::with_capacity(found.len());
+        for (k, bytes) in full.iter().zip(found) {
+            out.push(self.decode_hit(k, bytes, None, 0).await?.into_value());
+        }
+        Ok(out)
+    }
+
+    /// True if `key` holds a value (of any type).
+    pub async fn exists(&self, key: &str) -> Result<bool> {
+        let full = self.full_key(key)?;
+        self.shared.backend.exists(&full).await
+    }
+
+    /// The remaining lifetime of `key`.
+    pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let full = self.full_key(key)?;
+        self.shared.backend.ttl(&full).await
+    }
+
+    // ---- writes -----------------------------------------------------------------------------
+
+    /// Stores `value` under `key` for `ttl` (`None`: the handle's default TTL).
+    pub async fn set<T: Serialize + 'static>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: impl Into<Option<Duration>>,
+    ) -> Result<()> {
+        self.set_tagged(key, value, ttl, &[]).await
+    }
+
+    /// Stores `value` under `key`, attached to `tags`: [`invalidate_tag`](Cache::invalidate_tag)
+    /// of any of them makes it a miss.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_tagged("user:1", &"ann", None, &["org:7"]).await?;
+    /// cache.invalidate_tag("org:7").await?;
+    /// assert_eq!(cache.get::<String>("user:1").await?, None);
+    /// # Ok(()) }
+    /// ```
+    pub async fn set_tagged<T: Serialize + 'static>(
+        &self,
+        key: &str,
+        value: &T,
+        ttl: impl Into<Option<Duration>>,
+        tags: &[&str],
+    ) -> Result<()> {
+        let full = self.full_key(key)?;
+        let tag_keys = tags
+            .iter()
+            .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
+            .collect::<Result<Vec<_>>>()?;
+        let versions = tags::current_versions(self, &tag_keys, None).await?;
+        self.store(
+            &full,
+            value,
+            self.ttl_or_default(ttl.into()),
+            &versions,
+            0,
+            0,
+        )
+        .await
+    }
+
+    /// Writes an encoded value; `tag_versions` pairs each tag version key with the version
+    /// read before the value was computed.
+    pub(crate) async fn store<T: Serialize + 'static>(
+        &self,
+        full: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        tag_versions: &[(String, u64)],
+        compute_us: u32,
+        fingerprint: u64,
+    ) -> Result<()> {
+        let bytes = self.encode(full, value, ttl, tag_versions, compute_us, fingerprint)?;
+        self.shared
+            .backend
+            .set(full, bytes, ttl)
+            .await
+            .inspect_err(|e| self.backend_err("set", full, e))?;
+        self.shared.stats.write(1);
+        Ok(())
+    }
+
+    fn encode<T: Serialize + 'static>(
+        &self,
+        full: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        tag_versions: &[(String, u64)],
+        compute_us: u32,
+        fingerprint: u64,
+    ) -> Result<Vec<u8>> {
+        let now = codec::now_ms();
+        let meta = Meta {
+            created_at_ms: now,
+            expires_at_ms: ttl.map_or(0, |t| now + t.as_millis() as u64),
+            stale_until_ms: 0,
+            compute_us,
+            fingerprint,
+            tags: tag_versions,
+        };
+        codec::encode(value, &meta, self.shared.config.compression_threshold).map_err(|source| {
+            self.shared.stats.encode_error();
+            Error::Encode {
+                key: key::shorten_for_display(full),
+                source,
+            }
+        })
+    }
+
+    /// Stores several values in one round trip, all with `ttl` (`None`: the default TTL).
+    pub async fn mset<T: Serialize + 'static>(
+        &self,
+        items: &[(&str, T)],
+        ttl: impl Into<Option<Duration>>,
+    ) -> Result<()> {
+        let ttl = self.ttl_or_default(ttl.into());
+        let mut writes = Vec::with_capacity(items.len());
+        for (k, v) in items {
+            let full = self.full_key(k)?;
+            let bytes = self.encode(&full, v, ttl, &[], 0, 0)?;
+            writes.push((full, bytes, ttl));
+        }
+        let n = writes.len() as u64;
+        self.shared
+            .backend
+            .set_many(writes)
+            .await
+            .inspect_err(|e| self.backend_err("mset", "", e))?;
+        self.shared.stats.write(n);
+        Ok(())
+    }
+
+    /// Removes `key`; true if it existed.
+    pub async fn delete(&self, key: &str) -> Result<bool> {
+        let full = self.full_key(key)?;
+        self.delete_full(vec![full]).await.map(|n| n > 0)
+    }
+
+    /// Removes several keys in one round trip; returns how many existed.
+    pub async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let full = keys
+            .iter()
+            .map(|k| self.full_key(k))
+            .collect::<Result<Vec<_>>>()?;
+        self.delete_full(full).await
+    }
+
+    pub(crate) async fn delete_full(&self, full: Vec<String>) -> Result<u64> {
+        self.shared
+            .backend
+            .delete(&full)
+            .await
+            .inspect_err(|e| self.backend_err("delete", full.first().map_or("", |k| k.as_str()), e))
+    }
+
+    /// Sets `key` to expire after `ttl`; false if there is no such key.
+    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let full = self.full_key(key)?;
+        self.shared.backend.expire(&full, ttl).await
+    }
+
+    /// Restarts `key`'s lifetime at the handle's default TTL; false if there is no such key
+    /// (or the handle has no default TTL).
+    pub async fn touch(&self, key: &str) -> Result<bool> {
+        match self.scope.default_ttl {
+            Some(ttl) => self.expire(key, ttl).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Adds `by` to the integer counter under `key` (created at 0), keeping its TTL, as Redis
+    /// `INCRBY`. A key holding a cached value is [`Error::WrongKind`]. Read a counter back with
+    /// `get::<i64>`.
+    pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        let full = self.full_key(key)?;
+        self.shared.backend.incr(&full, by).await
+    }
+
+    /// Invalidates every entry attached to `tag`, in O(1): one counter bump, whatever the
+    /// number of entries.
+    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+        self.invalidate_tags(&[tag]).await
+    }
+
+    /// Invalidates every entry attached to any of `tags`, in one round trip.
+    pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<()> {
+        let keys = tags
+            .iter()
+            .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+        self.shared.backend.bump(&refs).await.map(|_| ())
+    }
+
+    // ---- compute ----------------------------------------------------------------------------
+
+    /// The value under `key`, or `compute()`'s, stored for `ttl` (`None`: default TTL).
+    ///
+    /// Never fails because of the cache: if the backend is down or the stored value does not
+    /// decode, the value is computed and returned (and the problem logged and counted).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let v: u64 = cache.get_or_set("answer", None, || async { 42 }).await;
+    /// assert_eq!(v, 42);
+    /// let again: u64 = cache.get_or_set("answer", None, || async { unreachable!() }).await;
+    /// assert_eq!(again, 42);
+    /// # }
+    /// ```
+    pub async fn get_or_set<T, F, Fut>(
+        &self,
+        key: &str,
+        ttl: impl Into<Option<Duration>>,
+        compute: F,
+    ) -> T
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let full = match self.full_key(key) {
+            Ok(full) => full,
+            Err(e) => {
+                tracing::warn!(error = %e, "get_or_set: unusable key, computing without the cache");
+                return compute().await;
+            }
+        };
+        self.compute_through(full, &[], ttl.into(), crate::private::Plain, compute())
+            .await
+    }
+
+    /// As [`get_or_set`](Cache::get_or_set) for a fallible computation: `Ok` values are
+    /// stored, errors are returned and not stored.
+    pub async fn try_get_or_set<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: impl Into<Option<Duration>>,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let full = match self.full_key(key) {
+            Ok(full) => full,
+            Err(e) => {
+                tracing::warn!(error = %e, "try_get_or_set: unusable key, computing without the cache");
+                return compute().await;
+            }
+        };
+        self.compute_through(full, &[], ttl.into(), crate::private::ResultMode, compute())
+            .await
+    }
+
+    /// The one get-or-compute path, shared by `get_or_set` and generated code.
+    pub(crate) async fn compute_through<O, M: Mode<O>, F: Future<Output = O>>(
+        &self,
+        full: String,
+        tags: &[String],
+        ttl: Option<Duration>,
+        mode: M,
+        compute: F,
+    ) -> O {
+        let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
+        let tag_refs: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
+        let mut known = None;
+        match self
+            .shared
+            .backend
+            .get_with_versions(&full, &tag_refs)
+            .await
+        {
+            Ok((bytes, versions)) => {
+                match self
+                    .decode_hit::<M::Stored>(
+                        &full,
+                        bytes,
+                        Some((&tag_refs, &versions)),
+                        codec::fingerprint::<M::Stored>(),
+                    )
+                    .await
+                {
+                    Ok(Lookup::Hit { value, .. }) => return mode.restore(value),
+                    Ok(Lookup::Miss) => known = Some(versions),
+                    Err(e) => self.backend_err("get", &full, &e),
+                }
+            }
+            Err(e) => self.backend_err("get", &full, &e),
+        }
+        // Tag versions are read before computing, so an invalidation during the computation
+        // leaves the stored entry with an old version: the next read misses.
+        let versions = match known {
+            Some(v) => tags::current_versions(self, &tag_keys, Some(v)).await.ok(),
+            None => None,
+        };
+        self.shared.stats.compute();
+        let started = Instant::now();
+        let out = compute.await;
+        let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        if let (Some(versions), Some(value)) = (versions, mode.stored(&out)) {
+            // Failures are logged and counted inside `store`; the caller gets its value anyway.
+            let _ = self
+                .store(
+                    &full,
+                    value,
+                    self.ttl_or_default(ttl),
+                    &versions,
+                    compute_us,
+                    codec::fingerprint::<M::Stored>(),
+                )
+                .await;
+        }
+        out
+    }
+
+    /// Computes and stores unconditionally (the `_refresh` companions and `#[cache_put]`).
+    pub(crate) async fn compute_and_store<O, M: Mode<O>, F: Future<Output = O>>(
+        &self,
+        full: String,
+        tags: &[String],
+        ttl: Option<Duration>,
+        mode: M,
+        compute: F,
+    ) -> O {
+        let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
+        let versions = tags::current_versions(self, &tag_keys, None).await;
+        self.shared.stats.compute();
+        let started = Instant::now();
+        let out = compute.await;
+        let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        match (versions, mode.stored(&out)) {
+            (Ok(versions), Some(value)) => {
+                let _ = self
+                    .store(
+                        &full,
+                        value,
+                        self.ttl_or_default(ttl),
+                        &versions,
+                        compute_us,
+                        codec::fingerprint::<M::Stored>(),
+                    )
+                    .await;
+            }
+            (Err(e), Some(_)) => self.backend_err("tag versions", &full, &e),
+            _ => {}
+        }
+        out
+    }
+
+    pub(crate) fn backend_ref(&self) -> &Backend {
+        &self.shared.backend
+    }
+}
+
+static GLOBAL: OnceLock<Cache> = OnceLock::new();
+
+/// Installs the cache that `#[cached]` functions without `cache = ...` use. Call it once at
+/// start; a second call returns the cache it was given back.
+///
+/// ```
+/// # fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::from_env()?;
+/// let _ = cache_core::install(cache);
+/// assert!(cache_core::installed().is_some());
+/// # Ok(()) }
+/// ```
+pub fn install(cache: Cache) -> std::result::Result<(), Cache> {
+    GLOBAL.set(cache)
+}
+
+/// The installed global cache, if any.
+pub fn installed() -> Option<&'static Cache> {
+    GLOBAL.get()
+}

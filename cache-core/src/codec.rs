@@ -1,0 +1,348 @@
+//! The stored format: a versioned envelope around a serde_json (or raw bytes) payload.
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     magic 0xC7 (not a valid first byte of UTF-8 text, so JSON or a counter
+//!               written by someone else is never mistaken for an envelope)
+//! 1       1     format version (1)
+//! 2       1     flags: 1 = payload LZ4-compressed, 2 = encrypted (reserved), 4 = raw bytes
+//! 3       1     number of tags
+//! 4       8     schema fingerprint of the Rust type (FNV-1a of its type name)
+//! 12      8     created at, unix ms
+//! 20      8     logical expiry, unix ms (0: none)
+//! 28      8     stale until, unix ms (0: none)
+//! 36      4     compute time, microseconds (for early refresh)
+//! 40      ...   per tag: u16 length, tag version key, u64 version
+//! ...     ...   payload
+//! ```
+//! All integers little-endian. A value that fails any check here is a miss, never a panic.
+
+use std::any::{Any, TypeId};
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub(crate) const MAGIC: u8 = 0xC7;
+pub(crate) const FORMAT_VERSION: u8 = 1;
+const HEADER_LEN: usize = 40;
+
+const FLAG_COMPRESSED: u8 = 1;
+const FLAG_ENCRYPTED: u8 = 2;
+const FLAG_RAW: u8 = 4;
+
+/// What the envelope records besides the value.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Meta<'a> {
+    pub(crate) created_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
+    pub(crate) stale_until_ms: u64,
+    pub(crate) compute_us: u32,
+    /// Schema fingerprint of the stored type; 0 when the writer does not pin one.
+    pub(crate) fingerprint: u64,
+    /// Tag version keys and the versions read before the value was computed.
+    pub(crate) tags: &'a [(String, u64)],
+}
+
+/// A parsed envelope, borrowing the stored bytes.
+#[derive(Debug)]
+pub(crate) struct Envelope<'a> {
+    flags: u8,
+    pub(crate) fingerprint: u64,
+    pub(crate) created_at_ms: u64,
+    pub(crate) expires_at_ms: u64,
+    #[allow(dead_code)] // read by stale serving, which lands with the stampede issue
+    pub(crate) stale_until_ms: u64,
+    #[allow(dead_code)]
+    pub(crate) compute_us: u32,
+    pub(crate) tags: Vec<(&'a str, u64)>,
+    payload: &'a [u8],
+}
+
+/// The milliseconds since the unix epoch, by the local clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A stable 64-bit fingerprint of `T`'s name: a deploy that changes the type stored under a
+/// key turns old entries into misses instead of decode errors.
+pub(crate) fn fingerprint<T: ?Sized + 'static>() -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0100_0000_01b3;
+    std::any::type_name::<T>()
+        .bytes()
+        .fold(OFFSET, |h, b| (h ^ u64::from(b)).wrapping_mul(PRIME))
+}
+
+fn raw_bytes_of<T: 'static>(value: &T) -> Option<&[u8]> {
+    let any = value as &dyn Any;
+    if let Some(v) = any.downcast_ref::<Vec<u8>>() {
+        return Some(v);
+    }
+    any.downcast_ref::<bytes::Bytes>().map(|b| b.as_ref())
+}
+
+fn is_raw<T: 'static>() -> bool {
+    let id = TypeId::of::<T>();
+    id == TypeId::of::<Vec<u8>>() || id == TypeId::of::<bytes::Bytes>()
+}
+
+/// Encodes `value` with `meta`, compressing payloads above `compress_above` bytes.
+pub(crate) fn encode<T: Serialize + 'static>(
+    value: &T,
+    meta: &Meta<'_>,
+    compress_above: usize,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let tags_len: usize = meta.tags.iter().map(|(k, _)| 10 + k.len()).sum();
+    let mut out = Vec::with_capacity(HEADER_LEN + tags_len + 128);
+    out.extend_from_slice(&[MAGIC, FORMAT_VERSION, 0, meta.tags.len().min(255) as u8]);
+    out.extend_from_slice(&meta.fingerprint.to_le_bytes());
+    out.extend_from_slice(&meta.created_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
+    out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
+    out.extend_from_slice(&meta.compute_us.to_le_bytes());
+    for (key, version) in meta.tags.iter().take(255) {
+        let len = key.len().min(u16::MAX as usize);
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(&key.as_bytes()[..len]);
+        out.extend_from_slice(&version.to_le_bytes());
+    }
+    let payload_start = out.len();
+    let mut flags = 0;
+    match raw_bytes_of(value) {
+        Some(raw) => {
+            out.extend_from_slice(raw);
+            flags |= FLAG_RAW;
+        }
+        None => serde_json::to_writer(&mut out, value)?,
+    }
+    if out.len() - payload_start > compress_above {
+        let compressed = lz4_flex::compress_prepend_size(&out[payload_start..]);
+        if compressed.len() < out.len() - payload_start {
+            out.truncate(payload_start);
+            out.extend_from_slice(&compressed);
+            flags |= FLAG_COMPRESSED;
+        }
+    }
+    out[2] = flags;
+    Ok(out)
+}
+
+fn le_u64(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+/// Parses the envelope of `bytes`; `Err` says why it is not one this version can read.
+pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
+    if bytes.len() < HEADER_LEN || bytes[0] != MAGIC {
+        return Err("not a value written by this cache");
+    }
+    if bytes[1] != FORMAT_VERSION {
+        return Err("written by an incompatible version of this cache");
+    }
+    let flags = bytes[2];
+    if flags & FLAG_ENCRYPTED != 0 {
+        return Err("encrypted, and this cache has no key to decrypt it");
+    }
+    let tag_count = bytes[3] as usize;
+    let mut at = HEADER_LEN;
+    let mut tags = Vec::with_capacity(tag_count);
+    for _ in 0..tag_count {
+        let len_bytes = bytes.get(at..at + 2).ok_or("truncated tag list")?;
+        let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
+        let key = bytes
+            .get(at + 2..at + 2 + len)
+            .ok_or("truncated tag list")?;
+        let key = std::str::from_utf8(key).map_err(|_| "tag key is not UTF-8")?;
+        if bytes.len() < at + 2 + len + 8 {
+            return Err("truncated tag list");
+        }
+        tags.push((key, le_u64(bytes, at + 2 + len)));
+        at += 2 + len + 8;
+    }
+    Ok(Envelope {
+        flags,
+        fingerprint: le_u64(bytes, 4),
+        created_at_ms: le_u64(bytes, 12),
+        expires_at_ms: le_u64(bytes, 20),
+        stale_until_ms: le_u64(bytes, 28),
+        compute_us: u32::from_le_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]),
+        tags,
+        payload: &bytes[at..],
+    })
+}
+
+impl Envelope<'_> {
+    /// The value, if it was stored as a `T`. Fingerprints are compared only when both the
+    /// writer and the reader pin one (generated code does; the direct API, where `&str` is
+    /// written and `String` read, does not).
+    pub(crate) fn value<T: DeserializeOwned + 'static>(
+        &self,
+        expected_fingerprint: u64,
+    ) -> Result<T, String> {
+        if self.fingerprint != 0
+            && expected_fingerprint != 0
+            && self.fingerprint != expected_fingerprint
+        {
+            return Err(format!(
+                "stored as another type than `{}` (schema fingerprint differs)",
+                std::any::type_name::<T>()
+            ));
+        }
+        let payload: Cow<'_, [u8]> = if self.flags & FLAG_COMPRESSED != 0 {
+            Cow::Owned(
+                lz4_flex::decompress_size_prepended(self.payload)
+                    .map_err(|e| format!("compressed payload is corrupt: {e}"))?,
+            )
+        } else {
+            Cow::Borrowed(self.payload)
+        };
+        if self.flags & FLAG_RAW != 0 {
+            return raw_value::<T>(payload.into_owned())
+                .ok_or_else(|| "raw bytes stored, another type asked".to_owned());
+        }
+        serde_json::from_slice(&payload).map_err(|e| format!("payload does not decode: {e}"))
+    }
+}
+
+fn raw_value<T: 'static>(bytes: Vec<u8>) -> Option<T> {
+    if !is_raw::<T>() {
+        return None;
+    }
+    let boxed: Box<dyn Any> = if TypeId::of::<T>() == TypeId::of::<Vec<u8>>() {
+        Box::new(bytes)
+    } else {
+        Box::new(bytes::Bytes::from(bytes))
+    };
+    boxed.downcast::<T>().ok().map(|b| *b)
+}
+
+/// Decodes bytes that may not be an envelope: plain integers (as `incr` writes them) read as
+/// numbers; anything else is an error saying why.
+pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let is_integer = !bytes.is_empty()
+        && bytes.len() <= 20
+        && bytes
+            .iter()
+            .enumerate()
+            .all(|(i, b)| b.is_ascii_digit() || (i == 0 && *b == b'-' && bytes.len() > 1));
+    if !is_integer {
+        return Err("not a value written by this cache".to_owned());
+    }
+    serde_json::from_slice(bytes).map_err(|e| format!("counter value asked as another type: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+    struct User {
+        id: u64,
+        name: String,
+    }
+
+    fn meta() -> Meta<'static> {
+        Meta {
+            created_at_ms: 1,
+            expires_at_ms: 2,
+            stale_until_ms: 3,
+            compute_us: 4,
+            fingerprint: 0,
+            tags: &[],
+        }
+    }
+
+    #[test]
+    fn round_trips_with_metadata() {
+        let tags = vec![("ns:~tag:org".to_owned(), 9)];
+        let m = Meta {
+            tags: &tags,
+            fingerprint: fingerprint::<User>(),
+            ..meta()
+        };
+        let u = User {
+            id: 1,
+            name: "a".into(),
+        };
+        let bytes = encode(&u, &m, 4096).expect("encodes");
+        let env = parse(&bytes).expect("parses");
+        assert_eq!(
+            (
+                env.created_at_ms,
+                env.expires_at_ms,
+                env.stale_until_ms,
+                env.compute_us
+            ),
+            (1, 2, 3, 4)
+        );
+        assert_eq!(env.tags, vec![("ns:~tag:org", 9)]);
+        assert_eq!(env.value::<User>(fingerprint::<User>()), Ok(u));
+        assert!(env.value::<User>(fingerprint::<String>()).is_err());
+    }
+
+    #[test]
+    fn large_payloads_are_compressed_and_restored() {
+        let big = "abc".repeat(10_000);
+        let bytes = encode(&big, &meta(), 1024).expect("encodes");
+        assert!(bytes.len() < 2000, "compressed to {}", bytes.len());
+        assert_eq!(
+            parse(&bytes).and_then(|e| e.value::<String>(0).map_err(|_| "x")),
+            Ok(big)
+        );
+    }
+
+    #[test]
+    fn raw_bytes_are_stored_as_bytes() {
+        let raw = vec![0u8, 159, 146, 150];
+        let bytes = encode(&raw, &meta(), 4096).expect("encodes");
+        assert_eq!(&bytes[bytes.len() - 4..], &raw[..]);
+        let env = parse(&bytes).expect("parses");
+        assert_eq!(env.value::<Vec<u8>>(0), Ok(raw.clone()));
+        assert!(env.value::<String>(0).is_err());
+        let b = encode(&bytes::Bytes::from(raw.clone()), &meta(), 4096).expect("encodes");
+        assert_eq!(
+            parse(&b).expect("parses").value::<bytes::Bytes>(0),
+            Ok(bytes::Bytes::from(raw))
+        );
+    }
+
+    #[test]
+    fn other_types_and_garbage_are_errors_not_panics() {
+        let bytes = encode(
+            &User {
+                id: 1,
+                name: "a".into(),
+            },
+            &meta(),
+            4096,
+        )
+        .expect("encodes");
+        assert!(parse(&bytes).expect("parses").value::<String>(0).is_err());
+        for garbage in [
+            &b""[..],
+            b"\xC7",
+            b"\xC7\x01\x00\x05",
+            b"hello",
+            &[0xC7; 41],
+        ] {
+            let _ = parse(garbage).map(|e| e.value::<User>(0));
+        }
+        for n in 0..bytes.len() {
+            let _ = parse(&bytes[..n]).map(|e| e.value::<User>(0));
+        }
+    }
+
+    #[test]
+    fn counters_decode_as_numbers_only() {
+        assert_eq!(decode_plain::<i64>(b"-12"), Ok(-12));
+        assert!(decode_plain::<i64>(b"12a").is_err());
+        assert!(decode_plain::<String>(b"12").is_err());
+        assert!(decode_plain::<i64>(b"-").is_err());
+    }
+}

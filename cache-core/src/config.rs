@@ -1,0 +1,476 @@
+//! Settings, from the builder and from the environment.
+//!
+//! Every setting has a builder method and an environment variable; see the README's
+//! configuration table. Environment values are read once, by [`CacheBuilder::from_env`].
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Where the values live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// The embedded, in-process backend.
+    Memory,
+    /// A Redis server, as a `redis://` or `rediss://` URL.
+    Redis(RedisTarget),
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct RedisTarget {
+    pub(crate) url: String,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<String>,
+}
+
+impl std::fmt::Debug for RedisTarget {
+    // The password must never reach a log line, and URLs may embed one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field("url", &redact_url(&self.url))
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// The resolved settings of a [`Cache`](crate::Cache).
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) target: Target,
+    pub(crate) namespace: String,
+    pub(crate) default_ttl: Option<Duration>,
+    pub(crate) pool_size: u32,
+    pub(crate) min_idle: u32,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) compression_threshold: usize,
+    pub(crate) memory_capacity: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            target: Target::Memory,
+            namespace: "cache".to_owned(),
+            default_ttl: Some(Duration::from_secs(3600)),
+            // Each connection is multiplexed: requests pipeline on it, so a handful of
+            // connections carries thousands of concurrent requests.
+            pool_size: 4,
+            min_idle: 1,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(1),
+            compression_threshold: 4096,
+            memory_capacity: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// Builds a [`Cache`](crate::Cache): from code, from the environment, or both.
+///
+/// ```
+/// use std::time::Duration;
+/// # fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::builder()
+///     .namespace("billing")
+///     .default_ttl(Duration::from_secs(300))
+///     .in_memory()
+///     .build()?;
+/// # let _ = cache;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default)]
+#[must_use]
+pub struct CacheBuilder {
+    pub(crate) config: Config,
+    tls: Option<bool>,
+}
+
+impl CacheBuilder {
+    /// Starts from defaults (embedded backend, namespace `cache`, default TTL one hour).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts from the environment: `REDIS_URL` (or `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`,
+    /// `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_TLS`) and the `CACHE_*` variables of the
+    /// README's configuration table. Without `REDIS_URL` or `REDIS_HOST` the embedded
+    /// backend is used. Builder methods called afterwards override the environment.
+    pub fn from_env() -> Result<Self> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// As [`from_env`](Self::from_env), reading variables through `lookup` (for tests and for
+    /// applications with their own configuration source).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut b = CacheBuilder::new();
+        if let Some(v) = get("REDIS_TLS") {
+            b.tls = Some(parse_bool("REDIS_TLS", &v)?);
+        }
+        let url = match (get("REDIS_URL"), get("REDIS_HOST")) {
+            (Some(url), _) => Some(url),
+            (None, Some(host)) => {
+                let port = match get("REDIS_PORT") {
+                    Some(p) => p.trim().parse::<u16>().map_err(|_| Error::Config {
+                        setting: "REDIS_PORT",
+                        reason: format!("`{p}` is not a port number (1-65535)"),
+                    })?,
+                    None => 6379,
+                };
+                let db = match get("REDIS_DB") {
+                    Some(d) => d.trim().parse::<u32>().map_err(|_| Error::Config {
+                        setting: "REDIS_DB",
+                        reason: format!("`{d}` is not a database number"),
+                    })?,
+                    None => 0,
+                };
+                let host = if host.contains(':') && !host.starts_with('[') {
+                    format!("[{host}]")
+                } else {
+                    host
+                };
+                Some(format!("redis://{host}:{port}/{db}"))
+            }
+            (None, None) => None,
+        };
+        if let Some(url) = url {
+            b = b.url(url);
+        }
+        if let Some(u) = get("REDIS_USERNAME") {
+            b = b.username(u);
+        }
+        if let Some(p) = lookup("REDIS_PASSWORD").filter(|p| !p.is_empty()) {
+            b = b.password(p);
+        }
+        if let Some(v) = get("CACHE_NAMESPACE") {
+            b = b.namespace(v);
+        }
+        if let Some(v) = get("CACHE_DEFAULT_TTL") {
+            b.config.default_ttl = match v.trim() {
+                "none" | "0" => None,
+                _ => Some(parse_duration("CACHE_DEFAULT_TTL", &v)?),
+            };
+        }
+        if let Some(v) = get("CACHE_POOL_SIZE") {
+            b = b.pool_size(parse_int("CACHE_POOL_SIZE", &v)?);
+        }
+        if let Some(v) = get("CACHE_POOL_MIN_IDLE") {
+            b = b.min_idle(parse_int("CACHE_POOL_MIN_IDLE", &v)?);
+        }
+        if let Some(v) = get("CACHE_CONNECT_TIMEOUT") {
+            b = b.connect_timeout(parse_duration("CACHE_CONNECT_TIMEOUT", &v)?);
+        }
+        if let Some(v) = get("CACHE_COMMAND_TIMEOUT") {
+            b = b.command_timeout(parse_duration("CACHE_COMMAND_TIMEOUT", &v)?);
+        }
+        if let Some(v) = get("CACHE_COMPRESSION_THRESHOLD") {
+            b = b.compression_threshold(parse_int("CACHE_COMPRESSION_THRESHOLD", &v)? as usize);
+        }
+        if let Some(v) = get("CACHE_MEMORY_CAPACITY") {
+            b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
+        }
+        Ok(b)
+    }
+
+    /// Uses the Redis server at `url` (`redis://[user[:password]@]host[:port][/db]`, or
+    /// `rediss://` for TLS, which needs the `tls` feature).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        let target = match self.config.target {
+            Target::Redis(t) => RedisTarget {
+                url: url.into(),
+                ..t
+            },
+            Target::Memory => RedisTarget {
+                url: url.into(),
+                username: None,
+                password: None,
+            },
+        };
+        self.config.target = Target::Redis(target);
+        self
+    }
+
+    /// The ACL user name (overrides one in the URL).
+    pub fn username(mut self, username: impl Into<String>) -> Self {
+        if let Target::Redis(t) = &mut self.config.target {
+            t.username = Some(username.into());
+        }
+        self
+    }
+
+    /// The password (overrides one in the URL).
+    pub fn password(mut self, password: impl Into<String>) -> Self {
+        if let Target::Redis(t) = &mut self.config.target {
+            t.password = Some(password.into());
+        }
+        self
+    }
+
+    /// Forces TLS on (`rediss://`) or off, whatever the URL's scheme says.
+    pub fn tls(mut self, tls: bool) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Uses the embedded in-memory backend, even if a URL was given.
+    pub fn in_memory(mut self) -> Self {
+        self.config.target = Target::Memory;
+        self
+    }
+
+    /// The first segment of every key, so several applications can share one Redis.
+    /// Default `cache`.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.config.namespace = namespace.into();
+        self
+    }
+
+    /// The TTL of writes that do not give one. Default one hour.
+    pub fn default_ttl(mut self, ttl: Duration) -> Self {
+        self.config.default_ttl = Some(ttl);
+        self
+    }
+
+    /// Writes without a TTL never expire (they live until evicted or deleted).
+    pub fn no_default_ttl(mut self) -> Self {
+        self.config.default_ttl = None;
+        self
+    }
+
+    /// Maximum number of Redis connections. Each is multiplexed, so this is not a bound on
+    /// concurrent requests. Default 4.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.config.pool_size = size;
+        self
+    }
+
+    /// Connections kept open even when idle. Default 1.
+    pub fn min_idle(mut self, min_idle: u32) -> Self {
+        self.config.min_idle = min_idle;
+        self
+    }
+
+    /// Bound on establishing a connection, and so on any operation while Redis is
+    /// unreachable. Default 2 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.config.connect_timeout = timeout;
+        self
+    }
+
+    /// Bound on each Redis command's answer. Default 1 s.
+    pub fn command_timeout(mut self, timeout: Duration) -> Self {
+        self.config.command_timeout = timeout;
+        self
+    }
+
+    /// Payloads larger than this many bytes are compressed (LZ4). Default 4096.
+    pub fn compression_threshold(mut self, bytes: usize) -> Self {
+        self.config.compression_threshold = bytes;
+        self
+    }
+
+    /// Bound, in bytes of keys and values, of the embedded backend. Default 64 MiB.
+    pub fn memory_capacity(mut self, bytes: u64) -> Self {
+        self.config.memory_capacity = bytes;
+        self
+    }
+
+    /// Checks the settings and builds the cache. Does not connect: an unreachable Redis
+    /// shows up as [`Error::Connection`] from operations, never here.
+    pub fn build(self) -> Result<crate::Cache> {
+        let config = self.validated()?;
+        crate::Cache::from_config(config)
+    }
+
+    pub(crate) fn validated(mut self) -> Result<Config> {
+        crate::key::validate_namespace(&self.config.namespace)?;
+        if self.config.pool_size == 0 {
+            return Err(Error::Config {
+                setting: "pool_size",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.config.min_idle > self.config.pool_size {
+            self.config.min_idle = self.config.pool_size;
+        }
+        for (setting, d) in [
+            ("connect_timeout", self.config.connect_timeout),
+            ("command_timeout", self.config.command_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::Config {
+                    setting,
+                    reason: "must be greater than zero".into(),
+                });
+            }
+        }
+        if self.config.default_ttl.is_some_and(|d| d.as_millis() == 0) {
+            return Err(Error::Config {
+                setting: "default_ttl",
+                reason: "must be at least one millisecond; use `no_default_ttl` for none".into(),
+            });
+        }
+        if let (Target::Redis(t), Some(tls)) = (&mut self.config.target, self.tls) {
+            t.url = set_tls_scheme(&t.url, tls);
+        }
+        if let Target::Redis(t) = &self.config.target {
+            if !(t.url.starts_with("redis://")
+                || t.url.starts_with("rediss://")
+                || t.url.starts_with("redis+unix://")
+                || t.url.starts_with("unix://"))
+            {
+                return Err(Error::Config {
+                    setting: "REDIS_URL",
+                    reason: format!(
+                        "`{}` is not a redis URL; expected `redis://host:port/db`, `rediss://...` (TLS) or `unix:///path`",
+                        redact_url(&t.url)
+                    ),
+                });
+            }
+        }
+        Ok(self.config)
+    }
+}
+
+fn set_tls_scheme(url: &str, tls: bool) -> String {
+    match (
+        tls,
+        url.strip_prefix("redis://"),
+        url.strip_prefix("rediss://"),
+    ) {
+        (true, Some(rest), _) => format!("rediss://{rest}"),
+        (false, _, Some(rest)) => format!("redis://{rest}"),
+        _ => url.to_owned(),
+    }
+}
+
+/// Hides the password of `scheme://user:password@host`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
+
+fn parse_bool(setting: &'static str, v: &str) -> Result<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        other => Err(Error::Config {
+            setting,
+            reason: format!("`{other}` is not a boolean; expected one of `true`, `false`, `1`, `0`, `yes`, `no`"),
+        }),
+    }
+}
+
+fn parse_int(setting: &'static str, v: &str) -> Result<u32> {
+    v.trim().parse::<u32>().map_err(|_| Error::Config {
+        setting,
+        reason: format!("`{v}` is not a non-negative integer"),
+    })
+}
+
+/// Integer seconds, or a duration such as `500ms`, `30s`, `5m`, `1h 30m`.
+pub(crate) fn parse_duration(setting: &'static str, v: &str) -> Result<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(v).map_err(|e| Error::Config {
+        setting,
+        reason: format!("`{v}` is not a duration ({e}); expected seconds or a duration such as `500ms`, `30s`, `5m`"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(vars: &[(&str, &str)]) -> Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        CacheBuilder::from_lookup(|k| map.get(k).cloned())?.validated()
+    }
+
+    #[test]
+    fn no_url_means_memory() {
+        assert_eq!(from(&[]).map(|c| c.target).ok(), Some(Target::Memory));
+    }
+
+    #[test]
+    fn host_port_tls_and_credentials_compose_a_target() {
+        let c = from(&[
+            ("REDIS_HOST", "cache.internal"),
+            ("REDIS_PORT", "6380"),
+            ("REDIS_DB", "2"),
+            ("REDIS_TLS", "true"),
+            ("REDIS_USERNAME", "app"),
+            ("REDIS_PASSWORD", "s3cret"),
+        ])
+        .expect("valid");
+        let Target::Redis(t) = c.target else {
+            panic!("expected redis")
+        };
+        assert_eq!(t.url, "rediss://cache.internal:6380/2");
+        assert_eq!(t.username.as_deref(), Some("app"));
+        assert_eq!(t.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn durations_and_sizes_parse() {
+        let c = from(&[
+            ("CACHE_DEFAULT_TTL", "5m"),
+            ("CACHE_COMMAND_TIMEOUT", "250ms"),
+            ("CACHE_CONNECT_TIMEOUT", "3"),
+            ("CACHE_POOL_SIZE", "8"),
+            ("CACHE_NAMESPACE", "svc"),
+        ])
+        .expect("valid");
+        assert_eq!(c.default_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(c.command_timeout, Duration::from_millis(250));
+        assert_eq!(c.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.pool_size, 8);
+        assert_eq!(c.namespace, "svc");
+    }
+
+    #[test]
+    fn bad_values_are_config_errors_naming_the_setting() {
+        for (var, val) in [
+            ("REDIS_PORT", "http"),
+            ("CACHE_DEFAULT_TTL", "5 parsecs"),
+            ("CACHE_POOL_SIZE", "-1"),
+            ("REDIS_TLS", "maybe"),
+            ("REDIS_URL", "http://localhost"),
+        ] {
+            let vars: Vec<(&str, &str)> = if var == "REDIS_PORT" {
+                vec![("REDIS_HOST", "h"), (var, val)]
+            } else {
+                vec![(var, val)]
+            };
+            match from(&vars) {
+                Err(Error::Config { setting, .. }) => assert_eq!(setting, var),
+                other => panic!("{var}={val}: expected a config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn url_passwords_are_redacted() {
+        assert_eq!(
+            redact_url("redis://u:pw@h:1/0"),
+            "redis://u:<redacted>@h:1/0"
+        );
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,49 @@
+//! A caching framework for Rust services, on Redis or in memory, driven by macros.
+//!
+//! ```
+//! use cache_core::{cached, Cache};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize, Clone)]
+//! struct User { id: u64, name: String }
+//!
+//! #[cached(key = "user:<id>", ttl = "5m", cache = cache, skip = [cache])]
+//! async fn get_user(cache: &Cache, id: u64) -> Result<User, std::io::Error> {
+//!     Ok(User { id, name: "ann".into() }) // a database call, in real life
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), std::io::Error> {
+//! let cache = Cache::in_memory(); // or Cache::from_env()? for Redis when REDIS_URL is set
+//! let user = get_user(&cache, 7).await?;   // computed, then stored
+//! let again = get_user(&cache, 7).await?;  // from the cache
+//! assert_eq!(user.name, again.name);
+//! # Ok(()) }
+//! ```
+//!
+//! See the README for the tour, the configuration table and the benchmarks.
+
+mod backend;
+mod cache;
+mod codec;
+mod config;
+mod error;
+mod key;
+mod stats;
+mod tags;
+
+mod private;
+
+/// Helpers for generated code only.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::private::*;
+}
+
+pub use backend::KeyTtl;
+pub use cache::{install, installed, Cache, Lookup, Source};
+pub use config::CacheBuilder;
+pub use error::{Error, Result};
+pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
+pub use stats::StatsSnapshot;
+
+#[cfg(feature = "macros")]
+pub use cache_macros::{cache_evict, cache_put, cached};

@@ -1,0 +1,96 @@
+//! Counters of what the cache did, cheap enough for the hot path (relaxed atomics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    writes: AtomicU64,
+    decode_errors: AtomicU64,
+    backend_errors: AtomicU64,
+    encode_errors: AtomicU64,
+    computes: AtomicU64,
+}
+
+/// A snapshot of a cache's counters, shared by every handle cloned, scoped or tenanted from
+/// the same root.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let cache = cache_core::Cache::in_memory();
+/// let _ = cache.get::<u32>("nothing-here").await;
+/// assert_eq!(cache.stats().misses, 1);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatsSnapshot {
+    /// Reads that found a usable value.
+    pub hits: u64,
+    /// Reads that found nothing usable (absent, expired, invalidated by a tag, undecodable).
+    pub misses: u64,
+    /// Values written.
+    pub writes: u64,
+    /// Values found but not decodable as the requested type (counted in `misses` too).
+    pub decode_errors: u64,
+    /// Operations that failed in the backend (connection, timeout, server error).
+    pub backend_errors: u64,
+    /// Values that could not be serialized and so were not stored.
+    pub encode_errors: u64,
+    /// Times a value was computed by `get_or_set` or a `#[cached]` function.
+    pub computes: u64,
+}
+
+impl StatsSnapshot {
+    /// `hits / (hits + misses)`, or 0 before any read.
+    pub fn hit_ratio(&self) -> f64 {
+        let total = self.hits + self.misses;
+        if total == 0 {
+            0.0
+        } else {
+            self.hits as f64 / total as f64
+        }
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Stats {
+    pub(crate) fn hit(&self) {
+        bump(&self.hits);
+    }
+    pub(crate) fn miss(&self) {
+        bump(&self.misses);
+    }
+    pub(crate) fn write(&self, n: u64) {
+        self.writes.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn decode_error(&self) {
+        bump(&self.decode_errors);
+    }
+    pub(crate) fn backend_error(&self) {
+        bump(&self.backend_errors);
+    }
+    pub(crate) fn encode_error(&self) {
+        bump(&self.encode_errors);
+    }
+    pub(crate) fn compute(&self) {
+        bump(&self.computes);
+    }
+
+    pub(crate) fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            hits: get(&self.hits),
+            misses: get(&self.misses),
+            writes: get(&self.writes),
+            decode_errors: get(&self.decode_errors),
+            backend_errors: get(&self.backend_errors),
+            encode_errors: get(&self.encode_errors),
+            computes: get(&self.computes),
+        }
+    }
+}

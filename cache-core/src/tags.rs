@@ -1,0 +1,93 @@
+//! Tag invalidation in O(1): each tag has a version counter; an entry records the versions
+//! of its tags from before its value was computed; a read that finds any of them changed
+//! (or missing) is a miss. Invalidating a tag is one `INCR`, whatever the number of
+//! entries, and no per-tag member set grows without bound.
+
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+
+/// The version counter's key of `tag` in the scope `prefix`. `~` starts no user key (they are
+/// refused, and escaped in parts), so these never collide with values.
+pub(crate) fn version_key(prefix: &str, tag: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + 5 + tag.len());
+    k.push_str(prefix);
+    k.push_str("~tag:");
+    k.push_str(tag);
+    k
+}
+
+/// Tags follow the rules of keys given to the direct API.
+pub(crate) fn checked_tag(tag: &str) -> Result<&str> {
+    crate::key::validate_user_key(tag).map_err(|e| match e {
+        Error::InvalidKey { key, reason } => Error::InvalidKey {
+            key: format!("tag {key}"),
+            reason,
+        },
+        other => other,
+    })?;
+    Ok(tag)
+}
+
+/// The current version of each tag key, creating the missing ones, to record in an entry.
+/// `known` holds versions already read in the same round trip as the value.
+pub(crate) async fn current_versions(
+    cache: &Cache,
+    tag_keys: &[String],
+    known: Option<Vec<Option<u64>>>,
+) -> Result<Vec<(String, u64)>> {
+    if tag_keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let refs: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
+    let versions = match known {
+        Some(v) if v.len() == refs.len() => v,
+        _ => cache.backend_ref().versions(&refs).await?,
+    };
+    let missing: Vec<&str> = refs
+        .iter()
+        .zip(&versions)
+        .filter(|(_, v)| v.is_none())
+        .map(|(k, _)| *k)
+        .collect();
+    let created = if missing.is_empty() {
+        Vec::new()
+    } else {
+        cache.backend_ref().bump(&missing).await?
+    };
+    let mut created = created.into_iter();
+    Ok(tag_keys
+        .iter()
+        .zip(versions)
+        .map(|(k, v)| (k.clone(), v.or_else(|| created.next()).unwrap_or(0)))
+        .collect())
+}
+
+/// True if every tag recorded in an entry still has the recorded version.
+pub(crate) async fn still_valid(
+    cache: &Cache,
+    recorded: &[(&str, u64)],
+    known: Option<(&[&str], &[Option<u64>])>,
+) -> Result<bool> {
+    let mut unknown = Vec::new();
+    for (key, version) in recorded {
+        let current = known.and_then(|(keys, versions)| {
+            keys.iter()
+                .position(|k| k == key)
+                .and_then(|i| versions.get(i).copied())
+        });
+        match current {
+            Some(Some(v)) if v == *version => {}
+            Some(_) => return Ok(false),
+            None => unknown.push((*key, *version)),
+        }
+    }
+    if unknown.is_empty() {
+        return Ok(true);
+    }
+    let keys: Vec<&str> = unknown.iter().map(|(k, _)| *k).collect();
+    let current = cache.backend_ref().versions(&keys).await?;
+    Ok(unknown
+        .iter()
+        .zip(current)
+        .all(|((_, recorded), now)| now == Some(*recorded)))
+}
