@@ -239,3 +239,22 @@ impl Spec {
         self.function
     }
 }
+
+/// Envelope encoding, exposed for the criterion benchmarks only.
+pub fn bench_encode<T: Serialize + 'static>(value: &T, tags: &[(String, u64)]) -> Vec<u8> {
+    let meta = crate::codec::Meta {
+        created_at_ms: crate::codec::now_ms(),
+        fingerprint: crate::codec::fingerprint::<T>(),
+        tags,
+        ..Default::default()
+    };
+    crate::codec::encode(value, &meta, 4096).unwrap_or_default()
+}
+
+/// Envelope decoding, exposed for the criterion benchmarks only.
+pub fn bench_decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Option<T> {
+    crate::codec::parse(bytes)
+        .ok()?
+        .value::<T>(crate::codec::fingerprint::<T>())
+        .ok()
+}
