@@ -21,6 +21,8 @@ pub(crate) struct RedisTarget {
     pub(crate) url: String,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
+    /// PEM certificate(s) to trust instead of the platform's store, for `rediss://`.
+    pub(crate) tls_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisTarget {
@@ -30,6 +32,7 @@ impl std::fmt::Debug for RedisTarget {
             .field("url", &redact_url(&self.url))
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca.as_ref().map(|pem| pem.len()))
             .finish()
     }
 }
@@ -143,6 +146,13 @@ impl CacheBuilder {
         if let Some(p) = lookup("REDIS_PASSWORD").filter(|p| !p.is_empty()) {
             b = b.password(p);
         }
+        if let Some(path) = get("REDIS_TLS_CA") {
+            let pem = std::fs::read(path.trim()).map_err(|e| Error::Config {
+                setting: "REDIS_TLS_CA",
+                reason: format!("cannot read the CA certificate file `{}`: {e}", path.trim()),
+            })?;
+            b = b.tls_ca_pem(pem);
+        }
         if let Some(v) = get("CACHE_NAMESPACE") {
             b = b.namespace(v);
         }
@@ -185,6 +195,7 @@ impl CacheBuilder {
                 url: url.into(),
                 username: None,
                 password: None,
+                tls_ca: None,
             },
         };
         self.config.target = Target::Redis(target);
@@ -203,6 +214,15 @@ impl CacheBuilder {
     pub fn password(mut self, password: impl Into<String>) -> Self {
         if let Target::Redis(t) = &mut self.config.target {
             t.password = Some(password.into());
+        }
+        self
+    }
+
+    /// Trusts these PEM certificates (a private CA) for `rediss://` instead of the platform's
+    /// certificate store. Needs the `tls` feature.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        if let Target::Redis(t) = &mut self.config.target {
+            t.tls_ca = Some(pem.into());
         }
         self
     }

@@ -21,6 +21,8 @@
 //!
 //! See the README for the tour, the configuration table and the benchmarks.
 
+#![forbid(unsafe_code)]
+
 mod backend;
 mod cache;
 mod codec;

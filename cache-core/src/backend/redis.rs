@@ -120,13 +120,7 @@ impl RedisBackend {
             redis_settings = redis_settings.set_password(p);
         }
         let info = info.set_redis_settings(redis_settings);
-        let client = redis::Client::open(info).map_err(|e| Error::Config {
-            setting: "REDIS_URL",
-            reason: format!(
-                "cannot use `{}`: {e} (rediss:// needs the `tls` feature)",
-                crate::config::redact_url(&target.url)
-            ),
-        })?;
+        let client = open_client(info, target)?;
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
@@ -360,4 +354,47 @@ impl RedisBackend {
         }
         self.run_pipe("INCR (tags)", pipe).await
     }
+}
+
+#[cfg(feature = "tls")]
+fn open_client(info: redis::ConnectionInfo, target: &RedisTarget) -> Result<redis::Client> {
+    // rustls needs a process-wide crypto provider; keep the application's if it chose one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = match &target.tls_ca {
+        Some(pem) => redis::Client::build_with_tls(
+            info,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(pem.clone()),
+            },
+        ),
+        None => redis::Client::open(info),
+    };
+    client.map_err(|e| Error::Config {
+        setting: "REDIS_URL",
+        reason: format!(
+            "cannot use `{}`: {e}",
+            crate::config::redact_url(&target.url)
+        ),
+    })
+}
+
+#[cfg(not(feature = "tls"))]
+fn open_client(info: redis::ConnectionInfo, target: &RedisTarget) -> Result<redis::Client> {
+    if target.url.starts_with("rediss://") || target.tls_ca.is_some() {
+        return Err(Error::Config {
+            setting: "REDIS_URL",
+            reason: format!(
+                "`{}` asks for TLS, and cache-core was built without its `tls` feature",
+                crate::config::redact_url(&target.url)
+            ),
+        });
+    }
+    redis::Client::open(info).map_err(|e| Error::Config {
+        setting: "REDIS_URL",
+        reason: format!(
+            "cannot use `{}`: {e}",
+            crate::config::redact_url(&target.url)
+        ),
+    })
 }

@@ -2,3 +2,4 @@
 //! started by the `tests` harness) and the in-memory backend.
 
 mod harness;
+mod tls;
