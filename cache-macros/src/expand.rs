@@ -93,7 +93,7 @@ impl Context<'_> {
         invalidate_sig.output = syn::parse_quote!(
             -> ::core::result::Result<bool, #krate::Error>
         );
-        let body = &func.block;
+        let body = self.uncached_body();
 
         let spec = self.spec();
         let key = local("__cache_key");
@@ -104,8 +104,16 @@ impl Context<'_> {
         let mode = self.mode();
         let compute = self.call(&uncached_name);
         let helper_span = return_span(&func.sig);
-        let cached = quote_spanned!(helper_span=> #private::cached);
-        let refresh = quote_spanned!(helper_span=> #private::refresh);
+        let cached = call_helper(
+            quote!(#private::cached),
+            quote!(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute),
+            helper_span,
+        );
+        let refresh = call_helper(
+            quote!(#private::refresh),
+            quote!(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute),
+            helper_span,
+        );
         let params = self.info.params.iter().map(|p| &p.ident);
 
         let name_str = name.to_string();
@@ -130,14 +138,16 @@ impl Context<'_> {
                 #spec
                 #build_key
                 #build_tags
-                #cached(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute).await
+                #cached
             }
 
             #[doc = #uncached_doc]
+            #[allow(dead_code)]
             #(#shared)*
             #vis #uncached_sig #body
 
             #[doc = #invalidate_doc]
+            #[allow(dead_code)]
             #(#shared_allowing)*
             #vis #invalidate_sig {
                 // Some arguments only exist to match the cached function.
@@ -147,12 +157,13 @@ impl Context<'_> {
             }
 
             #[doc = #refresh_doc]
+            #[allow(dead_code)]
             #(#shared_allowing)*
             #vis #refresh_sig {
                 #spec
                 #build_key
                 #build_tags
-                #refresh(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute).await
+                #refresh
             }
         }
     }
@@ -177,13 +188,17 @@ impl Context<'_> {
         let cache = self.cache_ref();
         let mode = self.mode();
         let body = self.body_future();
-        let helper = quote_spanned!(return_span(sig)=> #private::evict_after);
+        let call = call_helper(
+            quote!(#private::evict_after),
+            quote!(#cache, #mode, #keys, &#tags, #body),
+            return_span(sig),
+        );
         quote! {
             #(#attrs)*
             #vis #sig {
                 #build_keys
                 #build_tags
-                #helper(#cache, #mode, #keys, &#tags, #body).await
+                #call
             }
         }
     }
@@ -202,16 +217,42 @@ impl Context<'_> {
         let cache = self.cache_ref();
         let mode = self.mode();
         let body = self.body_future();
-        let helper = quote_spanned!(return_span(sig)=> #private::put_after);
+        let call = call_helper(
+            quote!(#private::put_after),
+            quote!(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #body),
+            return_span(sig),
+        );
         quote! {
             #(#attrs)*
             #vis #sig {
                 #spec
                 #build_key
                 #build_tags
-                #helper(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #body).await
+                #call
             }
         }
+    }
+
+    /// The original body. Parameters used by `cache = ...` are marked as used,
+    /// since the body itself may not need them.
+    fn uncached_body(&self) -> syn::Block {
+        let mut block = (*self.func.block).clone();
+        let Some(cache) = &self.args.cache else {
+            return block;
+        };
+        let mentioned = idents_in(cache.to_token_stream());
+        let used: Vec<syn::Stmt> = self
+            .info
+            .params
+            .iter()
+            .filter(|param| mentioned.contains(&param.ident))
+            .map(|param| {
+                let ident = &param.ident;
+                syn::parse_quote!(let _ = &#ident;)
+            })
+            .collect();
+        block.stmts.splice(0..0, used);
+        block
     }
 
     /// `static __CACHE_SPEC`: what the runtime needs to know about the
@@ -239,7 +280,13 @@ impl Context<'_> {
         }
     }
 
+    /// The mode value, spanned on the return type: when the value type is not
+    /// serializable, the failing bound is introduced by this argument.
     fn mode(&self) -> TokenStream {
+        respan(self.mode_tokens(), return_span(&self.func.sig))
+    }
+
+    fn mode_tokens(&self) -> TokenStream {
         let private = self.private();
         match self.info.mode {
             ModeKind::Plain => quote!(#private::Plain),
@@ -349,7 +396,10 @@ impl Context<'_> {
                         };
                         quote_spanned!(span=> .#index)
                     } else {
-                        let field = Ident::new(field, span);
+                        // Located at the literal but marked as generated, so
+                        // that rustc reports an unknown field there without
+                        // suggesting to rewrite the literal into a field name.
+                        let field = Ident::new(field, Span::call_site().located_at(span));
                         quote_spanned!(span=> .#field)
                     }
                 });
@@ -436,6 +486,37 @@ impl Context<'_> {
     }
 }
 
+/// `path(args).await` with the path, the parentheses and `.await` on `span`
+/// (the return type's) while the arguments keep theirs: a bound of the helper
+/// that fails is then reported once, on the return type.
+fn call_helper(path: TokenStream, args: TokenStream, span: Span) -> TokenStream {
+    let mut group = proc_macro2::Group::new(proc_macro2::Delimiter::Parenthesis, args);
+    group.set_span(span);
+    let path = respan(path, span);
+    let dot_await = respan(quote!(.await), span);
+    quote!(#path #group #dot_await)
+}
+
+/// Gives every token of `tokens` the span `span`. The helper's path gets the
+/// return type's span so that "`User: Serialize` is not satisfied" points at
+/// the type to fix rather than at the whole attribute.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut tree| {
+            if let proc_macro2::TokenTree::Group(group) = &tree {
+                let mut new =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                new.set_span(span);
+                tree = new.into();
+            } else {
+                tree.set_span(span);
+            }
+            tree
+        })
+        .collect()
+}
+
 fn return_span(sig: &Signature) -> Span {
     match &sig.output {
         ReturnType::Type(_, ty) => ty.span(),
@@ -456,12 +537,27 @@ fn plain_signature(sig: &Signature) -> Signature {
                 }
             }
             FnArg::Receiver(receiver) => {
-                // `mut self: &Self` rebinding is the body's business.
-                receiver.mutability = None;
+                // `mut self: &Self` rebinding is the body's business; the
+                // `mut` of `&mut self` is part of the type and stays.
+                if receiver.reference.is_none() {
+                    receiver.mutability = None;
+                }
             }
         }
     }
     sig
+}
+
+fn idents_in(tokens: TokenStream) -> Vec<Ident> {
+    let mut idents = Vec::new();
+    for tree in tokens {
+        match tree {
+            proc_macro2::TokenTree::Ident(ident) => idents.push(ident),
+            proc_macro2::TokenTree::Group(group) => idents.extend(idents_in(group.stream())),
+            _ => {}
+        }
+    }
+    idents
 }
 
 /// Splits the function's attributes into documentation (the wrapper's only),

@@ -191,18 +191,17 @@ fn unknown_parameter(name: &str, place: &str, info: &FnInfo) -> String {
     }
 }
 
-/// Every parameter must be in the key or in `skip`, else two calls differing
-/// only in it would share a cached value.
+/// Every parameter must be in the key, in a tag or in `skip`, else two calls
+/// differing only in it would share a cached value.
 fn check_coverage(args: &Args, info: &FnInfo, errors: &mut Errors) {
-    let in_key = |name: &str| match &args.key {
-        // Without `key`, the default key holds every parameter not skipped.
-        None => true,
-        Some(TemplateArg { template: None, .. }) => true,
-        Some(TemplateArg {
-            template: Some(template),
-            ..
-        }) => template.placeholders().any(|p| p.root == name),
+    let names: Vec<&str> = info.params.iter().map(|p| p.name.as_str()).collect();
+    let roots = |arg: &TemplateArg| -> Vec<String> {
+        arg.template
+            .iter()
+            .flat_map(|t| t.placeholders().map(|p| p.root.clone()))
+            .collect()
     };
+    let in_key: Vec<String> = args.key.iter().flat_map(roots).collect();
 
     for skipped in &args.skip {
         let name = skipped.unraw().to_string();
@@ -211,9 +210,9 @@ fn check_coverage(args: &Args, info: &FnInfo, errors: &mut Errors) {
                 skipped,
                 "`self` is never part of the key unless the key template names it; remove it from `skip`",
             );
-        } else if !info.params.iter().any(|p| p.name == name) {
+        } else if !names.contains(&name.as_str()) {
             errors.spanned(skipped, unknown_parameter(&name, "in `skip`", info));
-        } else if args.key.is_some() && in_key(&name) {
+        } else if in_key.contains(&name) {
             errors.spanned(
                 skipped,
                 format_args!(
@@ -223,9 +222,30 @@ fn check_coverage(args: &Args, info: &FnInfo, errors: &mut Errors) {
         }
     }
 
+    let key_unchecked = match &args.key {
+        // Without `key`, the default key holds every parameter not skipped.
+        None => true,
+        // A template that did not parse has its own errors.
+        Some(key) => key.template.is_none(),
+    };
+    if key_unchecked {
+        return;
+    }
+    let mut covered: Vec<String> = in_key;
+    covered.extend(args.tags.iter().flat_map(roots));
+    covered.extend(args.skip.iter().map(|s| s.unraw().to_string()));
+    // A misspelt name covers the parameter it was probably meant to be, so
+    // that one typo gives one error.
+    let meant: Vec<String> = covered
+        .iter()
+        .filter(|name| !names.contains(&name.as_str()))
+        .filter_map(|name| suggest::closest(name, names.iter().copied()))
+        .map(str::to_owned)
+        .collect();
+    covered.extend(meant);
+
     for param in &info.params {
-        let skipped = args.skip.iter().any(|s| s.unraw() == param.name);
-        if !skipped && !in_key(&param.name) {
+        if !covered.contains(&param.name) {
             errors.spanned(
                 &param.ident,
                 format_args!(

@@ -1,0 +1,8 @@
+use cache_core::cached;
+
+#[cached(key = "")]
+async fn answer() -> u64 {
+    42
+}
+
+fn main() {}

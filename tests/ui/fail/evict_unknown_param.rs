@@ -1,0 +1,8 @@
+use cache_core::cache_evict;
+
+#[cache_evict(key = "user:<id>")]
+async fn delete_user(user_id: u64) {
+    let _ = user_id;
+}
+
+fn main() {}

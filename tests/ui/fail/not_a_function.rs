@@ -1,0 +1,6 @@
+use cache_core::cached;
+
+#[cached(key = "x")]
+struct User;
+
+fn main() {}
