@@ -2,4 +2,5 @@
 //! started by the `tests` harness) and the in-memory backend.
 
 mod harness;
+mod macros;
 mod tls;
