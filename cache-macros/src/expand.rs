@@ -599,3 +599,91 @@ fn expect_to_allow(attrs: &[&Attribute]) -> Vec<Attribute> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn expand_str(kind: Kind, args: TokenStream, item: TokenStream) -> String {
+        expand(kind, args, item).to_string()
+    }
+
+    #[test]
+    fn cached_generates_the_wrapper_and_its_companions() {
+        let out = expand_str(
+            Kind::Cached,
+            quote!(key = "user:<user_id>", ttl = "5m", tags = ["org:<org_id>"]),
+            quote! {
+                /// Loads a user.
+                pub async fn get_user(org_id: u64, user_id: u64) -> Result<User, DbError> {
+                    db::load(org_id, user_id).await
+                }
+            },
+        );
+        for expected in [
+            "pub async fn get_user (org_id : u64 , user_id : u64)",
+            "pub async fn get_user_uncached (org_id : u64 , user_id : u64)",
+            "pub async fn get_user_invalidate (org_id : u64 , user_id : u64) -> :: core :: result :: Result < bool , :: cache_core :: Error >",
+            "pub async fn get_user_refresh (org_id : u64 , user_id : u64)",
+            "Some (300000u64)",
+            "__cache_key . literal (\"user:\") ; __cache_key . part (& user_id) ;",
+            "__cache_tag . literal (\"org:\") ; __cache_tag . part (& org_id) ;",
+            ":: cache_core :: __private :: ResultMode",
+            "get_user_uncached (org_id , user_id)",
+        ] {
+            assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+        }
+        // The body lives only in `_uncached`, and the docs stay on the wrapper.
+        assert_eq!(out.matches("db :: load").count(), 1, "{out}");
+        assert_eq!(out.matches("Loads a user.").count(), 1, "{out}");
+    }
+
+    #[test]
+    fn errors_keep_the_function_unchanged() {
+        let item = quote!(
+            async fn get(id: u64) -> u64 {
+                id
+            }
+        );
+        let out = expand_str(Kind::Cached, quote!(key = "x:<idd>", ttl = 0), item.clone());
+        assert!(out.starts_with(":: core :: compile_error !"), "{out}");
+        assert_eq!(out.matches("compile_error").count(), 2, "{out}");
+        assert!(out.ends_with(&item.to_string()), "{out}");
+        assert!(!out.contains("get_uncached"), "{out}");
+    }
+
+    #[test]
+    fn methods_call_their_companions_through_self() {
+        let out = expand_str(
+            Kind::Cached,
+            quote!(cache = self.cache),
+            quote!(
+                async fn name(&self, id: u64) -> String {
+                    id.to_string()
+                }
+            ),
+        );
+        assert!(out.contains("Self :: name_uncached (self , id)"), "{out}");
+        assert!(
+            out.contains(":: core :: any :: type_name :: < Self > ()"),
+            "{out}"
+        );
+        assert!(out.contains("explicit (& (self . cache))"), "{out}");
+    }
+
+    #[test]
+    fn generic_functions_pass_their_type_parameters() {
+        let out = expand_str(
+            Kind::Cached,
+            quote!(),
+            quote!(
+                async fn load<'a, T: Bound, const N: usize>(id: &'a str) -> T {
+                    todo!()
+                }
+            ),
+        );
+        assert!(out.contains("load_uncached :: < T , N > (id)"), "{out}");
+        assert!(out.contains("type_name :: < T > ()"), "{out}");
+        assert!(out.contains("__cache_key . part (& N)"), "{out}");
+    }
+}

@@ -4,9 +4,9 @@
 //! Depend on `cache_core`, which re-exports them; the generated code calls
 //! `cache_core::__private` and nothing else.
 //!
-//! The work is split the way `thiserror-impl` splits it: [`attr`] parses the
-//! attribute, [`template`] parses key templates, [`validate`] checks both
-//! against the function, and [`expand`] writes the glue. Every error of one
+//! The work is split the way `thiserror-impl` splits it: `attr` parses the
+//! attribute, `template` parses key templates, `validate` checks both
+//! against the function, and `expand` writes the glue. Every error of one
 //! attribute is reported at once, and the function is still emitted unchanged
 //! next to the errors.
 
@@ -89,13 +89,22 @@ use crate::attr::Kind;
 ///
 /// # Methods and generics
 ///
-/// Inherent methods taking `&self` (or `&mut self`) are supported; the
-/// receiver is not part of the key unless the template names it, and the
-/// companions are methods too. `self` by value is rejected. Generic functions
-/// work; the default key includes the names of the type parameters. Methods of
-/// trait implementations cannot be annotated, since the companions would not
-/// be members of the trait. Associated functions without a receiver are
-/// recognised only when their signature mentions `Self`.
+/// Inherent methods taking `&self` are supported; the receiver is not part of
+/// the key unless the template names it (`<self.tenant>`), and the companions
+/// are methods too. `&mut self` works with a cache that is not borrowed from
+/// `self` (the body needs `self` while the cache is in use). `self` by value
+/// is rejected.
+///
+/// Generic functions work; the default key includes the names of the type
+/// parameters (`std::any::type_name`), and of `Self` for methods, so
+/// `load::<User>(1)` and `load::<Org>(1)` have different keys. Those names may
+/// change with the compiler version, which only costs misses after an upgrade.
+///
+/// Methods of trait implementations cannot be annotated, since the companions
+/// would not be members of the trait. An associated function without a
+/// receiver is recognised as one only when its signature mentions `Self`;
+/// otherwise it is treated as a free function, and its companions are called
+/// without `Self::`.
 #[proc_macro_attribute]
 pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand(Kind::Cached, args.into(), item.into()).into()
