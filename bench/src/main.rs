@@ -1,0 +1,317 @@
+//! The load benchmark: our `#[cached]` against raw redis-rs, the `cached` crate and moka, in
+//! one run, against one loopback redis-server, on the same logical data.
+//!
+//! ```text
+//! cargo run --release -p bench -- --out target/bench-results.json
+//! ```
+//!
+//! It starts its own redis-server on a free loopback port (through the test harness) unless
+//! `REDIS_URL` is set, writes 10k ~100-byte users into each system under test, then runs
+//! each workload (a warm-up, then several rounds bounded in time and count) on a tokio
+//! runtime with two workers, printing ops/s and p50/p99 latency (medians across rounds),
+//! each of ours as a ratio to its reference, and whether the issue's targets hold. `--out`
+//! writes the rows as JSON so runs can be compared. Workloads live in `workloads.rs`.
+
+mod measure;
+mod workloads;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::measure::{Measurement, Plan};
+use crate::workloads::{Bar, Ctx, Expect};
+
+const USAGE: &str = "\
+usage: bench [--out FILE] [--only TEXT]... [--rounds N] [--round-secs S] [--round-ops N]
+             [--warmup-secs S] [--list]
+
+  --out FILE       write the rows as JSON (workload, ops_per_sec, p50_us, p99_us,
+                   reference, ratio, p50_ratio)
+  --only TEXT      run only workloads whose name contains TEXT (repeatable); their
+                   references run too
+  --rounds N       measured rounds per workload (default 5); numbers are medians
+  --round-secs S   a round stops after S seconds (default 1.5)...
+  --round-ops N    ...or after N operations (default 300000)
+  --warmup-secs S  discarded warm-up per workload (default 0.5)
+  --list           print the workloads and exit
+
+REDIS_URL=redis://...  use that server instead of starting one (keys are prefixed
+                       bench<pid>: and expire after 15 minutes)";
+
+struct Args {
+    out: Option<PathBuf>,
+    only: Vec<String>,
+    list: bool,
+    plan: Plan,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        out: None,
+        only: Vec::new(),
+        list: false,
+        plan: Plan {
+            warmup: Duration::from_millis(500),
+            rounds: 5,
+            round_time: Duration::from_millis(1500),
+            round_ops: 300_000,
+        },
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let secs = |v: String| {
+            v.parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| format!("`{v}` is not a positive number of seconds"))
+        };
+        let count = |v: String| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("`{v}` is not a positive integer"))
+        };
+        match flag.as_str() {
+            "--out" => args.out = Some(PathBuf::from(value()?)),
+            "--only" => args.only.push(value()?),
+            "--rounds" => args.plan.rounds = count(value()?)? as usize,
+            "--round-secs" => args.plan.round_time = secs(value()?)?,
+            "--round-ops" => args.plan.round_ops = count(value()?)?,
+            "--warmup-secs" => args.plan.warmup = secs(value()?)?,
+            "--list" => args.list = true,
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument `{other}`")),
+        }
+    }
+    Ok(args)
+}
+
+/// One row of the report and of the JSON file.
+#[derive(Debug, Serialize)]
+struct Row {
+    workload: &'static str,
+    ops_per_sec: f64,
+    p50_us: f64,
+    p99_us: f64,
+    reference: Option<&'static str>,
+    /// ops/s of this workload over ops/s of its reference.
+    ratio: Option<f64>,
+    /// p50 of this workload over p50 of its reference.
+    p50_ratio: Option<f64>,
+    #[serde(skip)]
+    spread: (f64, f64),
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("error: {e}\n");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(if e.is_empty() { 0 } else { 2 });
+        }
+    };
+    let all = workloads::workloads();
+    if args.list {
+        for w in &all {
+            println!("{}", w.name);
+        }
+        return ExitCode::SUCCESS;
+    }
+    let selected: Vec<_> = {
+        let wanted = |name: &str| {
+            args.only.is_empty() || args.only.iter().any(|o| name.contains(o.as_str()))
+        };
+        let mut names: Vec<&str> = all
+            .iter()
+            .filter(|w| wanted(w.name))
+            .flat_map(|w| [Some(w.name), w.reference])
+            .flatten()
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        all.into_iter()
+            .filter(|w| names.contains(&w.name))
+            .collect()
+    };
+    if selected.is_empty() {
+        eprintln!("error: no workload matches {:?} (see --list)", args.only);
+        return ExitCode::from(2);
+    }
+
+    // Our own server unless REDIS_URL is given; dropped (killed) at the end of main.
+    let (url, _server) = match std::env::var("REDIS_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => match tests::RedisServer::try_start() {
+            Ok(server) => (server.url(), Some(server)),
+            Err(e) => {
+                eprintln!("error: cannot start redis-server: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let rows = runtime.block_on(run(&url, args.plan, &selected));
+
+    print_targets(&rows);
+    if let Some(out) = &args.out {
+        let json = match serde_json::to_string_pretty(&rows) {
+            Ok(json) => json,
+            Err(e) => {
+                eprintln!("error: cannot encode the results: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = std::fs::write(out, json + "\n") {
+            eprintln!("error: cannot write {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+        println!("\nwrote {}", out.display());
+    }
+    ExitCode::SUCCESS
+}
+
+async fn run(url: &str, plan: Plan, selected: &[workloads::Workload]) -> Vec<Row> {
+    println!(
+        "redis {url}; tokio multi-thread runtime, 2 workers; {} keys per system; \
+         per workload: {:?} warm-up, then {} rounds of at most {:?} or {} ops (medians shown)",
+        workloads::KEYS,
+        plan.warmup,
+        plan.rounds,
+        plan.round_time,
+        plan.round_ops,
+    );
+    let cx: &'static Ctx = Box::leak(Box::new(Ctx::new(url, plan).await));
+    let started = Instant::now();
+    cx.populate().await;
+    let stats = cx.ours.stats();
+    if stats.backend_errors + stats.encode_errors > 0 {
+        panic!("populating our cache failed: {stats:?}");
+    }
+    let sample = serde_json::to_vec(&workloads::User::load(1234)).map_or(0, |v| v.len());
+    println!(
+        "populated in {:.1?} (a value is {sample} bytes of JSON; the cached crate stores MessagePack)\n",
+        started.elapsed()
+    );
+
+    println!(
+        "{:<24} {:>12} {:>9} {:>9} {:>19}   ratio to reference",
+        "workload", "ops/s", "p50 us", "p99 us", "ops/s min..max"
+    );
+    let mut rows: Vec<Row> = Vec::with_capacity(selected.len());
+    for w in selected {
+        let before = workloads::computes();
+        let m: Measurement = (w.run)(cx).await;
+        let computed = workloads::computes() - before;
+        match w.expect {
+            Expect::Hits if computed != 0 => panic!(
+                "{}: {computed} of {} operations ran the function: the data is not all cached \
+                 (our counters: {:?})",
+                w.name,
+                m.total_ops,
+                cx.ours.stats()
+            ),
+            Expect::Misses if computed != m.total_ops => panic!(
+                "{}: {computed} of {} operations ran the function: some were hits",
+                w.name, m.total_ops
+            ),
+            _ => {}
+        }
+        let reference = w
+            .reference
+            .and_then(|r| rows.iter().find(|row| row.workload == r));
+        let row = Row {
+            workload: w.name,
+            ops_per_sec: m.ops_per_sec,
+            p50_us: m.p50_us,
+            p99_us: m.p99_us,
+            reference: w.reference,
+            ratio: reference.map(|r| m.ops_per_sec / r.ops_per_sec),
+            p50_ratio: reference.map(|r| m.p50_us / r.p50_us),
+            spread: m.spread(),
+        };
+        print_row(&row);
+        rows.push(row);
+    }
+    // Ours is a pool of multiplexed connections; the raw reference and each of the cached
+    // crate's stores have one each. Say how many there were.
+    let mut conn = cx.raw.clone();
+    if let Ok(info) = redis::cmd("INFO")
+        .arg("clients")
+        .query_async::<String>(&mut conn)
+        .await
+    {
+        if let Some(n) = info
+            .lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+        {
+            println!("\nconnections to redis-server at the end: {}", n.trim());
+        }
+    }
+    rows
+}
+
+fn print_row(row: &Row) {
+    let ratio = match (row.reference, row.ratio, row.p50_ratio) {
+        (Some(r), Some(ratio), Some(p50)) => {
+            format!("{ratio:.2}x ops/s, {p50:.2}x p50  vs {r}")
+        }
+        (Some(r), _, _) => format!("(reference {r} did not run)"),
+        _ => String::new(),
+    };
+    println!(
+        "{:<24} {:>12.0} {:>9.1} {:>9.1} {:>9.0}..{:<9.0}   {ratio}",
+        row.workload, row.ops_per_sec, row.p50_us, row.p99_us, row.spread.0, row.spread.1
+    );
+}
+
+fn print_targets(rows: &[Row]) {
+    let find = |name: &str| rows.iter().find(|r| r.workload == name);
+    let mut printed = false;
+    for t in workloads::targets() {
+        let (Some(ours), Some(reference)) = (find(t.ours), find(t.reference)) else {
+            continue;
+        };
+        if !printed {
+            println!("\ntargets:");
+            printed = true;
+        }
+        let (what, value, holds) = match t.bar {
+            Bar::OpsAtLeast(x) => {
+                let v = ours.ops_per_sec / reference.ops_per_sec;
+                (format!("ops/s >= {x:.1}x"), v, v >= x)
+            }
+            Bar::P50AtMost(x) => {
+                let v = ours.p50_us / reference.p50_us;
+                (format!("p50 <= {x:.1}x"), v, v <= x)
+            }
+        };
+        println!(
+            "  {:<4} {} vs {}: {what} (measured {value:.2}x)",
+            if holds { "ok" } else { "MISS" },
+            t.ours,
+            t.reference,
+        );
+    }
+}

@@ -1,0 +1,153 @@
+//! Running one operation under load: a warm-up, then rounds bounded by time and by count,
+//! with every operation's latency recorded.
+//!
+//! Latencies go into a `Vec<u64>` per task, preallocated for the round's share of operations,
+//! and are sorted once per round. At these counts (at most `round_ops` per round) sorting is
+//! a few milliseconds, and exact percentiles need no extra dependency: an HDR histogram would
+//! only pay off for much longer runs.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long and how much each workload runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Time of the discarded warm-up round.
+    pub warmup: Duration,
+    /// Measured rounds; the reported numbers are medians across them.
+    pub rounds: usize,
+    /// A round ends after this long...
+    pub round_time: Duration,
+    /// ...or after this many operations, whichever comes first.
+    pub round_ops: u64,
+}
+
+/// One measured round.
+#[derive(Debug, Clone, Copy)]
+pub struct Round {
+    pub ops: u64,
+    pub ops_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+/// The rounds of one workload, and their medians.
+#[derive(Debug, Clone)]
+pub struct Measurement {
+    pub rounds: Vec<Round>,
+    /// Operations run, warm-up included (for the hit/miss accounting of the caller).
+    pub total_ops: u64,
+    pub ops_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+}
+
+impl Measurement {
+    fn from_rounds(rounds: Vec<Round>, total_ops: u64) -> Measurement {
+        let median = |f: fn(&Round) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            match v.len() {
+                0 => f64::NAN,
+                n if n % 2 == 1 => v[n / 2],
+                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+            }
+        };
+        Measurement {
+            ops_per_sec: median(|r| r.ops_per_sec),
+            p50_us: median(|r| r.p50_us),
+            p99_us: median(|r| r.p99_us),
+            rounds,
+            total_ops,
+        }
+    }
+
+    /// Lowest and highest ops/s of the rounds: how noisy the median is.
+    pub fn spread(&self) -> (f64, f64) {
+        self.rounds
+            .iter()
+            .fold((f64::INFINITY, 0.0_f64), |(lo, hi), r| {
+                (lo.min(r.ops_per_sec), hi.max(r.ops_per_sec))
+            })
+    }
+}
+
+/// Runs `op` from `concurrency` tokio tasks at once: a warm-up, then `plan.rounds` rounds.
+/// `op` receives the index of the operation within its round (0, 1, 2, ...), which the
+/// workloads map onto keys.
+pub async fn measure<F, Fut>(plan: &Plan, concurrency: usize, op: F) -> Measurement
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let warm = round(&op, concurrency, plan.warmup, plan.round_ops).await;
+    let mut total_ops = warm.ops;
+    let mut rounds = Vec::with_capacity(plan.rounds);
+    for _ in 0..plan.rounds {
+        let r = round(&op, concurrency, plan.round_time, plan.round_ops).await;
+        total_ops += r.ops;
+        rounds.push(r);
+    }
+    Measurement::from_rounds(rounds, total_ops)
+}
+
+async fn round<F, Fut>(op: &Arc<F>, concurrency: usize, time: Duration, max_ops: u64) -> Round
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let concurrency = concurrency.max(1);
+    let next = Arc::new(AtomicU64::new(0));
+    let per_task = (max_ops as usize).div_ceil(concurrency) + 64;
+    let started = Instant::now();
+    let deadline = started + time;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let op = op.clone();
+            let next = next.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_task);
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= max_ops {
+                        break;
+                    }
+                    let t0 = Instant::now();
+                    if t0 >= deadline {
+                        break;
+                    }
+                    op(i).await;
+                    latencies.push(t0.elapsed().as_nanos() as u64);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(per_task * concurrency);
+    for task in tasks {
+        match task.await {
+            Ok(latencies) => all.extend(latencies),
+            // An operation panicked (a wrong value, a Redis error): stop the benchmark with it.
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => panic!("a benchmark task did not finish: {e}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    all.sort_unstable();
+    let pct = |q: f64| -> f64 {
+        if all.is_empty() {
+            return f64::NAN;
+        }
+        let at = ((all.len() - 1) as f64 * q).round() as usize;
+        all[at] as f64 / 1_000.0
+    };
+    Round {
+        ops: all.len() as u64,
+        ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+    }
+}

@@ -1,0 +1,450 @@
+//! The systems under test, their data, and the workloads.
+//!
+//! Adding a workload (an L1 hit, a rate-limit check against a raw `EVALSHA`, a lock
+//! acquire+release, ... as those capabilities land) is one `async fn(&'static Ctx) ->
+//! Measurement` below, usually a [`measure`] call around one operation, plus one line in
+//! [`workloads`]; a target on it is one more line in [`targets`]. Data a new system reads is
+//! written in [`Ctx::populate`].
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use cache_core::Cache;
+use redis::aio::MultiplexedConnection;
+use serde::{Deserialize, Serialize};
+
+use crate::measure::{measure, Measurement, Plan};
+
+/// Keys each system holds, and hit workloads read.
+pub const KEYS: u64 = 10_000;
+/// Lifetime of everything the benchmark writes: long enough for a whole run, short enough
+/// that a run against a shared `REDIS_URL` cleans up after itself.
+pub const TTL: Duration = Duration::from_secs(15 * 60);
+/// Distinct tags of the tagged workloads (`org:<id % ORGS>`).
+const ORGS: u64 = 100;
+/// Miss workloads use ids from here up, never used by the populated data.
+const FIRST_MISS_ID: u64 = 1_000_000_000;
+
+/// The cached value: about 100 bytes of JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    pub org: u64,
+    pub name: String,
+    pub email: String,
+    pub active: bool,
+    pub plan: String,
+}
+
+impl User {
+    /// The "database": what every system computes on a miss.
+    pub fn load(id: u64) -> User {
+        COMPUTES.fetch_add(1, Ordering::Relaxed);
+        User {
+            id,
+            org: id % ORGS,
+            name: format!("user-{id:010}"),
+            email: format!("user-{id:010}@example.com"),
+            active: true,
+            plan: "team".to_owned(),
+        }
+    }
+}
+
+/// Function bodies run (misses). Hit workloads must leave it unchanged.
+static COMPUTES: AtomicU64 = AtomicU64::new(0);
+
+pub fn computes() -> u64 {
+    COMPUTES.load(Ordering::Relaxed)
+}
+
+/// Every operation checks what it got, so no work can be skipped and a wrong value stops the
+/// run.
+#[track_caller]
+fn check(user: &User, id: u64) {
+    if user.id != id || user.org != id % ORGS {
+        panic!("expected user {id}, got {user:?}");
+    }
+}
+
+#[track_caller]
+fn ok<T, E: Display>(result: Result<T, E>, what: &str) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+/// Everything a workload needs; leaked once, so operations (spawned tasks) can hold it.
+#[derive(Debug)]
+pub struct Ctx {
+    pub plan: Plan,
+    /// Prefix of every key written in this run: `bench<pid>` (ours and raw),
+    /// `bench<pid>-cached` (the cached crate).
+    pub run: String,
+    pub raw: MultiplexedConnection,
+    pub ours: Cache,
+    pub moka: moka::future::Cache<u64, User>,
+    next_miss: AtomicU64,
+}
+
+impl Ctx {
+    pub async fn new(url: &str, plan: Plan) -> Ctx {
+        let run = format!("bench{}", std::process::id());
+        let client = ok(redis::Client::open(url), "redis url");
+        let raw = ok(
+            client.get_multiplexed_async_connection().await,
+            "connecting to redis",
+        );
+        let ours = ok(
+            Cache::builder().url(url).namespace(run.as_str()).build(),
+            "building the cache",
+        );
+        // Its keys are `namespace:prefix:id`: a namespace of its own keeps them off ours.
+        let _ = THEIRS.set((url.to_owned(), format!("{run}-cached")));
+        Ctx {
+            plan,
+            run,
+            raw,
+            ours,
+            moka: moka::future::Cache::new(2 * KEYS),
+            next_miss: AtomicU64::new(FIRST_MISS_ID),
+        }
+    }
+
+    fn raw_key(&self, what: &str, id: u64) -> String {
+        format!("{}:raw:{what}:{id}", self.run)
+    }
+
+    fn miss_id(&self) -> u64 {
+        self.next_miss.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Writes the same `KEYS` users into each system, each in its own format: JSON for raw
+    /// redis, our envelope around JSON, the `cached` crate's MessagePack.
+    pub async fn populate(&'static self) {
+        let mut pipe = redis::pipe();
+        for id in 0..KEYS {
+            let json = ok(serde_json::to_vec(&User::load(id)), "encoding");
+            pipe.cmd("SET")
+                .arg(self.raw_key("user", id))
+                .arg(json)
+                .arg("PX")
+                .arg(TTL.as_millis() as u64)
+                .ignore();
+        }
+        let mut conn = self.raw.clone();
+        ok(pipe.query_async::<()>(&mut conn).await, "populating raw");
+        for_each_id(move |id| async move {
+            ours::user_refresh(&self.ours, id).await;
+            ours::tagged_user_refresh(&self.ours, id % ORGS, id).await;
+            ok(theirs::user(id).await, "populating the cached crate");
+            self.moka.insert(id, User::load(id)).await;
+        })
+        .await;
+    }
+}
+
+/// Runs `f` for every populated id, 32 at a time.
+async fn for_each_id<F, Fut>(f: F)
+where
+    F: Fn(u64) -> Fut + Copy + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    const TASKS: u64 = 32;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            tokio::spawn(async move {
+                for id in (t..KEYS).step_by(TASKS as usize) {
+                    f(id).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        ok(t.await, "populating");
+    }
+}
+
+// ---- the systems under test ------------------------------------------------------------------
+
+/// Ours: `#[cached]` on the Redis path (no L1 exists yet).
+mod ours {
+    use super::User;
+    use cache_core::Cache;
+
+    #[cache_core::cached(key = "user:<id>", ttl = 900, cache = cache, skip = [cache])]
+    pub async fn user(cache: &Cache, id: u64) -> User {
+        User::load(id)
+    }
+
+    fn in_org(user: User, org: u64) -> User {
+        assert_eq!(user.org, org, "user {} is not in org {org}", user.id);
+        user
+    }
+
+    #[cache_core::cached(key = "tuser:<org>:<id>", ttl = 900, tags = ["org:<org>"], cache = cache, skip = [cache])]
+    pub async fn tagged_user(cache: &Cache, org: u64, id: u64) -> User {
+        in_org(User::load(id), org)
+    }
+
+    #[cache_core::cached(key = "miss:<id>", ttl = 900, cache = cache, skip = [cache])]
+    pub async fn miss(cache: &Cache, id: u64) -> User {
+        User::load(id)
+    }
+
+    #[cache_core::cached(key = "tmiss:<org>:<id>", ttl = 900, tags = ["org:<org>"], cache = cache, skip = [cache])]
+    pub async fn tagged_miss(cache: &Cache, org: u64, id: u64) -> User {
+        in_org(User::load(id), org)
+    }
+}
+
+/// Where the `cached` crate's stores connect, and their namespace: its macro builds each
+/// store on first call, from a `create` block that can only reach statics.
+static THEIRS: OnceLock<(String, String)> = OnceLock::new();
+
+/// The `cached` crate 4.x: `#[concurrent_cached]` with its `AsyncRedisCache` store (one
+/// multiplexed connection per store, values in MessagePack).
+mod theirs {
+    use super::{User, THEIRS, TTL};
+    use cached::AsyncRedisCache;
+
+    #[derive(Debug)]
+    pub struct StoreError(String);
+
+    impl std::fmt::Display for StoreError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+
+    pub async fn store(prefix: &str) -> AsyncRedisCache<u64, User> {
+        let (url, namespace) = THEIRS
+            .get()
+            .unwrap_or_else(|| panic!("the cached crate's store used before Ctx::new"));
+        AsyncRedisCache::builder(prefix)
+            .namespace(namespace)
+            .ttl(TTL)
+            .connection_string(url)
+            .build()
+            .await
+            .unwrap_or_else(|e| panic!("building the cached crate's store: {e}"))
+    }
+
+    #[cached::macros::concurrent_cached(
+        map_error = r##"|e| StoreError(format!("{e:?}"))"##,
+        ty = "cached::AsyncRedisCache<u64, User>",
+        create = r##"{ store("user").await }"##
+    )]
+    pub async fn user(id: u64) -> Result<User, StoreError> {
+        Ok(User::load(id))
+    }
+
+    #[cached::macros::concurrent_cached(
+        map_error = r##"|e| StoreError(format!("{e:?}"))"##,
+        ty = "cached::AsyncRedisCache<u64, User>",
+        create = r##"{ store("miss").await }"##
+    )]
+    pub async fn miss(id: u64) -> Result<User, StoreError> {
+        Ok(User::load(id))
+    }
+}
+
+// ---- workloads -----------------------------------------------------------------------------
+
+/// What a workload's function bodies may do, checked around the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    /// Only hits: no body runs.
+    Hits,
+    /// Only misses: a body runs for every operation.
+    Misses,
+    /// Not counted (raw clients check inline).
+    Unchecked,
+}
+
+pub type Run = fn(&'static Ctx) -> Pin<Box<dyn Future<Output = Measurement>>>;
+
+#[derive(Debug)]
+pub struct Workload {
+    pub name: &'static str,
+    /// The workload this one is compared with.
+    pub reference: Option<&'static str>,
+    pub expect: Expect,
+    pub run: Run,
+}
+
+const fn w(
+    name: &'static str,
+    reference: Option<&'static str>,
+    expect: Expect,
+    run: Run,
+) -> Workload {
+    Workload {
+        name,
+        reference,
+        expect,
+        run,
+    }
+}
+
+/// Every workload, references first. One line per workload (kept unwrapped, as a table).
+#[rustfmt::skip]
+pub fn workloads() -> Vec<Workload> {
+    use Expect::*;
+    vec![
+        // references
+        w("raw GET c=1", None, Unchecked, |cx| Box::pin(raw_get(cx, 1))),
+        w("raw GET c=64", None, Unchecked, |cx| Box::pin(raw_get(cx, 64))),
+        w("raw miss c=1", None, Unchecked, |cx| Box::pin(raw_miss(cx, 1))),
+        w("cached crate hit c=1", None, Hits, |cx| Box::pin(theirs_hit(cx, 1))),
+        w("cached crate hit c=64", None, Hits, |cx| Box::pin(theirs_hit(cx, 64))),
+        w("cached crate miss c=1", None, Misses, |cx| Box::pin(theirs_miss(cx, 1))),
+        w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
+        w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
+        // ours
+        w("ours hit c=1", Some("raw GET c=1"), Hits, |cx| Box::pin(ours_hit(cx, 1))),
+        w("ours hit c=64", Some("raw GET c=64"), Hits, |cx| Box::pin(ours_hit(cx, 64))),
+        w("ours tagged hit c=1", Some("raw GET c=1"), Hits, |cx| Box::pin(ours_tagged_hit(cx, 1))),
+        w("ours tagged hit c=64", Some("raw GET c=64"), Hits, |cx| Box::pin(ours_tagged_hit(cx, 64))),
+        w("ours miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_miss(cx, 1))),
+        w("ours tagged miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_tagged_miss(cx, 1))),
+    ]
+}
+
+/// A comparison the issue sets a bar for.
+#[derive(Debug)]
+pub struct Target {
+    pub ours: &'static str,
+    pub reference: &'static str,
+    pub bar: Bar,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Bar {
+    /// ours ops/s >= x * reference ops/s
+    OpsAtLeast(f64),
+    /// ours p50 <= x * reference p50
+    P50AtMost(f64),
+}
+
+pub fn targets() -> Vec<Target> {
+    use Bar::*;
+    let t = |ours, reference, bar| Target {
+        ours,
+        reference,
+        bar,
+    };
+    vec![
+        t("ours hit c=64", "raw GET c=64", OpsAtLeast(0.9)),
+        t("ours hit c=64", "cached crate hit c=64", OpsAtLeast(1.0)),
+        t("ours hit c=1", "raw GET c=1", P50AtMost(1.1)),
+        t("ours tagged miss c=1", "raw miss c=1", OpsAtLeast(0.9)),
+    ]
+}
+
+/// Raw redis-rs: `GET` on a shared multiplexed connection, then `serde_json` decoding.
+async fn raw_get(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        let mut conn = cx.raw.clone();
+        let bytes: Vec<u8> = ok(
+            redis::cmd("GET")
+                .arg(cx.raw_key("user", id))
+                .query_async(&mut conn)
+                .await,
+            "raw GET",
+        );
+        check(&ok(serde_json::from_slice(&bytes), "raw decode"), id);
+    })
+    .await
+}
+
+/// Raw redis-rs miss: `GET` (nil), compute, encode, `SET PX`.
+async fn raw_miss(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |_| async move {
+        let id = cx.miss_id();
+        let key = cx.raw_key("miss", id);
+        let mut conn = cx.raw.clone();
+        let found: Option<Vec<u8>> = ok(
+            redis::cmd("GET").arg(&key).query_async(&mut conn).await,
+            "raw GET",
+        );
+        assert!(found.is_none(), "raw miss found a value under {key}");
+        let user = User::load(id);
+        let json = ok(serde_json::to_vec(&user), "raw encode");
+        ok(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(json)
+                .arg("PX")
+                .arg(TTL.as_millis() as u64)
+                .query_async::<()>(&mut conn)
+                .await,
+            "raw SET",
+        );
+        check(&user, id);
+    })
+    .await
+}
+
+async fn theirs_hit(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, |i| async move {
+        let id = i % KEYS;
+        check(&ok(theirs::user(id).await, "cached crate"), id);
+    })
+    .await
+}
+
+async fn theirs_miss(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |_| async move {
+        let id = cx.miss_id();
+        check(&ok(theirs::miss(id).await, "cached crate"), id);
+    })
+    .await
+}
+
+/// moka's async cache: the in-process ceiling (a clone of the stored value per get).
+async fn moka_get(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        match cx.moka.get(&id).await {
+            Some(user) => check(&user, id),
+            None => panic!("moka lost user {id}"),
+        }
+    })
+    .await
+}
+
+async fn ours_hit(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        check(&ours::user(&cx.ours, id).await, id);
+    })
+    .await
+}
+
+async fn ours_tagged_hit(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        check(&ours::tagged_user(&cx.ours, id % ORGS, id).await, id);
+    })
+    .await
+}
+
+async fn ours_miss(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |_| async move {
+        let id = cx.miss_id();
+        check(&ours::miss(&cx.ours, id).await, id);
+    })
+    .await
+}
+
+async fn ours_tagged_miss(cx: &'static Ctx, concurrency: usize) -> Measurement {
+    measure(&cx.plan, concurrency, move |_| async move {
+        let id = cx.miss_id();
+        check(&ours::tagged_miss(&cx.ours, id % ORGS, id).await, id);
+    })
+    .await
+}
