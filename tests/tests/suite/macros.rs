@@ -664,3 +664,39 @@ async fn without_cache_the_installed_global_cache_is_used() {
         .expect("invalidate"));
     assert!(!global.exists(&key).await.expect("exists"));
 }
+
+// ---- failures of the cache ----------------------------------------------------------------
+
+#[tokio::test]
+async fn a_cached_function_never_fails_because_of_the_cache() {
+    let mut server = tests::RedisServer::start();
+    let cache = tests::redis_cache_at(&server.url());
+    let counter = AtomicUsize::new(0);
+    assert_eq!(square(&cache, &counter, 3).await, 9);
+    assert_eq!(square(&cache, &counter, 3).await, 9);
+    assert_eq!(calls(&counter), 1);
+
+    server.kill();
+    // Unreachable: every call computes, and the result is the function's.
+    assert_eq!(square(&cache, &counter, 3).await, 9);
+    assert_eq!(square(&cache, &counter, 4).await, 16);
+    assert_eq!(calls(&counter), 3);
+    assert_eq!(row(&cache, &counter, 2).await, Ok("row 4".to_owned()));
+    assert!(
+        delete_user(&cache, 10, false).await.is_ok(),
+        "evicting fails silently"
+    );
+    assert_eq!(
+        save_user(&cache, 1, 10, "x").await,
+        Ok("x".to_owned()),
+        "writing through fails silently"
+    );
+    // The companions that only talk to the cache report the failure.
+    assert!(square_invalidate(&cache, &counter, 3).await.is_err());
+
+    server.restart();
+    // Served again once the server is back (it restarted empty, or kept its data).
+    assert_eq!(square(&cache, &counter, 5).await, 25);
+    assert_eq!(square(&cache, &counter, 5).await, 25);
+    assert_eq!(calls(&counter), 5);
+}
