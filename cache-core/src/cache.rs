@@ -301,7 +301,9 @@ impl Cache {
         let now = codec::now_ms();
         let decoded = match codec::parse(&bytes) {
             Ok(env) => {
-                if env.expires_at_ms != 0 && env.expires_at_ms <= now {
+                // The backend's TTL is authoritative (`expire` and `touch` change only it); the
+                // logical expiry matters for entries kept past it to be served stale.
+                if env.stale_until_ms > env.expires_at_ms && env.expires_at_ms <= now {
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
@@ -366,13 +368,15 @@ impl Cache {
     /// True if `key` holds a value (of any type).
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let full = self.full_key(key)?;
-        self.shared.backend.exists(&full).await
+        let r = self.shared.backend.exists(&full).await;
+        r.inspect_err(|e| self.backend_err("exists", &full, e))
     }
 
     /// The remaining lifetime of `key`.
     pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let full = self.full_key(key)?;
-        self.shared.backend.ttl(&full).await
+        let r = self.shared.backend.ttl(&full).await;
+        r.inspect_err(|e| self.backend_err("ttl", &full, e))
     }
 
     // ---- writes -----------------------------------------------------------------------------
@@ -519,7 +523,8 @@ impl Cache {
     /// Sets `key` to expire after `ttl`; false if there is no such key.
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         let full = self.full_key(key)?;
-        self.shared.backend.expire(&full, ttl).await
+        let r = self.shared.backend.expire(&full, ttl).await;
+        r.inspect_err(|e| self.backend_err("expire", &full, e))
     }
 
     /// Restarts `key`'s lifetime at the handle's default TTL; false if there is no such key
@@ -536,7 +541,12 @@ impl Cache {
     /// `get::<i64>`.
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let full = self.full_key(key)?;
-        self.shared.backend.incr(&full, by).await
+        let r = self.shared.backend.incr(&full, by).await;
+        r.inspect_err(|e| {
+            if e.is_unavailable() || matches!(e, Error::Command { .. }) {
+                self.backend_err("incr", &full, e)
+            }
+        })
     }
 
     /// Invalidates every entry attached to `tag`, in O(1): one counter bump, whatever the
@@ -552,7 +562,10 @@ impl Cache {
             .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
-        self.shared.backend.bump(&refs).await.map(|_| ())
+        let r = self.shared.backend.bump(&refs).await;
+        r.map(|_| ()).inspect_err(|e| {
+            self.backend_err("invalidate tags", refs.first().copied().unwrap_or(""), e)
+        })
     }
 
     // ---- compute ----------------------------------------------------------------------------
@@ -586,6 +599,7 @@ impl Cache {
             Ok(full) => full,
             Err(e) => {
                 tracing::warn!(error = %e, "get_or_set: unusable key, computing without the cache");
+                self.shared.stats.compute();
                 return compute().await;
             }
         };
@@ -610,6 +624,7 @@ impl Cache {
             Ok(full) => full,
             Err(e) => {
                 tracing::warn!(error = %e, "try_get_or_set: unusable key, computing without the cache");
+                self.shared.stats.compute();
                 return compute().await;
             }
         };

@@ -12,7 +12,8 @@
 //! 20      8     logical expiry, unix ms (0: none)
 //! 28      8     stale until, unix ms (0: none)
 //! 36      4     compute time, microseconds (for early refresh)
-//! 40      ...   per tag: u16 length, tag version key, u64 version
+//! 40      4     payload length in bytes (a truncated value is detected, not misread)
+//! 44      ...   per tag: u16 length, tag version key, u64 version
 //! ...     ...   payload
 //! ```
 //! All integers little-endian. A value that fails any check here is a miss, never a panic.
@@ -26,7 +27,9 @@ use serde::Serialize;
 
 pub(crate) const MAGIC: u8 = 0xC7;
 pub(crate) const FORMAT_VERSION: u8 = 1;
-const HEADER_LEN: usize = 40;
+const HEADER_LEN: usize = 44;
+/// LZ4 cannot expand data by more than this factor; a larger declared size is corruption.
+const LZ4_MAX_RATIO: usize = 255;
 
 const FLAG_COMPRESSED: u8 = 1;
 const FLAG_ENCRYPTED: u8 = 2;
@@ -104,6 +107,7 @@ pub(crate) fn encode<T: Serialize + 'static>(
     out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.compute_us.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // payload length, set below
     for (key, version) in meta.tags.iter().take(255) {
         let len = key.len().min(u16::MAX as usize);
         out.extend_from_slice(&(len as u16).to_le_bytes());
@@ -128,6 +132,8 @@ pub(crate) fn encode<T: Serialize + 'static>(
         }
     }
     out[2] = flags;
+    let payload_len = u32::try_from(out.len() - payload_start).unwrap_or(u32::MAX);
+    out[40..44].copy_from_slice(&payload_len.to_le_bytes());
     Ok(out)
 }
 
@@ -165,6 +171,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
         tags.push((key, le_u64(bytes, at + 2 + len)));
         at += 2 + len + 8;
     }
+    let payload = &bytes[at..];
+    let declared = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as usize;
+    if payload.len() != declared {
+        return Err("truncated or padded payload");
+    }
     Ok(Envelope {
         flags,
         fingerprint: le_u64(bytes, 4),
@@ -173,7 +184,7 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
         stale_until_ms: le_u64(bytes, 28),
         compute_us: u32::from_le_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]),
         tags,
-        payload: &bytes[at..],
+        payload,
     })
 }
 
@@ -195,6 +206,16 @@ impl Envelope<'_> {
             ));
         }
         let payload: Cow<'_, [u8]> = if self.flags & FLAG_COMPRESSED != 0 {
+            // The size prefix is read before allocating: a corrupt one must not make us
+            // reserve gigabytes.
+            let declared = self
+                .payload
+                .get(..4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                .ok_or("compressed payload is truncated")?;
+            if declared > self.payload.len().saturating_mul(LZ4_MAX_RATIO) + 64 {
+                return Err("compressed payload declares an impossible size".to_owned());
+            }
             Cow::Owned(
                 lz4_flex::decompress_size_prepended(self.payload)
                     .map_err(|e| format!("compressed payload is corrupt: {e}"))?,

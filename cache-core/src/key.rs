@@ -234,7 +234,9 @@ pub(crate) fn validate_namespace(ns: &str) -> Result<()> {
 }
 
 /// Joins a scope prefix (ending in `:`) and a user key, hashing the user key when it is
-/// longer than [`MAX_KEY_LEN`]. The hash keeps a Redis Cluster hash tag (`{...}`) so the key
+/// longer than [`MAX_KEY_LEN`]: `prefix~h:{tag}#digest`. The `~` marks the cache's own keys
+/// (direct keys cannot start with it, templates cannot either), so a hashed key never
+/// collides with one written as is; the Redis Cluster hash tag (`{...}`) is kept so the key
 /// stays in its slot.
 pub(crate) fn full_key(prefix: &str, user_key: &str) -> String {
     if user_key.len() <= MAX_KEY_LEN {
@@ -245,7 +247,7 @@ pub(crate) fn full_key(prefix: &str, user_key: &str) -> String {
     }
     let tag = hash_tag(user_key).unwrap_or("");
     let digest = digest_hex(user_key.as_bytes(), 64);
-    format!("{prefix}{tag}#{digest}")
+    format!("{prefix}~h:{tag}#{digest}")
 }
 
 /// The first `{...}` of a key, braces included, as Redis Cluster reads it.
@@ -465,8 +467,8 @@ mod tests {
     fn long_keys_keep_prefix_and_hash_tag() {
         let user = format!("{{t1}}:{}", "y".repeat(2000));
         let k = full_key("ns:", &user);
-        assert!(k.starts_with("ns:{t1}#"), "{k}");
-        assert_eq!(k.len(), "ns:{t1}#".len() + 64);
+        assert!(k.starts_with("ns:~h:{t1}#"), "{k}");
+        assert_eq!(k.len(), "ns:~h:{t1}#".len() + 64);
     }
 
     #[test]

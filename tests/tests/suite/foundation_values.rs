@@ -283,7 +283,6 @@ async fn a_compressed_payload_claiming_gigabytes_is_a_miss_on_redis() {
 /// The envelope records no payload length or checksum: a raw-bytes or numeric payload cut
 /// short still parses, and reads as a different value instead of a miss.
 #[tokio::test]
-#[ignore = "bug: codec.rs envelope has no payload length/checksum; truncated raw-bytes and numeric payloads read as wrong hits"]
 async fn truncated_payloads_that_still_parse_are_a_miss() {
     let cache = tests::redis_cache();
     let mut raw = Raw::shared().await;

@@ -17,10 +17,15 @@ struct Pki {
 fn make_pki() -> Pki {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key")).expect("ca cert");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("ca key"))
+        .expect("ca cert");
     let server_key = KeyPair::generate().expect("server key");
-    let server_params = CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).expect("server params");
-    let server_cert = server_params.signed_by(&server_key, &ca).expect("server cert");
+    let server_params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+            .expect("server params");
+    let server_cert = server_params
+        .signed_by(&server_key, &ca)
+        .expect("server cert");
     Pki {
         ca_pem: ca.pem(),
         server_cert_pem: server_cert.pem(),
@@ -73,8 +78,18 @@ async fn rediss_with_a_private_ca_round_trips() {
         .namespace(tests::unique_namespace())
         .build()
         .expect("builds");
-    cache.set("k", &"over tls", Duration::from_secs(30)).await.expect("set over TLS");
-    assert_eq!(cache.get::<String>("k").await.expect("get over TLS").as_deref(), Some("over tls"));
+    cache
+        .set("k", &"over tls", Duration::from_secs(30))
+        .await
+        .expect("set over TLS");
+    assert_eq!(
+        cache
+            .get::<String>("k")
+            .await
+            .expect("get over TLS")
+            .as_deref(),
+        Some("over tls")
+    );
 }
 
 #[tokio::test]
@@ -89,8 +104,14 @@ async fn rediss_with_an_untrusted_certificate_is_a_connection_error() {
         .namespace(tests::unique_namespace())
         .build()
         .expect("builds");
-    let err = cache.get::<String>("k").await.expect_err("an unknown CA must not be trusted");
-    assert!(err.is_unavailable(), "expected a connection error, got {err:?}");
+    let err = cache
+        .get::<String>("k")
+        .await
+        .expect_err("an unknown CA must not be trusted");
+    assert!(
+        err.is_unavailable(),
+        "expected a connection error, got {err:?}"
+    );
 }
 
 #[tokio::test]
@@ -125,5 +146,14 @@ fn unreadable_ca_file_is_a_config_error() {
         _ => None,
     })
     .expect_err("missing CA file");
-    assert!(matches!(err, Error::Config { setting: "REDIS_TLS_CA", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::Config {
+                setting: "REDIS_TLS_CA",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 }
