@@ -10,6 +10,8 @@
 //! attribute is reported at once, and the function is still emitted unchanged
 //! next to the errors.
 
+#![forbid(unsafe_code)]
+
 mod attr;
 mod expand;
 mod suggest;

@@ -77,6 +77,10 @@ pub enum ErrorKind {
     InvalidPlaceholder(String),
     /// `<a><b>`: the boundary between the two values would be lost.
     Adjacent { first: String, second: String },
+    /// A leading `~`: the runtime keeps its own keys (tag versions, hashed keys) there.
+    ReservedStart,
+    /// Whitespace or a control character in the literal text.
+    Whitespace(char),
 }
 
 impl fmt::Display for ErrorKind {
@@ -99,6 +103,13 @@ impl fmt::Display for ErrorKind {
             ErrorKind::Adjacent { first, second } => write!(
                 f,
                 "placeholders `{first}` and `{second}` must be separated by literal text, otherwise different arguments can give the same key"
+            ),
+            ErrorKind::ReservedStart => f.write_str(
+                "template cannot start with `~`; keys starting with `~` are reserved for the cache's own bookkeeping",
+            ),
+            ErrorKind::Whitespace(c) => write!(
+                f,
+                "template cannot contain whitespace or control characters (found {c:?}); values inserted with `<name>` are escaped, literal text is not"
             ),
         }
     }
@@ -178,7 +189,14 @@ pub fn parse(input: &str) -> Result<Template, Vec<TemplateError>> {
             _ => {
                 // Copy the whole UTF-8 character; `<` and `>` are ASCII so they
                 // never occur inside a multi-byte sequence.
-                let ch_len = input[i..].chars().next().map_or(1, char::len_utf8);
+                let ch = input[i..].chars().next().unwrap_or('\0');
+                let ch_len = ch.len_utf8();
+                if ch.is_whitespace() || ch.is_control() {
+                    errors.push(TemplateError {
+                        kind: ErrorKind::Whitespace(ch),
+                        range: i..i + ch_len,
+                    });
+                }
                 literal.push_str(&input[i..i + ch_len]);
                 i += ch_len;
             }
@@ -186,6 +204,15 @@ pub fn parse(input: &str) -> Result<Template, Vec<TemplateError>> {
     }
     if !literal.is_empty() {
         segments.push(Segment::Literal(literal));
+    }
+    if input.starts_with('~') {
+        errors.insert(
+            0,
+            TemplateError {
+                kind: ErrorKind::ReservedStart,
+                range: 0..1,
+            },
+        );
     }
 
     if errors.is_empty() {
@@ -423,5 +450,24 @@ mod tests {
             assert!(message.starts_with(|c: char| c.is_lowercase()), "{message}");
             assert!(!message.ends_with('.'), "{message}");
         }
+    }
+
+    #[test]
+    fn reserved_start_and_whitespace_are_rejected() {
+        let errs = parse("~x:<a>").expect_err("reserved");
+        assert_eq!(errs[0].kind, ErrorKind::ReservedStart);
+        let errs = parse("user <a>\n").expect_err("whitespace");
+        let kinds: Vec<_> = errs
+            .iter()
+            .map(|e| (e.kind.clone(), e.range.clone()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (ErrorKind::Whitespace(' '), 4..5),
+                (ErrorKind::Whitespace('\n'), 8..9)
+            ]
+        );
+        assert!(parse("a~b:<a>").is_ok());
     }
 }
