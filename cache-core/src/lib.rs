@@ -49,3 +49,8 @@ pub use stats::StatsSnapshot;
 
 #[cfg(feature = "macros")]
 pub use cache_macros::{cache_evict, cache_put, cached};
+
+/// The README's examples, compiled and run as doctests.
+#[cfg(all(doctest, feature = "macros"))]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeDoctests;
