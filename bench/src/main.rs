@@ -26,16 +26,20 @@ use crate::workloads::{Bar, Ctx, Expect};
 
 const USAGE: &str = "\
 usage: bench [--out FILE] [--only TEXT]... [--rounds N] [--round-secs S] [--round-ops N]
-             [--warmup-secs S] [--list]
+             [--warmup-secs S] [--pool-size N] [--alone] [--list]
 
   --out FILE       write the rows as JSON (workload, ops_per_sec, p50_us, p99_us,
-                   reference, ratio, p50_ratio)
+                   reference, ratio, p50_ratio, client_cpu_us_per_op,
+                   server_cpu_us_per_op)
   --only TEXT      run only workloads whose name contains TEXT (repeatable); their
                    references run too
-  --rounds N       measured rounds per workload (default 5); numbers are medians
+  --rounds N       measured rounds per workload (default 5), interleaved across
+                   workloads; numbers are medians
   --round-secs S   a round stops after S seconds (default 1.5)...
   --round-ops N    ...or after N operations (default 300000)
-  --warmup-secs S  discarded warm-up per workload (default 0.5)
+  --warmup-secs S  discarded warm-up before each round (default 0.3)
+  --alone          without the references of the --only workloads (to profile one)
+  --pool-size N    our cache's connection pool size (default: the library's)
   --list           print the workloads and exit
 
 REDIS_URL=redis://...  use that server instead of starting one (keys are prefixed
@@ -45,6 +49,8 @@ struct Args {
     out: Option<PathBuf>,
     only: Vec<String>,
     list: bool,
+    alone: bool,
+    pool_size: Option<u32>,
     plan: Plan,
 }
 
@@ -53,8 +59,10 @@ fn parse_args() -> Result<Args, String> {
         out: None,
         only: Vec::new(),
         list: false,
+        alone: false,
+        pool_size: None,
         plan: Plan {
-            warmup: Duration::from_millis(500),
+            warmup: Duration::from_millis(300),
             rounds: 5,
             round_time: Duration::from_millis(1500),
             round_ops: 300_000,
@@ -83,7 +91,9 @@ fn parse_args() -> Result<Args, String> {
             "--round-secs" => args.plan.round_time = secs(value()?)?,
             "--round-ops" => args.plan.round_ops = count(value()?)?,
             "--warmup-secs" => args.plan.warmup = secs(value()?)?,
+            "--pool-size" => args.pool_size = Some(count(value()?)?.min(u32::MAX.into()) as u32),
             "--list" => args.list = true,
+            "--alone" => args.alone = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -103,6 +113,10 @@ struct Row {
     ratio: Option<f64>,
     /// p50 of this workload over p50 of its reference.
     p50_ratio: Option<f64>,
+    /// CPU microseconds per operation of the benchmark process (so of the client library:
+    /// the tasks, the connection drivers) and of redis-server.
+    client_cpu_us_per_op: f64,
+    server_cpu_us_per_op: f64,
     #[serde(skip)]
     spread: (f64, f64),
 }
@@ -132,7 +146,7 @@ fn main() -> ExitCode {
         let mut names: Vec<&str> = all
             .iter()
             .filter(|w| wanted(w.name))
-            .flat_map(|w| [Some(w.name), w.reference])
+            .flat_map(|w| [Some(w.name), w.reference.filter(|_| !args.alone)])
             .flatten()
             .collect();
         names.sort_unstable();
@@ -169,7 +183,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rows = runtime.block_on(run(&url, args.plan, &selected));
+    let rows = runtime.block_on(run(&url, args.plan, args.pool_size, &selected));
 
     print_targets(&rows);
     if let Some(out) = &args.out {
@@ -192,17 +206,23 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn run(url: &str, plan: Plan, selected: &[workloads::Workload]) -> Vec<Row> {
+async fn run(
+    url: &str,
+    plan: Plan,
+    pool_size: Option<u32>,
+    selected: &[workloads::Workload],
+) -> Vec<Row> {
     println!(
         "redis {url}; tokio multi-thread runtime, 2 workers; {} keys per system; \
-         per workload: {:?} warm-up, then {} rounds of at most {:?} or {} ops (medians shown)",
+         {} rounds of every workload, interleaved, each a {:?} warm-up then at most {:?} or \
+         {} ops measured (medians shown)",
         workloads::KEYS,
-        plan.warmup,
         plan.rounds,
+        plan.warmup,
         plan.round_time,
         plan.round_ops,
     );
-    let cx: &'static Ctx = Box::leak(Box::new(Ctx::new(url, plan).await));
+    let cx: &'static Ctx = Box::leak(Box::new(Ctx::new(url, plan, pool_size).await));
     let started = Instant::now();
     cx.populate().await;
     let stats = cx.ours.stats();
@@ -215,40 +235,64 @@ async fn run(url: &str, plan: Plan, selected: &[workloads::Workload]) -> Vec<Row
         started.elapsed()
     );
 
+    // Rounds are interleaved: round 1 of every workload, then round 2 of every workload, ...
+    let mut measured: Vec<Measurement> = vec![Measurement::default(); selected.len()];
+    for round in 1..=cx.plan.rounds {
+        print!("round {round}/{}:", cx.plan.rounds);
+        for (w, m) in selected.iter().zip(&mut measured) {
+            let before = workloads::computes();
+            let (client_cpu, server_cpu) = (measure::process_cpu(), cx.server_cpu().await);
+            let mut r = (w.run)(cx).await;
+            let per_op = |before: Option<Duration>, after: Option<Duration>| match (before, after) {
+                (Some(b), Some(a)) => {
+                    a.saturating_sub(b).as_secs_f64() * 1e6 / r.ops_with_warmup.max(1) as f64
+                }
+                _ => f64::NAN,
+            };
+            r.client_cpu_us = per_op(client_cpu, measure::process_cpu());
+            r.server_cpu_us = per_op(server_cpu, cx.server_cpu().await);
+            let computed = workloads::computes() - before;
+            match w.expect {
+                Expect::Hits if computed != 0 => panic!(
+                    "{}: {computed} of {} operations ran the function: the data is not all \
+                     cached (our counters: {:?})",
+                    w.name,
+                    r.ops_with_warmup,
+                    cx.ours.stats()
+                ),
+                Expect::Misses if computed != r.ops_with_warmup => panic!(
+                    "{}: {computed} of {} operations ran the function: some were hits",
+                    w.name, r.ops_with_warmup
+                ),
+                _ => {}
+            }
+            m.rounds.push(r);
+            print!(".");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
+        }
+        println!();
+    }
+
+    println!("\ncpu us/op: CPU time per operation of this process + of redis-server");
     println!(
-        "{:<24} {:>12} {:>9} {:>9} {:>19}   ratio to reference",
-        "workload", "ops/s", "p50 us", "p99 us", "ops/s min..max"
+        "{:<24} {:>10} {:>8} {:>8} {:>19} {:>11}   ratio to reference",
+        "workload", "ops/s", "p50 us", "p99 us", "ops/s min..max", "cpu us/op"
     );
     let mut rows: Vec<Row> = Vec::with_capacity(selected.len());
-    for w in selected {
-        let before = workloads::computes();
-        let m: Measurement = (w.run)(cx).await;
-        let computed = workloads::computes() - before;
-        match w.expect {
-            Expect::Hits if computed != 0 => panic!(
-                "{}: {computed} of {} operations ran the function: the data is not all cached \
-                 (our counters: {:?})",
-                w.name,
-                m.total_ops,
-                cx.ours.stats()
-            ),
-            Expect::Misses if computed != m.total_ops => panic!(
-                "{}: {computed} of {} operations ran the function: some were hits",
-                w.name, m.total_ops
-            ),
-            _ => {}
-        }
+    for (w, m) in selected.iter().zip(&measured) {
         let reference = w
             .reference
             .and_then(|r| rows.iter().find(|row| row.workload == r));
         let row = Row {
             workload: w.name,
-            ops_per_sec: m.ops_per_sec,
-            p50_us: m.p50_us,
-            p99_us: m.p99_us,
+            ops_per_sec: m.ops_per_sec(),
+            p50_us: m.p50_us(),
+            p99_us: m.p99_us(),
             reference: w.reference,
-            ratio: reference.map(|r| m.ops_per_sec / r.ops_per_sec),
-            p50_ratio: reference.map(|r| m.p50_us / r.p50_us),
+            ratio: reference.map(|r| m.ops_per_sec() / r.ops_per_sec),
+            p50_ratio: reference.map(|r| m.p50_us() / r.p50_us),
+            client_cpu_us_per_op: m.client_cpu_us(),
+            server_cpu_us_per_op: m.server_cpu_us(),
             spread: m.spread(),
         };
         print_row(&row);
@@ -281,8 +325,15 @@ fn print_row(row: &Row) {
         _ => String::new(),
     };
     println!(
-        "{:<24} {:>12.0} {:>9.1} {:>9.1} {:>9.0}..{:<9.0}   {ratio}",
-        row.workload, row.ops_per_sec, row.p50_us, row.p99_us, row.spread.0, row.spread.1
+        "{:<24} {:>10.0} {:>8.1} {:>8.1} {:>9.0}..{:<9.0} {:>5.1}+{:<5.1}   {ratio}",
+        row.workload,
+        row.ops_per_sec,
+        row.p50_us,
+        row.p99_us,
+        row.spread.0,
+        row.spread.1,
+        row.client_cpu_us_per_op,
+        row.server_cpu_us_per_op,
     );
 }
 

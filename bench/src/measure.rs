@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 /// How long and how much each workload runs.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    /// Time of the discarded warm-up round.
+    /// Time of the discarded warm-up before each measured round.
     pub warmup: Duration,
-    /// Measured rounds; the reported numbers are medians across them.
+    /// Measured rounds of each workload; the reported numbers are medians across them.
     pub rounds: usize,
     /// A round ends after this long...
     pub round_time: Duration,
@@ -27,41 +27,54 @@ pub struct Plan {
 /// One measured round.
 #[derive(Debug, Clone, Copy)]
 pub struct Round {
+    /// Operations measured.
     pub ops: u64,
+    /// Operations run, warm-up included (for the caller's hit/miss accounting).
+    pub ops_with_warmup: u64,
     pub ops_per_sec: f64,
     pub p50_us: f64,
     pub p99_us: f64,
+    /// CPU time of this process (all threads) per operation, warm-up included.
+    pub client_cpu_us: f64,
+    /// CPU time of redis-server per operation, warm-up included.
+    pub server_cpu_us: f64,
 }
 
 /// The rounds of one workload, and their medians.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Measurement {
     pub rounds: Vec<Round>,
-    /// Operations run, warm-up included (for the hit/miss accounting of the caller).
-    pub total_ops: u64,
-    pub ops_per_sec: f64,
-    pub p50_us: f64,
-    pub p99_us: f64,
 }
 
 impl Measurement {
-    fn from_rounds(rounds: Vec<Round>, total_ops: u64) -> Measurement {
-        let median = |f: fn(&Round) -> f64| {
-            let mut v: Vec<f64> = rounds.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            match v.len() {
-                0 => f64::NAN,
-                n if n % 2 == 1 => v[n / 2],
-                n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-            }
-        };
-        Measurement {
-            ops_per_sec: median(|r| r.ops_per_sec),
-            p50_us: median(|r| r.p50_us),
-            p99_us: median(|r| r.p99_us),
-            rounds,
-            total_ops,
+    fn median(&self, f: fn(&Round) -> f64) -> f64 {
+        let mut v: Vec<f64> = self.rounds.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        match v.len() {
+            0 => f64::NAN,
+            n if n % 2 == 1 => v[n / 2],
+            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
         }
+    }
+
+    pub fn ops_per_sec(&self) -> f64 {
+        self.median(|r| r.ops_per_sec)
+    }
+
+    pub fn p50_us(&self) -> f64 {
+        self.median(|r| r.p50_us)
+    }
+
+    pub fn p99_us(&self) -> f64 {
+        self.median(|r| r.p99_us)
+    }
+
+    pub fn client_cpu_us(&self) -> f64 {
+        self.median(|r| r.client_cpu_us)
+    }
+
+    pub fn server_cpu_us(&self) -> f64 {
+        self.median(|r| r.server_cpu_us)
     }
 
     /// Lowest and highest ops/s of the rounds: how noisy the median is.
@@ -74,26 +87,24 @@ impl Measurement {
     }
 }
 
-/// Runs `op` from `concurrency` tokio tasks at once: a warm-up, then `plan.rounds` rounds.
+/// Runs `op` from `concurrency` tokio tasks at once: a warm-up, then one measured round.
 /// `op` receives the index of the operation within its round (0, 1, 2, ...), which the
 /// workloads map onto keys.
-pub async fn measure<F, Fut>(plan: &Plan, concurrency: usize, op: F) -> Measurement
+///
+/// One round per call: the caller interleaves the rounds of all workloads, so a change in
+/// background load (this is a shared 2-core machine) lands on every workload alike instead
+/// of on whichever ran at the time.
+pub async fn measure<F, Fut>(plan: &Plan, concurrency: usize, op: F) -> Round
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let op = Arc::new(op);
     let warm = round(&op, concurrency, plan.warmup, plan.round_ops).await;
-    let mut total_ops = warm.ops;
-    let mut rounds = Vec::with_capacity(plan.rounds);
-    for _ in 0..plan.rounds {
-        let r = round(&op, concurrency, plan.round_time, plan.round_ops).await;
-        total_ops += r.ops;
-        rounds.push(r);
-    }
-    Measurement::from_rounds(rounds, total_ops)
+    let mut r = round(&op, concurrency, plan.round_time, plan.round_ops).await;
+    r.ops_with_warmup = r.ops + warm.ops;
+    r
 }
-
 async fn round<F, Fut>(op: &Arc<F>, concurrency: usize, time: Duration, max_ops: u64) -> Round
 where
     F: Fn(u64) -> Fut + Send + Sync + 'static,
@@ -146,8 +157,25 @@ where
     };
     Round {
         ops: all.len() as u64,
+        ops_with_warmup: all.len() as u64,
         ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        client_cpu_us: f64::NAN,
+        server_cpu_us: f64::NAN,
     }
+}
+
+/// CPU time (user + system) this process has used, from `/proc/self/stat`; `None` where that
+/// does not exist. The unit is the kernel's clock tick (`USER_HZ`, 100 on Linux), so use it
+/// over periods of a second or more.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the fields after it are plain numbers.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let mut fields = rest.split_ascii_whitespace();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
