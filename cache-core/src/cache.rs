@@ -237,8 +237,8 @@ impl Cache {
         Ok(key::full_key(&self.scope.prefix, key))
     }
 
-    pub(crate) fn full_key_of(&self, key: &KeyBuf) -> String {
-        key::full_key(&self.scope.prefix, key.as_str())
+    pub(crate) fn full_key_of(&self, key: KeyBuf) -> String {
+        key::full_key_owned(&self.scope.prefix, key.into_string())
     }
 
     pub(crate) fn tag_key(&self, tag: &str) -> String {

@@ -70,6 +70,13 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The microseconds since the unix epoch, by the local clock.
+pub(crate) fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// A stable 64-bit fingerprint of `T`'s name: a deploy that changes the type stored under a
 /// key turns old entries into misses instead of decode errors.
 pub(crate) fn fingerprint<T: ?Sized + 'static>() -> u64 {

@@ -57,9 +57,10 @@ impl Default for Config {
             target: Target::Memory,
             namespace: "cache".to_owned(),
             default_ttl: Some(Duration::from_secs(3600)),
-            // Each connection is multiplexed: requests pipeline on it, so a handful of
-            // connections carries thousands of concurrent requests.
-            pool_size: 4,
+            // Each connection is multiplexed: requests pipeline on it, and fewer connections
+            // mean deeper pipelines (more commands per socket read on the server). Two keep
+            // one slow reply from stalling every request.
+            pool_size: 2,
             min_idle: 1,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(1),
@@ -258,8 +259,10 @@ impl CacheBuilder {
         self
     }
 
-    /// Maximum number of Redis connections. Each is multiplexed, so this is not a bound on
-    /// concurrent requests. Default 4.
+    /// Number of multiplexed Redis connections requests are spread over. Each carries any
+    /// number of concurrent requests, pipelined: this is not a bound on concurrency, and
+    /// fewer connections batch better. Raise it when one connection's I/O task becomes the
+    /// bottleneck (many cores, large values). Default 2.
     pub fn pool_size(mut self, size: u32) -> Self {
         self.config.pool_size = size;
         self

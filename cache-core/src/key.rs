@@ -100,9 +100,12 @@ fn escape_into(out: &mut String, s: &str) {
         if len > 1 && !c.is_whitespace() && !c.is_control() {
             out.push(c);
         } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
             let mut utf8 = [0u8; 4];
             for b in c.encode_utf8(&mut utf8).bytes() {
-                let _ = write!(out, "%{b:02X}");
+                out.push('%');
+                out.push(HEX[usize::from(b >> 4)] as char);
+                out.push(HEX[usize::from(b & 0xf)] as char);
             }
         }
         rest = &rest[len..];
@@ -141,7 +144,7 @@ impl KeyBuf {
     /// An empty key.
     pub fn new() -> Self {
         KeyBuf {
-            buf: String::with_capacity(48),
+            buf: String::with_capacity(64),
         }
     }
 
@@ -248,6 +251,15 @@ pub(crate) fn full_key(prefix: &str, user_key: &str) -> String {
     let tag = hash_tag(user_key).unwrap_or("");
     let digest = digest_hex(user_key.as_bytes(), 64);
     format!("{prefix}~h:{tag}#{digest}")
+}
+
+/// As [`full_key`], reusing `user_key`'s buffer (the hot path of generated code).
+pub(crate) fn full_key_owned(prefix: &str, mut user_key: String) -> String {
+    if user_key.len() > MAX_KEY_LEN {
+        return full_key(prefix, &user_key);
+    }
+    user_key.insert_str(0, prefix);
+    user_key
 }
 
 /// The first `{...}` of a key, braces included, as Redis Cluster reads it.

@@ -154,7 +154,7 @@ pub async fn cached<O, M: Mode<O>, F: Future<Output = O>>(
 ) -> O {
     match cache {
         Some(cache) => {
-            let full = cache.full_key_of(&key);
+            let full = cache.full_key_of(key);
             cache
                 .compute_through(full, tags, spec.ttl, mode, compute)
                 .await
@@ -174,7 +174,7 @@ pub async fn refresh<O, M: Mode<O>, F: Future<Output = O>>(
 ) -> O {
     match cache {
         Some(cache) => {
-            let full = cache.full_key_of(&key);
+            let full = cache.full_key_of(key);
             cache
                 .compute_and_store(full, tags, spec.ttl, mode, compute)
                 .await
@@ -187,7 +187,7 @@ pub async fn refresh<O, M: Mode<O>, F: Future<Output = O>>(
 pub async fn invalidate(cache: CacheRef<'_>, key: KeyBuf) -> Result<bool> {
     match cache {
         Some(cache) => cache
-            .delete_full(vec![cache.full_key_of(&key)])
+            .delete_full(vec![cache.full_key_of(key)])
             .await
             .map(|n| n > 0),
         None => Ok(false),
@@ -205,7 +205,7 @@ pub async fn evict_after<O, M: Mode<O>, F: Future<Output = O>>(
 ) -> O {
     let out = compute.await;
     if let (Some(cache), true) = (cache, mode.succeeded(&out)) {
-        let full: Vec<String> = keys.iter().map(|k| cache.full_key_of(k)).collect();
+        let full: Vec<String> = keys.into_iter().map(|k| cache.full_key_of(k)).collect();
         if !full.is_empty() {
             if let Err(e) = cache.delete_full(full).await {
                 tracing::error!(error = %e, "#[cache_evict]: entries not removed");

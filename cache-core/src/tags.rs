@@ -49,16 +49,31 @@ pub(crate) async fn current_versions(
         .filter(|(_, v)| v.is_none())
         .map(|(k, _)| *k)
         .collect();
+    // Created with `SET NX`, not `INCR`: concurrent creators agree on one version instead of
+    // each counting up and invalidating the others' entries. The first version is the clock in
+    // microseconds, so a version key evicted and created again never repeats an old version
+    // (which would revive entries invalidated before the eviction).
     let created = if missing.is_empty() {
         Vec::new()
     } else {
-        cache.backend_ref().bump(&missing).await?
+        let initial = crate::codec::now_us();
+        cache
+            .backend_ref()
+            .create_versions(&missing, initial)
+            .await?
     };
     let mut created = created.into_iter();
     Ok(tag_keys
         .iter()
         .zip(versions)
-        .map(|(k, v)| (k.clone(), v.or_else(|| created.next()).unwrap_or(0)))
+        // A version key deleted between its creation and the read records 0, which never
+        // matches: the entry is a miss, never a stale hit.
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.or_else(|| created.next().flatten()).unwrap_or(0),
+            )
+        })
         .collect())
 }
 

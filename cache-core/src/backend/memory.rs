@@ -212,6 +212,38 @@ impl MemoryBackend {
             .collect())
     }
 
+    pub(crate) fn create_versions(
+        &self,
+        tag_keys: &[&str],
+        initial: u64,
+    ) -> Result<Vec<Option<u64>>> {
+        let now = Instant::now();
+        Ok(tag_keys
+            .iter()
+            .map(|k| {
+                let entry = self
+                    .entries
+                    .entry(k.to_string())
+                    .and_compute_with(|current| {
+                        match current.and_then(|e| e.into_value().live(now)) {
+                            Some(_) => Op::Nop,
+                            None => Op::Put(Entry {
+                                data: Bytes::from(initial.to_string()),
+                                expires_at: None,
+                            }),
+                        }
+                    });
+                let data = match entry {
+                    moka::ops::compute::CompResult::Inserted(e)
+                    | moka::ops::compute::CompResult::ReplacedWith(e)
+                    | moka::ops::compute::CompResult::Unchanged(e) => Some(e.into_value().data),
+                    _ => None,
+                };
+                data.and_then(|d| codec::decode_plain::<u64>(&d).ok())
+            })
+            .collect())
+    }
+
     pub(crate) fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
         tag_keys
             .iter()

@@ -102,6 +102,16 @@ impl Backend {
         dispatch!(self.versions(tag_keys))
     }
 
+    /// Creates missing tag version keys at `initial` (existing ones are kept) and returns
+    /// the versions now stored.
+    pub(crate) async fn create_versions(
+        &self,
+        tag_keys: &[&str],
+        initial: u64,
+    ) -> Result<Vec<Option<u64>>> {
+        dispatch!(self.create_versions(tag_keys, initial))
+    }
+
     /// Bumps each tag's version (creating it if missing) and returns the new versions.
     pub(crate) async fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
         dispatch!(self.bump(tag_keys))

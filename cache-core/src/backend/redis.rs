@@ -3,14 +3,18 @@
 //! Two choices keep this as fast as one shared multiplexed connection:
 //! - no `PING` on checkout (`test_on_check_out(false)`): a dead connection is noticed by the
 //!   command that fails on it, which marks it broken so bb8 replaces it;
-//! - the checkout lasts only as long as it takes to clone the multiplexed handle: requests
-//!   then pipeline on the shared connection instead of queueing for exclusive checkouts.
+//! - requests never wait for an exclusive checkout: bb8 hands out a connection once, its
+//!   multiplexed handle is kept in one of `pool_size` slots, and every request clones the
+//!   handle of a slot, so concurrent requests pipeline on it. A slot goes back to bb8 only
+//!   when its connection broke. Measured here at 64 concurrent requests, Redis reads ~9
+//!   commands per socket read with one connection against ~2.5 with a checkout per request
+//!   spread over four, which is most of the throughput.
 //!
 //! bb8-redis's own manager connects without timeouts and never reports a connection as
 //! broken, so this module has its own `ManageConnection` with both.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bb8_redis::bb8::{ErrorSink, ManageConnection, Pool, RunError};
@@ -79,6 +83,9 @@ pub(crate) struct RedisBackend {
     // Built on first use: bb8 spawns its reaper and connectors on the tokio runtime, and a
     // `Cache` may be built before one exists (in a `static`, say).
     pool: OnceLock<Pool<Manager>>,
+    /// Handles in use, one per slot; `None` until first use or after a break.
+    slots: Box<[RwLock<Option<Conn>>]>,
+    next_slot: AtomicUsize,
     client: redis::Client,
     conn_config: AsyncConnectionConfig,
     last_error: LastError,
@@ -126,6 +133,10 @@ impl RedisBackend {
             .set_response_timeout(Some(config.command_timeout));
         Ok(RedisBackend {
             pool: OnceLock::new(),
+            slots: (0..config.pool_size.max(1))
+                .map(|_| RwLock::new(None))
+                .collect(),
+            next_slot: AtomicUsize::new(0),
             client,
             conn_config,
             last_error: LastError::default(),
@@ -143,6 +154,9 @@ impl RedisBackend {
                 .max_size(self.pool_size)
                 .min_idle(Some(self.min_idle))
                 .test_on_check_out(false)
+                // The slots keep handles beyond bb8's sight: it must not retire them as idle.
+                .idle_timeout(None)
+                .max_lifetime(None)
                 .connection_timeout(self.connect_timeout)
                 .error_sink(Box::new(self.last_error.clone()))
                 .build_unchecked(Manager {
@@ -152,8 +166,29 @@ impl RedisBackend {
         })
     }
 
-    /// A handle on a live multiplexed connection; the pool checkout ends before it returns.
+    /// A handle on a live multiplexed connection, from a slot; bb8 is asked only when the
+    /// slot is empty or its connection broke.
     async fn conn(&self) -> Result<Conn> {
+        let index = if self.slots.len() == 1 {
+            0
+        } else {
+            self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+        };
+        let slot = &self.slots[index];
+        if let Ok(guard) = slot.read() {
+            if let Some(conn) = guard.as_ref().filter(|c| !c.broken.load(Ordering::Relaxed)) {
+                return Ok(conn.clone());
+            }
+        }
+        let conn = self.checkout().await?;
+        if let Ok(mut guard) = slot.write() {
+            *guard = Some(conn.clone());
+        }
+        Ok(conn)
+    }
+
+    /// A connection from bb8; the checkout ends before this returns.
+    async fn checkout(&self) -> Result<Conn> {
         let pool = self.pool();
         // Each round discards one broken connection, so this ends within pool_size + 1 rounds.
         for _ in 0..=self.pool_size {
@@ -183,11 +218,19 @@ impl RedisBackend {
         })
     }
 
+    /// Classifies a failure; a connection that died under a request is marked broken, so
+    /// its slot refills and bb8 replaces it.
+    fn failed(&self, conn: &Conn, operation: &'static str, e: RedisError) -> Error {
+        if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+            conn.broken.store(true, Ordering::Relaxed);
+        }
+        Error::from_redis(operation, e, self.command_timeout)
+    }
+
     async fn run<T: FromRedisValue>(&self, operation: &'static str, cmd: Cmd) -> Result<T> {
-        self.exec(operation, |c| {
-            Box::pin(async move { cmd.query_async(c).await })
-        })
-        .await
+        let mut conn = self.conn().await?;
+        let result = cmd.query_async(&mut conn.inner).await;
+        result.map_err(|e| self.failed(&conn, operation, e))
     }
 
     async fn run_pipe<T: FromRedisValue>(
@@ -195,47 +238,16 @@ impl RedisBackend {
         operation: &'static str,
         pipe: Pipeline,
     ) -> Result<T> {
-        self.exec(operation, |c| {
-            Box::pin(async move { pipe.query_async(c).await })
-        })
-        .await
-    }
-
-    /// Runs one request; a connection that died under it is marked broken for bb8 to replace.
-    async fn exec<T>(
-        &self,
-        operation: &'static str,
-        request: impl FnOnce(
-            &mut MultiplexedConnection,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<T, RedisError>> + Send + '_>,
-        >,
-    ) -> Result<T> {
         let mut conn = self.conn().await?;
-        let result = request(&mut conn.inner).await;
-        result.map_err(|e| {
-            if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
-                conn.broken.store(true, Ordering::Relaxed);
-            }
-            Error::from_redis(operation, e, self.command_timeout)
-        })
+        let result = pipe.query_async(&mut conn.inner).await;
+        result.map_err(|e| self.failed(&conn, operation, e))
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let mut conn = self.conn().await?;
-        let result: Result<Option<Vec<u8>>, RedisError> = redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut conn.inner)
-            .await;
-        match result {
-            Ok(v) => Ok(v.map(Bytes::from)),
-            Err(e) => {
-                if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
-                    conn.broken.store(true, Ordering::Relaxed);
-                }
-                Err(Error::from_redis("GET", e, self.command_timeout))
-            }
-        }
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
+        Ok(value.map(Bytes::from))
     }
 
     pub(crate) async fn get_with_versions(
@@ -246,11 +258,25 @@ impl RedisBackend {
         if tag_keys.is_empty() {
             return Ok((self.get(key).await?, Vec::new()));
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("GET").arg(key).cmd("MGET").arg(tag_keys);
-        let (value, versions): (Option<Vec<u8>>, Vec<Option<u64>>) =
-            self.run_pipe("GET+MGET", pipe).await?;
-        Ok((value.map(Bytes::from), versions))
+        // One command for the value and its tags' versions: cheaper to send and to parse
+        // than a GET+MGET pipeline.
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(key).arg(tag_keys);
+        let mut values: Vec<Option<Vec<u8>>> = self.run("MGET", cmd).await?;
+        if values.len() != tag_keys.len() + 1 {
+            return Err(Error::Command {
+                operation: "MGET",
+                source: RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "MGET answered a different number of values than keys asked",
+                )),
+            });
+        }
+        let versions = values
+            .drain(1..)
+            .map(|v| v.and_then(|b| crate::codec::decode_plain::<u64>(&b).ok()))
+            .collect();
+        Ok((values.pop().flatten().map(Bytes::from), versions))
     }
 
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
@@ -353,6 +379,22 @@ impl RedisBackend {
             pipe.cmd("INCR").arg(*k);
         }
         self.run_pipe("INCR (tags)", pipe).await
+    }
+
+    pub(crate) async fn create_versions(
+        &self,
+        tag_keys: &[&str],
+        initial: u64,
+    ) -> Result<Vec<Option<u64>>> {
+        if tag_keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in tag_keys {
+            pipe.cmd("SET").arg(*k).arg(initial).arg("NX").ignore();
+            pipe.cmd("GET").arg(*k);
+        }
+        self.run_pipe("SET NX+GET (tags)", pipe).await
     }
 }
 

@@ -4,4 +4,5 @@
 mod foundation;
 mod harness;
 mod macros;
+mod tags;
 mod tls;
