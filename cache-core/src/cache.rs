@@ -290,7 +290,7 @@ impl Cache {
         &self,
         full: &str,
         bytes: Option<Bytes>,
-        known_versions: Option<(&[&str], &[Option<u64>])>,
+        known_versions: Option<(&[String], &[Option<u64>])>,
         fingerprint: u64,
     ) -> Result<Lookup<T>> {
         let stats = &self.shared.stats;
@@ -419,25 +419,25 @@ impl Cache {
             &full,
             value,
             self.ttl_or_default(ttl.into()),
-            &versions,
+            (&tag_keys, &versions),
             0,
             0,
         )
         .await
     }
 
-    /// Writes an encoded value; `tag_versions` pairs each tag version key with the version
-    /// read before the value was computed.
+    /// Writes an encoded value; `tags` are the tag version keys and the versions read before
+    /// the value was computed.
     pub(crate) async fn store<T: Serialize + 'static>(
         &self,
         full: &str,
         value: &T,
         ttl: Option<Duration>,
-        tag_versions: &[(String, u64)],
+        tags: (&[String], &[u64]),
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<()> {
-        let bytes = self.encode(full, value, ttl, tag_versions, compute_us, fingerprint)?;
+        let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
         self.shared
             .backend
             .set(full, bytes, ttl)
@@ -452,7 +452,7 @@ impl Cache {
         full: &str,
         value: &T,
         ttl: Option<Duration>,
-        tag_versions: &[(String, u64)],
+        (tag_keys, tag_versions): (&[String], &[u64]),
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<Vec<u8>> {
@@ -463,7 +463,8 @@ impl Cache {
             stale_until_ms: 0,
             compute_us,
             fingerprint,
-            tags: tag_versions,
+            tag_keys,
+            tag_versions,
         };
         codec::encode(value, &meta, self.shared.config.compression_threshold).map_err(|source| {
             self.shared.stats.encode_error();
@@ -484,7 +485,7 @@ impl Cache {
         let mut writes = Vec::with_capacity(items.len());
         for (k, v) in items {
             let full = self.full_key(k)?;
-            let bytes = self.encode(&full, v, ttl, &[], 0, 0)?;
+            let bytes = self.encode(&full, v, ttl, (&[], &[]), 0, 0)?;
             writes.push((full, bytes, ttl));
         }
         let n = writes.len() as u64;
@@ -642,12 +643,11 @@ impl Cache {
         compute: F,
     ) -> O {
         let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
-        let tag_refs: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
         let mut known = None;
         match self
             .shared
             .backend
-            .get_with_versions(&full, &tag_refs)
+            .get_with_versions(&full, &tag_keys)
             .await
         {
             Ok((bytes, versions)) => {
@@ -655,7 +655,7 @@ impl Cache {
                     .decode_hit::<M::Stored>(
                         &full,
                         bytes,
-                        Some((&tag_refs, &versions)),
+                        Some((&tag_keys, &versions)),
                         codec::fingerprint::<M::Stored>(),
                     )
                     .await
@@ -684,7 +684,7 @@ impl Cache {
                     &full,
                     value,
                     self.ttl_or_default(ttl),
-                    &versions,
+                    (&tag_keys, &versions),
                     compute_us,
                     codec::fingerprint::<M::Stored>(),
                 )
@@ -715,7 +715,7 @@ impl Cache {
                         &full,
                         value,
                         self.ttl_or_default(ttl),
-                        &versions,
+                        (&tag_keys, &versions),
                         compute_us,
                         codec::fingerprint::<M::Stored>(),
                     )

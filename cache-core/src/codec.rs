@@ -44,8 +44,9 @@ pub(crate) struct Meta<'a> {
     pub(crate) compute_us: u32,
     /// Schema fingerprint of the stored type; 0 when the writer does not pin one.
     pub(crate) fingerprint: u64,
-    /// Tag version keys and the versions read before the value was computed.
-    pub(crate) tags: &'a [(String, u64)],
+    /// Tag version keys, and the versions read before the value was computed (same order).
+    pub(crate) tag_keys: &'a [String],
+    pub(crate) tag_versions: &'a [u64],
 }
 
 /// A parsed envelope, borrowing the stored bytes.
@@ -106,16 +107,20 @@ pub(crate) fn encode<T: Serialize + 'static>(
     meta: &Meta<'_>,
     compress_above: usize,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let tags_len: usize = meta.tags.iter().map(|(k, _)| 10 + k.len()).sum();
+    let tag_count = meta.tag_keys.len().min(meta.tag_versions.len()).min(255);
+    let tags_len: usize = meta.tag_keys[..tag_count]
+        .iter()
+        .map(|k| 10 + k.len())
+        .sum();
     let mut out = Vec::with_capacity(HEADER_LEN + tags_len + 128);
-    out.extend_from_slice(&[MAGIC, FORMAT_VERSION, 0, meta.tags.len().min(255) as u8]);
+    out.extend_from_slice(&[MAGIC, FORMAT_VERSION, 0, tag_count as u8]);
     out.extend_from_slice(&meta.fingerprint.to_le_bytes());
     out.extend_from_slice(&meta.created_at_ms.to_le_bytes());
     out.extend_from_slice(&meta.expires_at_ms.to_le_bytes());
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.compute_us.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // payload length, set below
-    for (key, version) in meta.tags.iter().take(255) {
+    for (key, version) in meta.tag_keys.iter().zip(meta.tag_versions).take(tag_count) {
         let len = key.len().min(u16::MAX as usize);
         out.extend_from_slice(&(len as u16).to_le_bytes());
         out.extend_from_slice(&key.as_bytes()[..len]);
@@ -282,15 +287,17 @@ mod tests {
             stale_until_ms: 3,
             compute_us: 4,
             fingerprint: 0,
-            tags: &[],
+            tag_keys: &[],
+            tag_versions: &[],
         }
     }
 
     #[test]
     fn round_trips_with_metadata() {
-        let tags = vec![("ns:~tag:org".to_owned(), 9)];
+        let tag_keys = vec!["ns:~tag:org".to_owned()];
         let m = Meta {
-            tags: &tags,
+            tag_keys: &tag_keys,
+            tag_versions: &[9],
             fingerprint: fingerprint::<User>(),
             ..meta()
         };

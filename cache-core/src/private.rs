@@ -242,10 +242,13 @@ impl Spec {
 
 /// Envelope encoding, exposed for the criterion benchmarks only.
 pub fn bench_encode<T: Serialize + 'static>(value: &T, tags: &[(String, u64)]) -> Vec<u8> {
+    let tag_keys: Vec<String> = tags.iter().map(|(k, _)| k.clone()).collect();
+    let tag_versions: Vec<u64> = tags.iter().map(|(_, v)| *v).collect();
     let meta = crate::codec::Meta {
         created_at_ms: crate::codec::now_ms(),
         fingerprint: crate::codec::fingerprint::<T>(),
-        tags,
+        tag_keys: &tag_keys,
+        tag_versions: &tag_versions,
         ..Default::default()
     };
     crate::codec::encode(value, &meta, 4096).unwrap_or_default()

@@ -34,20 +34,19 @@ pub(crate) async fn current_versions(
     cache: &Cache,
     tag_keys: &[String],
     known: Option<Vec<Option<u64>>>,
-) -> Result<Vec<(String, u64)>> {
+) -> Result<Vec<u64>> {
     if tag_keys.is_empty() {
         return Ok(Vec::new());
     }
-    let refs: Vec<&str> = tag_keys.iter().map(String::as_str).collect();
     let versions = match known {
-        Some(v) if v.len() == refs.len() => v,
-        _ => cache.backend_ref().versions(&refs).await?,
+        Some(v) if v.len() == tag_keys.len() => v,
+        _ => cache.backend_ref().versions(tag_keys).await?,
     };
-    let missing: Vec<&str> = refs
+    let missing: Vec<&str> = tag_keys
         .iter()
         .zip(&versions)
         .filter(|(_, v)| v.is_none())
-        .map(|(k, _)| *k)
+        .map(|(k, _)| k.as_str())
         .collect();
     // Created with `SET NX`, not `INCR`: concurrent creators agree on one version instead of
     // each counting up and invalidating the others' entries. The first version is the clock in
@@ -63,17 +62,11 @@ pub(crate) async fn current_versions(
             .await?
     };
     let mut created = created.into_iter();
-    Ok(tag_keys
-        .iter()
-        .zip(versions)
+    Ok(versions
+        .into_iter()
         // A version key deleted between its creation and the read records 0, which never
         // matches: the entry is a miss, never a stale hit.
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.or_else(|| created.next().flatten()).unwrap_or(0),
-            )
-        })
+        .map(|v| v.or_else(|| created.next().flatten()).unwrap_or(0))
         .collect())
 }
 
@@ -81,13 +74,13 @@ pub(crate) async fn current_versions(
 pub(crate) async fn still_valid(
     cache: &Cache,
     recorded: &[(&str, u64)],
-    known: Option<(&[&str], &[Option<u64>])>,
+    known: Option<(&[String], &[Option<u64>])>,
 ) -> Result<bool> {
     let mut unknown = Vec::new();
     for (key, version) in recorded {
         let current = known.and_then(|(keys, versions)| {
             keys.iter()
-                .position(|k| k == key)
+                .position(|k| k.as_str() == *key)
                 .and_then(|i| versions.get(i).copied())
         });
         match current {

@@ -10,7 +10,7 @@ use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 use moka::Expiry;
 
-use super::{KeyTtl, Write};
+use super::{KeyTtl, TagKey, Write};
 use crate::codec;
 use crate::error::{Error, Result};
 
@@ -91,10 +91,10 @@ impl MemoryBackend {
         Ok(self.live(key).map(|e| e.data))
     }
 
-    pub(crate) fn get_with_versions(
+    pub(crate) fn get_with_versions<K: TagKey>(
         &self,
         key: &str,
-        tag_keys: &[&str],
+        tag_keys: &[K],
     ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
         Ok((self.get(key)?, self.versions(tag_keys)?))
     }
@@ -202,19 +202,19 @@ impl MemoryBackend {
         outcome
     }
 
-    pub(crate) fn versions(&self, tag_keys: &[&str]) -> Result<Vec<Option<u64>>> {
+    pub(crate) fn versions<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<Option<u64>>> {
         Ok(tag_keys
             .iter()
             .map(|k| {
-                self.live(k)
+                self.live(k.as_ref())
                     .and_then(|e| codec::decode_plain::<u64>(&e.data).ok())
             })
             .collect())
     }
 
-    pub(crate) fn create_versions(
+    pub(crate) fn create_versions<K: TagKey>(
         &self,
-        tag_keys: &[&str],
+        tag_keys: &[K],
         initial: u64,
     ) -> Result<Vec<Option<u64>>> {
         let now = Instant::now();
@@ -223,7 +223,7 @@ impl MemoryBackend {
             .map(|k| {
                 let entry = self
                     .entries
-                    .entry(k.to_string())
+                    .entry(k.as_ref().to_owned())
                     .and_compute_with(|current| {
                         match current.and_then(|e| e.into_value().live(now)) {
                             Some(_) => Op::Nop,
@@ -244,10 +244,10 @@ impl MemoryBackend {
             .collect())
     }
 
-    pub(crate) fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
+    pub(crate) fn bump<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<u64>> {
         tag_keys
             .iter()
-            .map(|k| self.incr(k, 1).map(|v| v.max(0) as u64))
+            .map(|k| self.incr(k.as_ref(), 1).map(|v| v.max(0) as u64))
             .collect()
     }
 }

@@ -24,6 +24,11 @@ pub enum KeyTtl {
     Expires(Duration),
 }
 
+/// A tag version key: `&str` or `String`, so callers pass what they hold without collecting.
+pub(crate) trait TagKey: AsRef<str> + ::redis::ToRedisArgs + Sync {}
+
+impl<T: AsRef<str> + ::redis::ToRedisArgs + Sync> TagKey for T {}
+
 /// One write of a batch: key, encoded value, TTL.
 pub(crate) type Write = (String, Vec<u8>, Option<Duration>);
 
@@ -57,10 +62,10 @@ impl Backend {
     }
 
     /// The value and the current versions of `tag_keys`, in one round trip.
-    pub(crate) async fn get_with_versions(
+    pub(crate) async fn get_with_versions<K: TagKey>(
         &self,
         key: &str,
-        tag_keys: &[&str],
+        tag_keys: &[K],
     ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
         dispatch!(self.get_with_versions(key, tag_keys))
     }
@@ -98,22 +103,22 @@ impl Backend {
     }
 
     /// Current versions of tags; a missing version key is `None` (and counts as changed).
-    pub(crate) async fn versions(&self, tag_keys: &[&str]) -> Result<Vec<Option<u64>>> {
+    pub(crate) async fn versions<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<Option<u64>>> {
         dispatch!(self.versions(tag_keys))
     }
 
     /// Creates missing tag version keys at `initial` (existing ones are kept) and returns
     /// the versions now stored.
-    pub(crate) async fn create_versions(
+    pub(crate) async fn create_versions<K: TagKey>(
         &self,
-        tag_keys: &[&str],
+        tag_keys: &[K],
         initial: u64,
     ) -> Result<Vec<Option<u64>>> {
         dispatch!(self.create_versions(tag_keys, initial))
     }
 
     /// Bumps each tag's version (creating it if missing) and returns the new versions.
-    pub(crate) async fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
+    pub(crate) async fn bump<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<u64>> {
         dispatch!(self.bump(tag_keys))
     }
 }

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError};
 
-use super::{KeyTtl, Write};
+use super::{KeyTtl, TagKey, Write};
 use crate::config::{Config, RedisTarget};
 use crate::error::{Error, Result};
 
@@ -250,10 +250,10 @@ impl RedisBackend {
         Ok(value.map(Bytes::from))
     }
 
-    pub(crate) async fn get_with_versions(
+    pub(crate) async fn get_with_versions<K: TagKey>(
         &self,
         key: &str,
-        tag_keys: &[&str],
+        tag_keys: &[K],
     ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
         if tag_keys.is_empty() {
             return Ok((self.get(key).await?, Vec::new()));
@@ -361,7 +361,7 @@ impl RedisBackend {
         })
     }
 
-    pub(crate) async fn versions(&self, tag_keys: &[&str]) -> Result<Vec<Option<u64>>> {
+    pub(crate) async fn versions<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<Option<u64>>> {
         if tag_keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -370,20 +370,20 @@ impl RedisBackend {
         self.run("MGET", cmd).await
     }
 
-    pub(crate) async fn bump(&self, tag_keys: &[&str]) -> Result<Vec<u64>> {
+    pub(crate) async fn bump<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<u64>> {
         if tag_keys.is_empty() {
             return Ok(Vec::new());
         }
         let mut pipe = redis::pipe();
         for k in tag_keys {
-            pipe.cmd("INCR").arg(*k);
+            pipe.cmd("INCR").arg(k);
         }
         self.run_pipe("INCR (tags)", pipe).await
     }
 
-    pub(crate) async fn create_versions(
+    pub(crate) async fn create_versions<K: TagKey>(
         &self,
-        tag_keys: &[&str],
+        tag_keys: &[K],
         initial: u64,
     ) -> Result<Vec<Option<u64>>> {
         if tag_keys.is_empty() {
@@ -391,8 +391,8 @@ impl RedisBackend {
         }
         let mut pipe = redis::pipe();
         for k in tag_keys {
-            pipe.cmd("SET").arg(*k).arg(initial).arg("NX").ignore();
-            pipe.cmd("GET").arg(*k);
+            pipe.cmd("SET").arg(k).arg(initial).arg("NX").ignore();
+            pipe.cmd("GET").arg(k);
         }
         self.run_pipe("SET NX+GET (tags)", pipe).await
     }
