@@ -596,15 +596,7 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        let full = match self.full_key(key) {
-            Ok(full) => full,
-            Err(e) => {
-                tracing::warn!(error = %e, "get_or_set: unusable key, computing without the cache");
-                self.shared.stats.compute();
-                return compute().await;
-            }
-        };
-        self.compute_through(full, &[], ttl.into(), crate::private::Plain, compute())
+        self.compute_direct(key, ttl.into(), crate::private::Plain, compute)
             .await
     }
 
@@ -621,16 +613,26 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let full = match self.full_key(key) {
-            Ok(full) => full,
-            Err(e) => {
-                tracing::warn!(error = %e, "try_get_or_set: unusable key, computing without the cache");
-                self.shared.stats.compute();
-                return compute().await;
-            }
-        };
-        self.compute_through(full, &[], ttl.into(), crate::private::ResultMode, compute())
+        self.compute_direct(key, ttl.into(), crate::private::ResultMode, compute)
             .await
+    }
+
+    /// `get_or_set` and `try_get_or_set`: a key the cache cannot use still gets a value.
+    async fn compute_direct<O, M: Mode<O>, F: FnOnce() -> Fut, Fut: Future<Output = O>>(
+        &self,
+        key: &str,
+        ttl: Option<Duration>,
+        mode: M,
+        compute: F,
+    ) -> O {
+        match self.full_key(key) {
+            Ok(full) => self.compute_through(full, &[], ttl, mode, compute()).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "unusable key, computing without the cache");
+                self.shared.stats.compute();
+                compute().await
+            }
+        }
     }
 
     /// The one get-or-compute path, shared by `get_or_set` and generated code.
@@ -673,6 +675,21 @@ impl Cache {
             Some(v) => tags::current_versions(self, &tag_keys, Some(v)).await.ok(),
             None => None,
         };
+        self.compute_and_record(&full, &tag_keys, versions, ttl, mode, compute)
+            .await
+    }
+
+    /// Runs `compute` and stores what `mode` keeps of its output, with the tag versions read
+    /// before it ran; without versions (the backend failed) nothing is stored.
+    async fn compute_and_record<O, M: Mode<O>, F: Future<Output = O>>(
+        &self,
+        full: &str,
+        tag_keys: &[String],
+        versions: Option<Vec<u64>>,
+        ttl: Option<Duration>,
+        mode: M,
+        compute: F,
+    ) -> O {
         self.shared.stats.compute();
         let started = Instant::now();
         let out = compute.await;
@@ -681,10 +698,10 @@ impl Cache {
             // Failures are logged and counted inside `store`; the caller gets its value anyway.
             let _ = self
                 .store(
-                    &full,
+                    full,
                     value,
                     self.ttl_or_default(ttl),
-                    (&tag_keys, &versions),
+                    (tag_keys, &versions),
                     compute_us,
                     codec::fingerprint::<M::Stored>(),
                 )
@@ -703,28 +720,12 @@ impl Cache {
         compute: F,
     ) -> O {
         let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
-        let versions = tags::current_versions(self, &tag_keys, None).await;
-        self.shared.stats.compute();
-        let started = Instant::now();
-        let out = compute.await;
-        let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        match (versions, mode.stored(&out)) {
-            (Ok(versions), Some(value)) => {
-                let _ = self
-                    .store(
-                        &full,
-                        value,
-                        self.ttl_or_default(ttl),
-                        (&tag_keys, &versions),
-                        compute_us,
-                        codec::fingerprint::<M::Stored>(),
-                    )
-                    .await;
-            }
-            (Err(e), Some(_)) => self.backend_err("tag versions", &full, &e),
-            _ => {}
-        }
-        out
+        let versions = tags::current_versions(self, &tag_keys, None)
+            .await
+            .inspect_err(|e| self.backend_err("tag versions", &full, e))
+            .ok();
+        self.compute_and_record(&full, &tag_keys, versions, ttl, mode, compute)
+            .await
     }
 
     pub(crate) fn backend_ref(&self) -> &Backend {
