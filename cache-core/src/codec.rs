@@ -255,6 +255,15 @@ fn raw_value<T: 'static>(bytes: Vec<u8>) -> Option<T> {
     boxed.downcast::<T>().ok().map(|b| *b)
 }
 
+/// A tag version as `INCR` and `SET NX` write it: ASCII digits. Anything else (a value some
+/// other writer put under a version key) is no version, which reads as changed.
+pub(crate) fn decode_version(bytes: &[u8]) -> Option<u64> {
+    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(bytes).ok()?.parse().ok()
+}
+
 /// Decodes bytes that may not be an envelope: plain integers (as `incr` writes them) read as
 /// numbers; anything else is an error saying why.
 pub(crate) fn decode_plain<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
@@ -379,5 +388,20 @@ mod tests {
         assert!(decode_plain::<i64>(b"12a").is_err());
         assert!(decode_plain::<String>(b"12").is_err());
         assert!(decode_plain::<i64>(b"-").is_err());
+        assert_eq!(
+            decode_version(b"1732000000000000"),
+            Some(1_732_000_000_000_000)
+        );
+        assert_eq!(decode_version(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b"1 ",
+            b"18446744073709551616",
+            b"\xc7",
+        ] {
+            assert_eq!(decode_version(bad), None, "{bad:?}");
+        }
     }
 }

@@ -207,7 +207,7 @@ impl MemoryBackend {
             .iter()
             .map(|k| {
                 self.live(k.as_ref())
-                    .and_then(|e| codec::decode_plain::<u64>(&e.data).ok())
+                    .and_then(|e| codec::decode_version(&e.data))
             })
             .collect())
     }
@@ -239,7 +239,7 @@ impl MemoryBackend {
                     | moka::ops::compute::CompResult::Unchanged(e) => Some(e.into_value().data),
                     _ => None,
                 };
-                data.and_then(|d| codec::decode_plain::<u64>(&d).ok())
+                data.and_then(|d| codec::decode_version(&d))
             })
             .collect())
     }

@@ -272,10 +272,7 @@ impl RedisBackend {
                 )),
             });
         }
-        let versions = values
-            .drain(1..)
-            .map(|v| v.and_then(|b| crate::codec::decode_plain::<u64>(&b).ok()))
-            .collect();
+        let versions = decode_versions(values.drain(1..));
         Ok((values.pop().flatten().map(Bytes::from), versions))
     }
 
@@ -367,7 +364,8 @@ impl RedisBackend {
         }
         let mut cmd = redis::cmd("MGET");
         cmd.arg(tag_keys);
-        self.run("MGET", cmd).await
+        let values: Vec<Option<Vec<u8>>> = self.run("MGET", cmd).await?;
+        Ok(decode_versions(values))
     }
 
     pub(crate) async fn bump<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<u64>> {
@@ -394,8 +392,18 @@ impl RedisBackend {
             pipe.cmd("SET").arg(k).arg(initial).arg("NX").ignore();
             pipe.cmd("GET").arg(k);
         }
-        self.run_pipe("SET NX+GET (tags)", pipe).await
+        let values: Vec<Option<Vec<u8>>> = self.run_pipe("SET NX+GET (tags)", pipe).await?;
+        Ok(decode_versions(values))
     }
+}
+
+/// Version keys read back; one that holds something else than a version reads as missing
+/// (changed), as on the memory backend, rather than failing the whole read.
+fn decode_versions(values: impl IntoIterator<Item = Option<Vec<u8>>>) -> Vec<Option<u64>> {
+    values
+        .into_iter()
+        .map(|v| v.and_then(|b| crate::codec::decode_version(&b)))
+        .collect()
 }
 
 #[cfg(feature = "tls")]

@@ -80,3 +80,47 @@ async fn a_tag_version_key_lost_and_recreated_does_not_revive_old_entries() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_tag_version_key_holding_garbage_reads_as_changed_not_as_an_error() {
+    // Only Redis can be written around the API; the embedded backend decodes versions with
+    // the same function.
+    let cache = tests::redis_cache();
+    cache.set_tagged("a", &1, None, &["t"]).await.expect("set");
+    let version_key = format!("{}~tag:t", cache.key_prefix());
+    let mut con = tests::shared_server()
+        .client()
+        .get_connection()
+        .expect("connects");
+    for garbage in [&b"not a number"[..], b"-5", b"\xc7\x01", b""] {
+        let _: () = redis::cmd("SET")
+            .arg(&version_key)
+            .arg(garbage)
+            .query(&mut con)
+            .expect("SET");
+        assert_eq!(
+            cache
+                .get::<i32>("a")
+                .await
+                .expect("a tagged read is not an error"),
+            None,
+            "{garbage:?}: an entry whose tag version cannot be read is a miss"
+        );
+        // Writing under the tag still works, and what it wrote is never served as valid
+        // against an unreadable version.
+        cache.set_tagged("b", &2, None, &["t"]).await.expect("set");
+        assert_eq!(
+            cache.get::<i32>("b").await.expect("get"),
+            None,
+            "{garbage:?}"
+        );
+    }
+    // Once the version key is repaired (deleted), the tag works again.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&version_key)
+        .query(&mut con)
+        .expect("DEL");
+    cache.set_tagged("c", &3, None, &["t"]).await.expect("set");
+    assert_eq!(cache.get::<i32>("c").await.expect("get"), Some(3));
+    assert_eq!(cache.get::<i32>("a").await.expect("get"), None);
+}
