@@ -22,6 +22,7 @@
 //! See the README for the tour, the configuration table and the benchmarks.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod backend;
 mod cache;

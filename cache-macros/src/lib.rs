@@ -11,6 +11,7 @@
 //! next to the errors.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod attr;
 mod expand;
