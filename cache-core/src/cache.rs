@@ -19,7 +19,16 @@ use crate::private::Mode;
 use crate::stats::{Stats, StatsSnapshot};
 use crate::tags;
 
-/// Where a value was found.
+/// Where a value was found, and which backend a cache uses.
+///
+/// ```
+/// # fn main() -> Result<(), cache_core::Error> {
+/// use cache_core::{Cache, Source};
+/// assert_eq!(Cache::in_memory().backend(), Source::Memory);
+/// let redis = Cache::builder().url("redis://127.0.0.1:6379").build()?; // not connected yet
+/// assert_eq!(redis.backend(), Source::Redis);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Source {
@@ -31,6 +40,19 @@ pub enum Source {
 
 /// The outcome of [`Cache::lookup`]: a hit with where it came from and how old it is, or a
 /// miss.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// use cache_core::Lookup;
+/// let cache = cache_core::Cache::in_memory();
+/// cache.set("n", &7u32, None).await?;
+/// match cache.lookup::<u32>("n").await? {
+///     Lookup::Hit { value, age, .. } => assert!(value == 7 && age.as_secs() < 60),
+///     Lookup::Miss => unreachable!("just written"),
+/// }
+/// assert_eq!(cache.lookup::<u32>("absent").await?, Lookup::Miss);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub enum Lookup<T> {
     /// A usable value.
@@ -48,6 +70,15 @@ pub enum Lookup<T> {
 
 impl<T> Lookup<T> {
     /// The value of a hit.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("n", &7u32, None).await?;
+    /// assert_eq!(cache.lookup::<u32>("n").await?.into_value(), Some(7));
+    /// assert_eq!(cache.lookup::<u32>("absent").await?.into_value(), None);
+    /// # Ok(()) }
+    /// ```
     pub fn into_value(self) -> Option<T> {
         match self {
             Lookup::Hit { value, .. } => Some(value),
@@ -56,6 +87,15 @@ impl<T> Lookup<T> {
     }
 
     /// True for a hit.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("n", &7u32, None).await?;
+    /// assert!(cache.lookup::<u32>("n").await?.is_hit());
+    /// assert!(!cache.lookup::<String>("n").await?.is_hit()); // not decodable as a `String`
+    /// # Ok(()) }
+    /// ```
     pub fn is_hit(&self) -> bool {
         matches!(self, Lookup::Hit { .. })
     }
@@ -109,7 +149,15 @@ impl std::fmt::Debug for Cache {
 }
 
 impl Cache {
-    /// A builder, starting from defaults.
+    /// A builder, starting from defaults (not from the environment: see
+    /// [`CacheBuilder::from_env`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().namespace("billing").build()?;
+    /// assert_eq!(cache.key_prefix(), "billing:");
+    /// # Ok(()) }
+    /// ```
     pub fn builder() -> CacheBuilder {
         CacheBuilder::new()
     }
@@ -117,11 +165,32 @@ impl Cache {
     /// A cache configured from the environment (see [`CacheBuilder::from_env`]): Redis when
     /// `REDIS_URL` (or `REDIS_HOST`) is set, the embedded backend otherwise, with a log line
     /// saying which. Does not connect, so an unreachable Redis is not an error here.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Source};
+    /// let cache = Cache::from_env()?;
+    /// let given = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    /// let wants_redis = given("REDIS_URL") || given("REDIS_HOST");
+    /// assert_eq!(cache.backend() == Source::Redis, wants_redis);
+    /// # Ok(()) }
+    /// ```
     pub fn from_env() -> Result<Cache> {
         CacheBuilder::from_env()?.build()
     }
 
-    /// The embedded in-memory backend with default settings.
+    /// The embedded in-memory backend with default settings (namespace `cache`, default TTL
+    /// one hour, 64 MiB). Each call makes a separate store; clones and scoped handles share it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::Cache;
+    /// let cache = Cache::in_memory();
+    /// cache.set("k", &"v", None).await?;
+    /// assert!(cache.clone().exists("k").await?);
+    /// assert!(!Cache::in_memory().exists("k").await?); // another store
+    /// # Ok(()) }
+    /// ```
     pub fn in_memory() -> Cache {
         let config = Config::default();
         Cache::with_backend(
@@ -196,7 +265,18 @@ impl Cache {
         )
     }
 
-    /// The same scope with another default TTL.
+    /// The same scope (same keys, store and counters) with another default TTL.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::KeyTtl;
+    /// let cache = cache_core::Cache::in_memory();
+    /// let short = cache.with_default_ttl(Duration::from_secs(30));
+    /// short.set("k", &1u8, None).await?; // no TTL given: the handle's
+    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(30)));
+    /// # Ok(()) }
+    /// ```
     pub fn with_default_ttl(&self, ttl: Duration) -> Cache {
         self.scoped(self.scope.prefix.clone(), Some(ttl))
     }
@@ -212,26 +292,71 @@ impl Cache {
     }
 
     /// The prefix of every key of this handle (`namespace:` plus scopes), as stored in Redis.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.key_prefix(), "cache:");
+    /// assert_eq!(cache.namespace("orders").tenant("acme").key_prefix(), "cache:orders:@acme:");
+    /// ```
     pub fn key_prefix(&self) -> &str {
         &self.scope.prefix
     }
 
-    /// The TTL of writes that do not give one.
+    /// The TTL of writes that do not give one; `None` when such writes never expire.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// assert_eq!(cache_core::Cache::in_memory().default_ttl(), Some(Duration::from_secs(3600)));
+    /// let forever = cache_core::Cache::builder().no_default_ttl().build()?;
+    /// assert_eq!(forever.default_ttl(), None);
+    /// # Ok(()) }
+    /// ```
     pub fn default_ttl(&self) -> Option<Duration> {
         self.scope.default_ttl
     }
 
     /// Which backend this cache uses.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Source};
+    /// assert_eq!(Cache::builder().build()?.backend(), Source::Memory); // no URL
+    /// let redis = Cache::builder().url("redis://127.0.0.1:6379").build()?;
+    /// assert_eq!(redis.backend(), Source::Redis);
+    /// # Ok(()) }
+    /// ```
     pub fn backend(&self) -> Source {
         self.shared.backend.kind()
     }
 
     /// The counters of this cache (shared by all its scoped handles).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1u8, None).await?;
+    /// cache.namespace("other").get::<u8>("k").await?; // another scope: a miss
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.writes, stats.hits, stats.misses), (1, 0, 1));
+    /// # Ok(()) }
+    /// ```
     pub fn stats(&self) -> StatsSnapshot {
         self.shared.stats.snapshot()
     }
 
-    /// The full key stored in the backend for `key`.
+    /// The full key stored in the backend for `key`. A key that is empty, holds whitespace or
+    /// a control character, or starts with `~` (reserved) is [`Error::InvalidKey`]; one longer
+    /// than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) is hashed.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::Error;
+    /// let cache = cache_core::Cache::in_memory().tenant(7u32);
+    /// assert_eq!(cache.full_key("user:42")?, "cache:@7:user:42");
+    /// assert!(matches!(cache.full_key("user 42"), Err(Error::InvalidKey { .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn full_key(&self, key: &str) -> Result<String> {
         key::validate_user_key(key)?;
         Ok(key::full_key(&self.scope.prefix, key))
@@ -259,6 +384,17 @@ impl Cache {
     /// The value under `key`, if there is one usable as a `T`. A value that does not decode as
     /// `T` (written as another type, or garbage) is a miss, counted in
     /// [`StatsSnapshot::decode_errors`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.get::<u32>("n").await?, None);
+    /// cache.set("n", &7u32, None).await?;
+    /// assert_eq!(cache.get::<u32>("n").await?, Some(7));
+    /// assert_eq!(cache.get::<String>("n").await?, None); // not a `String`: a miss
+    /// assert_eq!(cache.stats().decode_errors, 1);
+    /// # Ok(()) }
+    /// ```
     pub async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
         Ok(self.lookup(key).await?.into_value())
     }
@@ -344,6 +480,15 @@ impl Cache {
 
     /// Values of several keys in one round trip, in order; misses (and undecodable values)
     /// are `None`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.mset(&[("a", 1u32), ("b", 2)], None).await?;
+    /// let found = cache.mget::<u32>(&["a", "absent", "b"]).await?;
+    /// assert_eq!(found, vec![Some(1), None, Some(2)]);
+    /// # Ok(()) }
+    /// ```
     pub async fn mget<T: DeserializeOwned + 'static>(
         &self,
         keys: &[&str],
@@ -365,7 +510,17 @@ impl Cache {
         Ok(out)
     }
 
-    /// True if `key` holds a value (of any type).
+    /// True if `key` holds a value (of any type: the value is not decoded, nor its tags
+    /// checked).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &"v", None).await?;
+    /// assert!(cache.exists("k").await?);
+    /// assert!(!cache.exists("absent").await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn exists(&self, key: &str) -> Result<bool> {
         let full = self.full_key(key)?;
         let r = self.shared.backend.exists(&full).await;
@@ -373,6 +528,17 @@ impl Cache {
     }
 
     /// The remaining lifetime of `key`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::KeyTtl;
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1u8, Duration::from_secs(60)).await?;
+    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(60)));
+    /// assert_eq!(cache.ttl("absent").await?, KeyTtl::Missing);
+    /// # Ok(()) }
+    /// ```
     pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let full = self.full_key(key)?;
         let r = self.shared.backend.ttl(&full).await;
@@ -382,6 +548,16 @@ impl Cache {
     // ---- writes -----------------------------------------------------------------------------
 
     /// Stores `value` under `key` for `ttl` (`None`: the handle's default TTL).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("session:1", &vec!["read", "write"], Duration::from_secs(900)).await?;
+    /// let rights = cache.get::<Vec<String>>("session:1").await?;
+    /// assert_eq!(rights, Some(vec!["read".to_owned(), "write".to_owned()]));
+    /// # Ok(()) }
+    /// ```
     pub async fn set<T: Serialize + 'static>(
         &self,
         key: &str,
@@ -476,6 +652,16 @@ impl Cache {
     }
 
     /// Stores several values in one round trip, all with `ttl` (`None`: the default TTL).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.mset(&[("a", 1u32), ("b", 2)], Duration::from_secs(60)).await?;
+    /// assert_eq!(cache.get::<u32>("b").await?, Some(2));
+    /// assert_eq!(cache.stats().writes, 2);
+    /// # Ok(()) }
+    /// ```
     pub async fn mset<T: Serialize + 'static>(
         &self,
         items: &[(&str, T)],
@@ -499,12 +685,31 @@ impl Cache {
     }
 
     /// Removes `key`; true if it existed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1u8, None).await?;
+    /// assert!(cache.delete("k").await?);
+    /// assert!(!cache.delete("k").await?); // already gone
+    /// assert_eq!(cache.get::<u8>("k").await?, None);
+    /// # Ok(()) }
+    /// ```
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let full = self.full_key(key)?;
         self.delete_full(vec![full]).await.map(|n| n > 0)
     }
 
     /// Removes several keys in one round trip; returns how many existed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.mset(&[("a", 1u8), ("b", 2)], None).await?;
+    /// assert_eq!(cache.delete_many(&["a", "b", "absent"]).await?, 2);
+    /// assert!(!cache.exists("a").await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         let full = keys
             .iter()
@@ -522,6 +727,18 @@ impl Cache {
     }
 
     /// Sets `key` to expire after `ttl`; false if there is no such key.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::KeyTtl;
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set("k", &1u8, None).await?; // default TTL: one hour
+    /// assert!(cache.expire("k", Duration::from_secs(5)).await?);
+    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(5)));
+    /// assert!(!cache.expire("absent", Duration::from_secs(5)).await?);
+    /// # Ok(()) }
+    /// ```
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         let full = self.full_key(key)?;
         let r = self.shared.backend.expire(&full, ttl).await;
@@ -530,6 +747,17 @@ impl Cache {
 
     /// Restarts `key`'s lifetime at the handle's default TTL; false if there is no such key
     /// (or the handle has no default TTL).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::KeyTtl;
+    /// let cache = cache_core::Cache::in_memory().with_default_ttl(Duration::from_secs(600));
+    /// cache.set("session", &"ann", Duration::from_secs(5)).await?;
+    /// assert!(cache.touch("session").await?); // back to ten minutes
+    /// assert!(matches!(cache.ttl("session").await?, KeyTtl::Expires(left) if left > Duration::from_secs(5)));
+    /// # Ok(()) }
+    /// ```
     pub async fn touch(&self, key: &str) -> Result<bool> {
         match self.scope.default_ttl {
             Some(ttl) => self.expire(key, ttl).await,
@@ -537,9 +765,23 @@ impl Cache {
         }
     }
 
-    /// Adds `by` to the integer counter under `key` (created at 0), keeping its TTL, as Redis
-    /// `INCRBY`. A key holding a cached value is [`Error::WrongKind`]. Read a counter back with
-    /// `get::<i64>`.
+    /// Adds `by` to the integer counter under `key`, keeping its TTL, as Redis `INCRBY`. A
+    /// missing counter starts at 0 with no TTL (the default TTL does not apply: give it one
+    /// with [`expire`](Cache::expire)). A key holding a cached value, or a sum that overflows
+    /// `i64`, is [`Error::WrongKind`]. Read a counter back with `get::<i64>`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Error, KeyTtl};
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.incr("visits", 1).await?, 1);
+    /// assert_eq!(cache.incr("visits", 10).await?, 11);
+    /// assert_eq!(cache.get::<i64>("visits").await?, Some(11));
+    /// assert_eq!(cache.ttl("visits").await?, KeyTtl::Persistent);
+    /// cache.set("user", &"ann", None).await?;
+    /// assert!(matches!(cache.incr("user", 1).await, Err(Error::WrongKind { .. })));
+    /// # Ok(()) }
+    /// ```
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let full = self.full_key(key)?;
         let r = self.shared.backend.incr(&full, by).await;
@@ -552,11 +794,33 @@ impl Cache {
 
     /// Invalidates every entry attached to `tag`, in O(1): one counter bump, whatever the
     /// number of entries.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_tagged("user:1", &"ann", None, &["org:7"]).await?;
+    /// cache.set_tagged("user:2", &"bob", None, &["org:8"]).await?;
+    /// cache.invalidate_tag("org:7").await?;
+    /// assert_eq!(cache.get::<String>("user:1").await?, None);
+    /// assert_eq!(cache.get::<String>("user:2").await?.as_deref(), Some("bob"));
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         self.invalidate_tags(&[tag]).await
     }
 
     /// Invalidates every entry attached to any of `tags`, in one round trip.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set_tagged("a", &1u8, None, &["x"]).await?;
+    /// cache.set_tagged("b", &2u8, None, &["y"]).await?;
+    /// cache.set("c", &3u8, None).await?;
+    /// cache.invalidate_tags(&["x", "y"]).await?;
+    /// assert_eq!(cache.mget::<u8>(&["a", "b", "c"]).await?, vec![None, None, Some(3)]);
+    /// # Ok(()) }
+    /// ```
     pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<()> {
         let keys = tags
             .iter()
@@ -602,6 +866,18 @@ impl Cache {
 
     /// As [`get_or_set`](Cache::get_or_set) for a fallible computation: `Ok` values are
     /// stored, errors are returned and not stored.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let down = cache.try_get_or_set("rate", None, || async { Err::<u32, _>("upstream down") }).await;
+    /// assert_eq!(down, Err("upstream down"));
+    /// let rate = cache.try_get_or_set("rate", None, || async { Ok::<u32, &str>(42) }).await;
+    /// assert_eq!(rate, Ok(42)); // computed: the error was not stored
+    /// let again = cache.try_get_or_set("rate", None, || async { Err::<u32, _>("not called") }).await;
+    /// assert_eq!(again, Ok(42));
+    /// # }
+    /// ```
     pub async fn try_get_or_set<T, E, F, Fut>(
         &self,
         key: &str,
@@ -750,6 +1026,13 @@ pub fn install(cache: Cache) -> std::result::Result<(), Cache> {
 }
 
 /// The installed global cache, if any.
+///
+/// ```
+/// use cache_core::{Cache, Source};
+/// assert!(cache_core::installed().is_none()); // nothing installed yet in this program
+/// assert!(cache_core::install(Cache::in_memory()).is_ok());
+/// assert!(matches!(cache_core::installed(), Some(c) if c.backend() == Source::Memory));
+/// ```
 pub fn installed() -> Option<&'static Cache> {
     GLOBAL.get()
 }

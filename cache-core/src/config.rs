@@ -92,7 +92,19 @@ pub struct CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Starts from defaults (embedded backend, namespace `cache`, default TTL one hour).
+    /// Starts from defaults (embedded backend, namespace `cache`, default TTL one hour),
+    /// ignoring the environment.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{CacheBuilder, Source};
+    /// let cache = CacheBuilder::new().build()?;
+    /// assert_eq!(cache.backend(), Source::Memory);
+    /// assert_eq!(cache.key_prefix(), "cache:");
+    /// assert_eq!(cache.default_ttl(), Some(Duration::from_secs(3600)));
+    /// # Ok(()) }
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -101,12 +113,31 @@ impl CacheBuilder {
     /// `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_TLS`) and the `CACHE_*` variables of the
     /// README's configuration table. Without `REDIS_URL` or `REDIS_HOST` the embedded
     /// backend is used. Builder methods called afterwards override the environment.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::CacheBuilder;
+    /// let cache = CacheBuilder::from_env()?.namespace("billing").build()?;
+    /// assert_eq!(cache.key_prefix(), "billing:"); // wins over `CACHE_NAMESPACE`
+    /// # Ok(()) }
+    /// ```
     pub fn from_env() -> Result<Self> {
         Self::from_lookup(|name| std::env::var(name).ok())
     }
 
     /// As [`from_env`](Self::from_env), reading variables through `lookup` (for tests and for
     /// applications with their own configuration source).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::{collections::HashMap, time::Duration};
+    /// use cache_core::{CacheBuilder, Source};
+    /// let vars = HashMap::from([("REDIS_HOST", "127.0.0.1"), ("CACHE_DEFAULT_TTL", "5m")]);
+    /// let cache = CacheBuilder::from_lookup(|name| vars.get(name).map(|v| v.to_string()))?.build()?;
+    /// assert_eq!(cache.backend(), Source::Redis); // built, not connected
+    /// assert_eq!(cache.default_ttl(), Some(Duration::from_secs(300)));
+    /// # Ok(()) }
+    /// ```
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
         let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let mut b = CacheBuilder::new();
@@ -186,7 +217,18 @@ impl CacheBuilder {
     }
 
     /// Uses the Redis server at `url` (`redis://[user[:password]@]host[:port][/db]`, or
-    /// `rediss://` for TLS, which needs the `tls` feature).
+    /// `rediss://` for TLS, which needs the `tls` feature). The URL is checked by
+    /// [`build`](Self::build), which does not connect.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Error, Source};
+    /// let cache = Cache::builder().url("redis://127.0.0.1:6379/2").build()?;
+    /// assert_eq!(cache.backend(), Source::Redis);
+    /// let http = Cache::builder().url("http://127.0.0.1:6379").build();
+    /// assert!(matches!(http, Err(Error::Config { setting: "REDIS_URL", .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn url(mut self, url: impl Into<String>) -> Self {
         let target = match self.config.target {
             Target::Redis(t) => RedisTarget {
@@ -204,7 +246,19 @@ impl CacheBuilder {
         self
     }
 
-    /// The ACL user name (overrides one in the URL).
+    /// The ACL user name (overrides one in the URL). It applies to the Redis URL already
+    /// given (by [`url`](Self::url) or the environment): without one it is ignored, so call it
+    /// after `url`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .username("billing-app")
+    ///     .build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// # Ok(()) }
+    /// ```
     pub fn username(mut self, username: impl Into<String>) -> Self {
         if let Target::Redis(t) = &mut self.config.target {
             t.username = Some(username.into());
@@ -212,7 +266,18 @@ impl CacheBuilder {
         self
     }
 
-    /// The password (overrides one in the URL).
+    /// The password (overrides one in the URL). As with [`username`](Self::username), call it
+    /// after the URL is given, or it is ignored. It never appears in `Debug` output or logs.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .url("redis://app:old-secret@127.0.0.1:6379")
+    ///     .password("new-secret")
+    ///     .build()?;
+    /// assert!(!format!("{cache:?}").contains("secret"));
+    /// # Ok(()) }
+    /// ```
     pub fn password(mut self, password: impl Into<String>) -> Self {
         if let Target::Redis(t) = &mut self.config.target {
             t.password = Some(password.into());
@@ -221,7 +286,20 @@ impl CacheBuilder {
     }
 
     /// Trusts these PEM certificates (a private CA) for `rediss://` instead of the platform's
-    /// certificate store. Needs the `tls` feature.
+    /// certificate store. Needs the `tls` feature (without it, [`build`](Self::build) fails with
+    /// [`Error::Config`]). Like [`username`](Self::username), it applies to the URL already
+    /// given.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let ca = std::fs::read("/etc/redis/ca.pem")?;
+    /// let cache = cache_core::Cache::builder()
+    ///     .url("rediss://cache.internal:6380")
+    ///     .tls_ca_pem(ca)
+    ///     .build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// # Ok(()) }
+    /// ```
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         if let Target::Redis(t) = &mut self.config.target {
             t.tls_ca = Some(pem.into());
@@ -229,32 +307,80 @@ impl CacheBuilder {
         self
     }
 
-    /// Forces TLS on (`rediss://`) or off, whatever the URL's scheme says.
+    /// Forces TLS on (`rediss://`) or off (`redis://`), whatever the URL's scheme says. On
+    /// needs the `tls` feature: without it, [`build`](Self::build) fails with [`Error::Config`].
+    ///
+    /// ```
+    /// use cache_core::{Cache, Error, Source};
+    /// let built = Cache::builder().url("redis://127.0.0.1:6380").tls(true).build();
+    /// match built {
+    ///     Ok(cache) => assert_eq!(cache.backend(), Source::Redis), // the `tls` feature is on
+    ///     Err(e) => assert!(matches!(e, Error::Config { setting: "REDIS_URL", .. })),
+    /// }
+    /// ```
     pub fn tls(mut self, tls: bool) -> Self {
         self.tls = Some(tls);
         self
     }
 
-    /// Uses the embedded in-memory backend, even if a URL was given.
+    /// Uses the embedded in-memory backend, dropping a URL (and its credentials) given before,
+    /// by [`url`](Self::url) or the environment.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{CacheBuilder, Source};
+    /// let cache = CacheBuilder::from_env()?.in_memory().build()?; // in tests, say
+    /// assert_eq!(cache.backend(), Source::Memory);
+    /// # Ok(()) }
+    /// ```
     pub fn in_memory(mut self) -> Self {
         self.config.target = Target::Memory;
         self
     }
 
-    /// The first segment of every key, so several applications can share one Redis.
-    /// Default `cache`.
+    /// The first segment of every key, so several applications can share one Redis: 1 to 64
+    /// characters from `A-Z a-z 0-9 - _ .`, checked by [`build`](Self::build). Default `cache`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::Cache;
+    /// let cache = Cache::builder().namespace("billing").build()?;
+    /// assert_eq!(cache.key_prefix(), "billing:");
+    /// assert!(Cache::builder().namespace("billing:v2").build().is_err()); // checked, not escaped
+    /// # Ok(()) }
+    /// ```
     pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
         self.config.namespace = namespace.into();
         self
     }
 
-    /// The TTL of writes that do not give one. Default one hour.
+    /// The TTL of writes that do not give one: at least one millisecond (see
+    /// [`no_default_ttl`](Self::no_default_ttl) for none). Default one hour.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::Cache;
+    /// let cache = Cache::builder().default_ttl(Duration::from_secs(300)).build()?;
+    /// assert_eq!(cache.default_ttl(), Some(Duration::from_secs(300)));
+    /// assert!(Cache::builder().default_ttl(Duration::ZERO).build().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn default_ttl(mut self, ttl: Duration) -> Self {
         self.config.default_ttl = Some(ttl);
         self
     }
 
     /// Writes without a TTL never expire (they live until evicted or deleted).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, KeyTtl};
+    /// let cache = Cache::builder().no_default_ttl().build()?;
+    /// cache.set("settings", &"v1", None).await?;
+    /// assert_eq!(cache.ttl("settings").await?, KeyTtl::Persistent);
+    /// # Ok(()) }
+    /// ```
     pub fn no_default_ttl(mut self) -> Self {
         self.config.default_ttl = None;
         self
@@ -263,45 +389,126 @@ impl CacheBuilder {
     /// Number of multiplexed Redis connections requests are spread over. Each carries any
     /// number of concurrent requests, pipelined: this is not a bound on concurrency, and
     /// fewer connections batch better. Raise it when one connection's I/O task becomes the
-    /// bottleneck (many cores, large values). Default 1.
+    /// bottleneck (many cores, large values). At least 1; default 1.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::Cache;
+    /// let cache = Cache::builder().url("redis://127.0.0.1:6379").pool_size(4).build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// assert!(Cache::builder().pool_size(0).build().is_err());
+    /// # Ok(()) }
+    /// ```
     pub fn pool_size(mut self, size: u32) -> Self {
         self.config.pool_size = size;
         self
     }
 
-    /// Connections kept open even when idle. Default 1.
+    /// Connections kept open even when idle, from the first operation on. Capped at
+    /// [`pool_size`](Self::pool_size); default 1.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .pool_size(4)
+    ///     .min_idle(2)
+    ///     .build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// # Ok(()) }
+    /// ```
     pub fn min_idle(mut self, min_idle: u32) -> Self {
         self.config.min_idle = min_idle;
         self
     }
 
     /// Bound on establishing a connection, and so on any operation while Redis is
-    /// unreachable. Default 2 s.
+    /// unreachable. Must be greater than zero; default 2 s.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, Error};
+    /// let cache = Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .connect_timeout(Duration::from_millis(500))
+    ///     .build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// let zero = Cache::builder().connect_timeout(Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(Error::Config { setting: "connect_timeout", .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
-    /// Bound on each Redis command's answer. Default 1 s.
+    /// Bound on each Redis command's answer; past it the operation fails with
+    /// [`Error::Timeout`]. Must be greater than zero; default 1 s.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, Error};
+    /// let cache = Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .command_timeout(Duration::from_millis(250))
+    ///     .build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// let zero = Cache::builder().command_timeout(Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(Error::Config { setting: "command_timeout", .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn command_timeout(mut self, timeout: Duration) -> Self {
         self.config.command_timeout = timeout;
         self
     }
 
-    /// Payloads larger than this many bytes are compressed (LZ4). Default 4096.
+    /// Payloads larger than this many bytes are compressed (LZ4), on either backend;
+    /// decompression on read is transparent. Default 4096.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().compression_threshold(1024).build()?;
+    /// let page = "<p>hello</p>".repeat(1000); // 12 kB: stored compressed
+    /// cache.set("page", &page, None).await?;
+    /// assert_eq!(cache.get::<String>("page").await?, Some(page));
+    /// # Ok(()) }
+    /// ```
     pub fn compression_threshold(mut self, bytes: usize) -> Self {
         self.config.compression_threshold = bytes;
         self
     }
 
-    /// Bound, in bytes of keys and values, of the embedded backend. Default 64 MiB.
+    /// Bound, in bytes of keys and values (plus a small overhead per entry), of the embedded
+    /// backend: entries are evicted beyond it. Not used with Redis. Default 64 MiB.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().memory_capacity(1024 * 1024).build()?;
+    /// cache.set("k", &"small", None).await?;
+    /// assert_eq!(cache.get::<String>("k").await?.as_deref(), Some("small"));
+    /// # Ok(()) }
+    /// ```
     pub fn memory_capacity(mut self, bytes: u64) -> Self {
         self.config.memory_capacity = bytes;
         self
     }
 
-    /// Checks the settings and builds the cache. Does not connect: an unreachable Redis
-    /// shows up as [`Error::Connection`] from operations, never here.
+    /// Checks the settings and builds the cache. Does not connect, and needs no tokio
+    /// runtime: an unreachable Redis shows up as [`Error::Connection`] from operations, never
+    /// here. A setting that cannot be used is [`Error::Config`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Error, Source};
+    /// // No runtime here, and nothing listens on port 1: building still succeeds.
+    /// let cache = Cache::builder().url("redis://127.0.0.1:1").build()?;
+    /// assert_eq!(cache.backend(), Source::Redis);
+    /// let bad = Cache::builder().namespace("has space").build();
+    /// assert!(matches!(bad, Err(Error::Config { setting: "namespace", .. })));
+    /// # Ok(()) }
+    /// ```
     pub fn build(self) -> Result<crate::Cache> {
         let config = self.validated()?;
         crate::Cache::from_config(config)

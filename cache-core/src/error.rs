@@ -98,6 +98,18 @@ pub enum Error {
 impl Error {
     /// True when the cache itself is unreachable or too slow (connection or timeout), so the
     /// caller should carry on without it rather than treat the request as failed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cache_core::Error;
+    /// let slow = Error::Timeout { operation: "GET", after: Duration::from_secs(1) };
+    /// assert!(slow.is_unavailable()); // carry on without the cache
+    /// let cache = cache_core::Cache::in_memory();
+    /// let Err(bad) = cache.get::<u8>("has space").await else { panic!("keys cannot hold spaces") };
+    /// assert!(!bad.is_unavailable()); // a bug in the caller, not an outage
+    /// # }
+    /// ```
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connection { .. } | Error::Timeout { .. })
     }
@@ -139,4 +151,16 @@ impl Error {
 }
 
 /// `Result` with this crate's [`Error`].
+///
+/// ```
+/// use cache_core::{Cache, Result};
+///
+/// async fn greeting(cache: &Cache) -> Result<String> {
+///     Ok(cache.get::<String>("greeting").await?.unwrap_or_else(|| "hello".to_owned()))
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<()> {
+/// assert_eq!(greeting(&Cache::in_memory()).await?, "hello");
+/// # Ok(()) }
+/// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -20,9 +20,33 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// Parts longer than this (after escaping) are replaced by a digest.
+/// Parts longer than this (after escaping) are replaced by `#` and a 128-bit digest (32 hex
+/// digits), so one long argument cannot make a long key.
+///
+/// ```
+/// use cache_core::{key, MAX_PART_LEN};
+/// let fits = "x".repeat(MAX_PART_LEN);
+/// assert_eq!(key!("search", fits), format!("search:{fits}"));
+/// let long = key!("search", "x".repeat(MAX_PART_LEN + 1));
+/// assert!(long.starts_with("search:#"));
+/// assert_eq!(long.len(), "search:#".len() + 32);
+/// ```
 pub const MAX_PART_LEN: usize = 128;
-/// Keys whose user part is longer than this are hashed, keeping the namespace and tenant.
+/// Keys whose user part is longer than this are replaced by a SHA-256 digest, keeping the
+/// namespace, scopes and tenant, and the Redis Cluster hash tag (`{...}`) so the key stays in
+/// its slot.
+///
+/// ```
+/// # fn main() -> Result<(), cache_core::Error> {
+/// use cache_core::{Cache, MAX_KEY_LEN};
+/// let cache = Cache::in_memory();
+/// assert_eq!(cache.full_key("user:42")?, "cache:user:42");
+/// let long = format!("{{org:7}}:{}", "y".repeat(MAX_KEY_LEN));
+/// let stored = cache.full_key(&long)?;
+/// assert!(stored.starts_with("cache:~h:{org:7}#"));
+/// assert_eq!(stored.len(), "cache:~h:{org:7}#".len() + 64);
+/// # Ok(()) }
+/// ```
 pub const MAX_KEY_LEN: usize = 512;
 
 /// A value that can be part of a cache key.
@@ -54,27 +78,101 @@ pub trait KeyPart {
     /// Writes this value's rendering. Strings must go through [`KeyWriter::write_str`]
     /// (which escapes); composite values write each component with [`KeyWriter::write`]
     /// and separate them with [`KeyWriter::separator`].
+    ///
+    /// ```
+    /// use cache_core::{key, KeyPart, KeyWriter};
+    ///
+    /// enum Sort { Newest, Oldest }
+    ///
+    /// impl KeyPart for Sort {
+    ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+    ///         out.write_str(match self { Sort::Newest => "newest", Sort::Oldest => "oldest" });
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(key!("feed", Sort::Oldest), "feed:oldest");
+    /// ```
     fn write_key_part(&self, out: &mut KeyWriter<'_>);
 }
 
-/// Receives the rendering of a [`KeyPart`].
+/// Receives the rendering of a [`KeyPart`]: handed to
+/// [`write_key_part`](KeyPart::write_key_part), never built by hand.
+///
+/// ```
+/// use cache_core::{key, KeyPart, KeyWriter};
+/// struct Tile { x: i32, y: i32 }
+/// impl KeyPart for Tile {
+///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+///         out.write(&self.x);
+///         out.separator();
+///         out.write(&self.y);
+///     }
+/// }
+/// assert_eq!(key!("tile", Tile { x: 3, y: -4 }), "tile:3,-4");
+/// ```
 #[derive(Debug)]
 pub struct KeyWriter<'a> {
     buf: &'a mut String,
 }
 
 impl KeyWriter<'_> {
-    /// Writes `s`, escaped.
+    /// Writes `s`, escaped: a `:`, glob character, brace, whitespace or `%` in it cannot change
+    /// the key's structure.
+    ///
+    /// ```
+    /// use cache_core::{key, KeyPart, KeyWriter};
+    ///
+    /// struct Email(String);
+    ///
+    /// impl KeyPart for Email {
+    ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+    ///         out.write_str(&self.0.to_lowercase()); // one key per mailbox, whatever the case
+    ///     }
+    /// }
+    ///
+    /// assert_eq!(key!("user", Email("Ann@Example.com".into())), "user:ann%40example.com");
+    /// ```
     pub fn write_str(&mut self, s: &str) {
         escape_into(self.buf, s);
     }
 
-    /// Writes a nested part (a field of a composite value).
+    /// Writes a nested part (a field of a composite value), rendered and escaped by its own
+    /// [`KeyPart`] impl.
+    ///
+    /// ```
+    /// use cache_core::{key, KeyPart, KeyWriter};
+    /// struct Filter { org: u64, region: Option<String> }
+    /// impl KeyPart for Filter {
+    ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+    ///         out.write(&self.org);
+    ///         out.separator();
+    ///         out.write(&self.region);
+    ///     }
+    /// }
+    /// assert_eq!(key!("users", Filter { org: 7, region: None }), "users:7,~");
+    /// assert_eq!(key!("users", Filter { org: 7, region: Some("eu west".into()) }), "users:7,eu%20west");
+    /// ```
     pub fn write<P: KeyPart + ?Sized>(&mut self, part: &P) {
         part.write_key_part(self);
     }
 
-    /// Writes the separator between components of a composite value.
+    /// Writes the separator between components of a composite value. It is `,`, which
+    /// [`write_str`](KeyWriter::write_str) escapes, so components cannot run into each other.
+    ///
+    /// ```
+    /// use cache_core::{key, KeyPart, KeyWriter};
+    /// struct Route<'a> { from: &'a str, to: &'a str }
+    /// impl KeyPart for Route<'_> {
+    ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+    ///         out.write_str(self.from);
+    ///         out.separator();
+    ///         out.write_str(self.to);
+    ///     }
+    /// }
+    /// let (a, b) = (Route { from: "a,b", to: "c" }, Route { from: "a", to: "b,c" });
+    /// assert_eq!(key!("fare", a), "fare:a%2Cb,c");
+    /// assert_ne!(key!("fare", a), key!("fare", b));
+    /// ```
     pub fn separator(&mut self) {
         self.buf.push(',');
     }
@@ -135,6 +233,15 @@ fn digest_hex(bytes: &[u8], hex_len: usize) -> String {
 /// Builds the user part of a key: literal text and escaped [`KeyPart`]s.
 ///
 /// Used by generated code, and by the [`key!`](crate::key!) macro.
+///
+/// ```
+/// use cache_core::KeyBuf;
+/// let mut k = KeyBuf::new();
+/// k.literal("user:");
+/// k.part("ann smith");
+/// k.literal(":posts");
+/// assert_eq!(k.into_string(), "user:ann%20smith:posts");
+/// ```
 #[derive(Debug, Default, Clone)]
 pub struct KeyBuf {
     buf: String,
@@ -142,6 +249,13 @@ pub struct KeyBuf {
 
 impl KeyBuf {
     /// An empty key.
+    ///
+    /// ```
+    /// let mut k = cache_core::KeyBuf::new();
+    /// assert_eq!(k.as_str(), "");
+    /// k.part(&42u64);
+    /// assert_eq!(k.as_str(), "42");
+    /// ```
     pub fn new() -> Self {
         KeyBuf {
             buf: String::with_capacity(64),
@@ -149,12 +263,27 @@ impl KeyBuf {
     }
 
     /// Appends literal text, unescaped (template text written by the programmer).
+    ///
+    /// ```
+    /// let mut k = cache_core::KeyBuf::new();
+    /// k.literal("search:"); // the `:` is structure: kept
+    /// k.part("a:b"); // the `:` is data: escaped
+    /// assert_eq!(k.as_str(), "search:a%3Ab");
+    /// ```
     pub fn literal(&mut self, text: &str) {
         self.buf.push_str(text);
     }
 
     /// Appends a value, escaped; a part longer than [`MAX_PART_LEN`] becomes `#` and a
     /// 128-bit digest of its rendering.
+    ///
+    /// ```
+    /// let mut k = cache_core::KeyBuf::new();
+    /// k.part(&None::<u32>);
+    /// k.literal(":");
+    /// k.part(&vec!["a", "b c"]);
+    /// assert_eq!(k.as_str(), "~:2(a,b%20c)");
+    /// ```
     pub fn part<P: KeyPart + ?Sized>(&mut self, part: &P) {
         let start = self.buf.len();
         part.write_key_part(&mut KeyWriter { buf: &mut self.buf });
@@ -167,11 +296,29 @@ impl KeyBuf {
     }
 
     /// The key text.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let mut k = cache_core::KeyBuf::new();
+    /// k.literal("user:");
+    /// k.part(&42u64);
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.full_key(k.as_str())?, "cache:user:42");
+    /// # Ok(()) }
+    /// ```
     pub fn as_str(&self) -> &str {
         &self.buf
     }
 
     /// The key text, owned.
+    ///
+    /// ```
+    /// let mut k = cache_core::KeyBuf::new();
+    /// k.literal("order:");
+    /// k.part(&("eu", 17u32));
+    /// let key: String = k.into_string();
+    /// assert_eq!(key, "order:eu,17");
+    /// ```
     pub fn into_string(self) -> String {
         self.buf
     }

@@ -44,6 +44,17 @@ pub struct StatsSnapshot {
 
 impl StatsSnapshot {
     /// `hits / (hits + misses)`, or 0 before any read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// assert_eq!(cache.stats().hit_ratio(), 0.0); // no reads yet
+    /// cache.set("k", &1u8, None).await?;
+    /// cache.get::<u8>("k").await?; // a hit
+    /// cache.get::<u8>("absent").await?; // a miss
+    /// assert_eq!(cache.stats().hit_ratio(), 0.5);
+    /// # Ok(()) }
+    /// ```
     pub fn hit_ratio(&self) -> f64 {
         let total = self.hits + self.misses;
         if total == 0 {

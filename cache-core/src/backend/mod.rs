@@ -13,7 +13,20 @@ use bytes::Bytes;
 
 use crate::error::Result;
 
-/// Remaining lifetime of a key, as `PTTL` reports it.
+/// Remaining lifetime of a key, as `PTTL` reports it; see [`Cache::ttl`](crate::Cache::ttl).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// use std::time::Duration;
+/// use cache_core::KeyTtl;
+/// let cache = cache_core::Cache::in_memory();
+/// cache.set("session", &"ann", Duration::from_secs(60)).await?;
+/// assert!(matches!(cache.ttl("session").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(60)));
+/// cache.incr("visits", 1).await?; // counters are created without a TTL
+/// assert_eq!(cache.ttl("visits").await?, KeyTtl::Persistent);
+/// assert_eq!(cache.ttl("absent").await?, KeyTtl::Missing);
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyTtl {
     /// No such key.
