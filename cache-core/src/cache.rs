@@ -503,9 +503,29 @@ impl Cache {
             .get_many(&full)
             .await
             .inspect_err(|e| self.backend_err("mget", &full.join(" "), e))?;
+        // The versions of every tag the entries record, read together: one more round trip
+        // in all, not one per tagged entry.
+        let mut tag_keys: Vec<String> = found
+            .iter()
+            .flatten()
+            .filter_map(|bytes| codec::parse(bytes).ok())
+            .flat_map(|env| env.tags.into_iter().map(|(k, _)| k.to_owned()))
+            .collect();
+        tag_keys.sort_unstable();
+        tag_keys.dedup();
+        let versions = if tag_keys.is_empty() {
+            Vec::new()
+        } else {
+            self.shared
+                .backend
+                .versions(&tag_keys)
+                .await
+                .inspect_err(|e| self.backend_err("mget (tag versions)", &tag_keys[0], e))?
+        };
         let mut out = Vec::with_capacity(found.len());
         for (k, bytes) in full.iter().zip(found) {
-            out.push(self.decode_hit(k, bytes, None, 0).await?.into_value());
+            let known = Some((tag_keys.as_slice(), versions.as_slice()));
+            out.push(self.decode_hit(k, bytes, known, 0).await?.into_value());
         }
         Ok(out)
     }

@@ -89,6 +89,26 @@ impl Default for Config {
 pub struct CacheBuilder {
     pub(crate) config: Config,
     tls: Option<bool>,
+    credentials: Credentials,
+}
+
+/// What `username`, `password` and `tls_ca_pem` set, kept apart from the URL and applied to it
+/// in `build`, so the order of the builder calls does not matter.
+#[derive(Clone, Default)]
+struct Credentials {
+    username: Option<String>,
+    password: Option<String>,
+    tls_ca: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls_ca", &self.tls_ca.as_ref().map(|pem| pem.len()))
+            .finish()
+    }
 }
 
 impl CacheBuilder {
@@ -246,9 +266,8 @@ impl CacheBuilder {
         self
     }
 
-    /// The ACL user name (overrides one in the URL). It applies to the Redis URL already
-    /// given (by [`url`](Self::url) or the environment): without one it is ignored, so call it
-    /// after `url`.
+    /// The ACL user name (overrides one in the URL or the environment), whether the URL is
+    /// given before or after. Without a Redis URL (the in-memory backend) it is unused.
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
@@ -260,14 +279,12 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub fn username(mut self, username: impl Into<String>) -> Self {
-        if let Target::Redis(t) = &mut self.config.target {
-            t.username = Some(username.into());
-        }
+        self.credentials.username = Some(username.into());
         self
     }
 
-    /// The password (overrides one in the URL). As with [`username`](Self::username), call it
-    /// after the URL is given, or it is ignored. It never appears in `Debug` output or logs.
+    /// The password (overrides one in the URL or the environment), whether the URL is given
+    /// before or after. It never appears in `Debug` output or logs.
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
@@ -279,16 +296,14 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub fn password(mut self, password: impl Into<String>) -> Self {
-        if let Target::Redis(t) = &mut self.config.target {
-            t.password = Some(password.into());
-        }
+        self.credentials.password = Some(password.into());
         self
     }
 
     /// Trusts these PEM certificates (a private CA) for `rediss://` instead of the platform's
     /// certificate store. Needs the `tls` feature (without it, [`build`](Self::build) fails with
-    /// [`Error::Config`]). Like [`username`](Self::username), it applies to the URL already
-    /// given.
+    /// [`Error::Config`]). Like [`username`](Self::username), it applies to the URL given
+    /// before or after.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -301,9 +316,7 @@ impl CacheBuilder {
     /// # Ok(()) }
     /// ```
     pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        if let Target::Redis(t) = &mut self.config.target {
-            t.tls_ca = Some(pem.into());
-        }
+        self.credentials.tls_ca = Some(pem.into());
         self
     }
 
@@ -323,8 +336,8 @@ impl CacheBuilder {
         self
     }
 
-    /// Uses the embedded in-memory backend, dropping a URL (and its credentials) given before,
-    /// by [`url`](Self::url) or the environment.
+    /// Uses the embedded in-memory backend, dropping a URL given before, by
+    /// [`url`](Self::url) or the environment.
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
@@ -545,6 +558,12 @@ impl CacheBuilder {
         if let (Target::Redis(t), Some(tls)) = (&mut self.config.target, self.tls) {
             t.url = set_tls_scheme(&t.url, tls);
         }
+        if let Target::Redis(t) = &mut self.config.target {
+            let given = std::mem::take(&mut self.credentials);
+            t.username = given.username.or(t.username.take());
+            t.password = given.password.or(t.password.take());
+            t.tls_ca = given.tls_ca.or(t.tls_ca.take());
+        }
         if let Target::Redis(t) = &self.config.target {
             if !(t.url.starts_with("redis://")
                 || t.url.starts_with("rediss://")
@@ -631,6 +650,48 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         CacheBuilder::from_lookup(|k| map.get(k).cloned())?.validated()
+    }
+
+    #[test]
+    fn credentials_apply_whatever_the_order_of_the_builder_calls() {
+        let before = CacheBuilder::new()
+            .username("app")
+            .password("s3cret")
+            .tls_ca_pem(b"pem".to_vec())
+            .url("redis://old:pw@cache.internal:6379");
+        let after = CacheBuilder::new()
+            .url("redis://old:pw@cache.internal:6379")
+            .username("app")
+            .password("s3cret")
+            .tls_ca_pem(b"pem".to_vec());
+        assert!(!format!("{before:?}").contains("s3cret"), "{before:?}");
+        for built in [before, after] {
+            let Target::Redis(t) = built.validated().expect("valid").target else {
+                panic!("expected redis")
+            };
+            assert_eq!(t.username.as_deref(), Some("app"));
+            assert_eq!(t.password.as_deref(), Some("s3cret"));
+            assert_eq!(t.tls_ca.as_deref(), Some(&b"pem"[..]));
+        }
+        // The environment's credentials stay unless the builder overrides them.
+        let env: HashMap<String, String> = [
+            ("REDIS_URL", "redis://cache.internal:6379"),
+            ("REDIS_USERNAME", "env-user"),
+            ("REDIS_PASSWORD", "env-pw"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let built = CacheBuilder::from_lookup(|k| env.get(k).cloned())
+            .expect("valid")
+            .password("override")
+            .validated()
+            .expect("valid");
+        let Target::Redis(t) = built.target else {
+            panic!("expected redis")
+        };
+        assert_eq!(t.username.as_deref(), Some("env-user"));
+        assert_eq!(t.password.as_deref(), Some("override"));
     }
 
     #[test]

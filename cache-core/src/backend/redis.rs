@@ -350,7 +350,7 @@ impl RedisBackend {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(by);
         self.run("INCRBY", cmd).await.map_err(|e| match e {
-            Error::Command { .. } => Error::WrongKind {
+            Error::Command { source, .. } if holds_no_counter(&source) => Error::WrongKind {
                 operation: "incr",
                 key: key.to_owned(),
             },
@@ -394,6 +394,19 @@ impl RedisBackend {
         }
         let values: Vec<Option<Vec<u8>>> = self.run_pipe("SET NX+GET (tags)", pipe).await?;
         Ok(decode_versions(values))
+    }
+}
+
+/// True if `INCRBY` failed because of what the key holds (not a counter, or a counter that
+/// would overflow), as opposed to a failure of the server (out of memory, ACL, read-only
+/// replica), which stays a command error.
+fn holds_no_counter(e: &RedisError) -> bool {
+    match (e.code(), e.detail()) {
+        (Some("WRONGTYPE"), _) => true,
+        (Some("ERR"), Some(detail)) => {
+            detail.contains("not an integer") || detail.contains("would overflow")
+        }
+        _ => false,
     }
 }
 

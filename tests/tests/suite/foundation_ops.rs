@@ -384,7 +384,39 @@ async fn incr_counts_and_get_reads_the_counter() {
             matches!(cache.incr("number", 1).await, Err(Error::WrongKind { .. })),
             "{b}: a cached number is a cached value, not a counter"
         );
+        cache.incr("big", i64::MAX).await.expect(b);
+        assert!(
+            matches!(cache.incr("big", 1).await, Err(Error::WrongKind { .. })),
+            "{b}: a counter that would overflow"
+        );
+        assert_eq!(cache.incr("big", -1).await.expect(b), i64::MAX - 1, "{b}");
     }
+}
+
+/// Only what the key holds makes `incr` a `WrongKind`; a server that refuses the command (out
+/// of memory here) is a command error, so callers do not mistake it for bad data.
+#[tokio::test]
+async fn incr_tells_a_wrong_key_from_a_failing_server_on_redis() {
+    let server = tests::RedisServer::start();
+    let cache = tests::redis_cache_at(&server.url());
+    let mut raw = Raw::on(&server.client()).await;
+    let list = cache.full_key("list").expect("key");
+    raw.query::<i64>(redis::cmd("RPUSH").arg(&list).arg("x"))
+        .await;
+    let err = cache
+        .incr("list", 1)
+        .await
+        .expect_err("a list is no counter");
+    assert!(matches!(err, Error::WrongKind { .. }), "{err:?}");
+
+    raw.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("1"))
+        .await;
+    let err = cache.incr("fresh", 1).await.expect_err("out of memory");
+    assert!(matches!(err, Error::Command { .. }), "{err:?}");
+    assert!(err.to_string().contains("OOM"), "{err}");
+    raw.query::<()>(redis::cmd("CONFIG").arg("SET").arg("maxmemory").arg("0"))
+        .await;
+    assert_eq!(cache.incr("fresh", 1).await.expect("memory again"), 1);
 }
 
 #[tokio::test]
@@ -531,8 +563,9 @@ async fn mget_and_mset_keep_order_and_report_misses() {
     }
 }
 
-/// `mget` is one `MGET`, `mset` one pipeline of `SET`s and nothing else, counted by the
-/// server itself (an owned server, so no other test's commands are counted).
+/// `mget` is one `MGET` (two with tagged entries), `mset` one pipeline of `SET`s and nothing
+/// else, counted by the server itself (an owned server, so no other test's commands are
+/// counted).
 #[tokio::test]
 async fn mget_and_mset_are_one_round_trip_on_redis() {
     let server = tests::RedisServer::start();
@@ -551,6 +584,23 @@ async fn mget_and_mset_are_one_round_trip_on_redis() {
     let values = cache.mget::<u32>(&keys).await.expect("mget");
     assert_eq!(values, (0..50).map(Some).collect::<Vec<_>>());
     assert_eq!(raw.command_calls().await, calls(&[("mget", 1)]));
+
+    // Tagged entries: their tags' versions are read together, in one more MGET, however many
+    // entries and tags there are.
+    for (i, (k, v)) in refs.iter().enumerate() {
+        let tags = [format!("org:{}", i % 5), format!("team:{}", i % 7)];
+        let tags: Vec<&str> = tags.iter().map(String::as_str).collect();
+        cache
+            .set_tagged(k, v, None, &tags)
+            .await
+            .expect("set_tagged");
+    }
+    cache.invalidate_tag("org:3").await.expect("invalidate");
+    raw.reset_command_stats().await;
+    let values = cache.mget::<u32>(&keys).await.expect("mget");
+    let expected: Vec<Option<u32>> = (0..50).map(|i| (i % 5 != 3).then_some(i)).collect();
+    assert_eq!(values, expected, "entries tagged org:3 are misses");
+    assert_eq!(raw.command_calls().await, calls(&[("mget", 2)]));
 }
 
 #[tokio::test]
