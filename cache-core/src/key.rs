@@ -521,12 +521,19 @@ impl<T: KeyPart + ?Sized> KeyPart for Rc<T> {
     }
 }
 
-/// `None` is `~`, which no escaped value can be. (`Some(None)` of a nested option renders as
-/// `None` does: do not key on `Option<Option<_>>`.)
+/// `None` is `~`, which no escaped value can be; `Some(v)` is `v`'s rendering, with one more
+/// `~` in front when that rendering itself starts with `~` (a nested option's `None`), so
+/// `None`, `Some(None)` and `Some(Some(None))` are `~`, `~~` and `~~~`.
 impl<T: KeyPart> KeyPart for Option<T> {
     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
         match self {
-            Some(v) => v.write_key_part(out),
+            Some(v) => {
+                let start = out.buf.len();
+                v.write_key_part(out);
+                if out.buf.as_bytes().get(start) == Some(&b'~') {
+                    out.buf.insert(start, '~');
+                }
+            }
             None => out.raw("~"),
         }
     }
@@ -612,6 +619,34 @@ mod tests {
         assert_ne!(render(&None::<&str>), render(&Some("~")));
         assert_ne!(render(&Vec::<String>::new()), render(&vec![String::new()]));
         assert_ne!(render(&("a,b", "c")), render(&("a", "b,c")));
+    }
+
+    #[test]
+    fn nested_options_render_distinctly() {
+        let renders = [
+            render(&None::<Option<Option<u8>>>),
+            render(&Some(None::<Option<u8>>)),
+            render(&Some(Some(None::<u8>))),
+            render(&Some(Some(Some(1u8)))),
+        ];
+        assert_eq!(renders, ["~", "~~", "~~~", "1"]);
+        // The mark is per value, not per key: in a tuple, each element is marked alone.
+        assert_ne!(
+            render(&(Some(None::<u8>), 1)),
+            render(&(None::<Option<u8>>, 1))
+        );
+        assert_eq!(render(&(Some(None::<u8>), None::<u8>)), "~~,~");
+        // A user type that starts with a `None` field is marked like a nested option.
+        struct Pair(Option<u8>, u8);
+        impl KeyPart for Pair {
+            fn write_key_part(&self, out: &mut KeyWriter<'_>) {
+                out.write(&self.0);
+                out.separator();
+                out.write(&self.1);
+            }
+        }
+        assert_ne!(render(&Some(Pair(None, 1))), render(&None::<Pair>));
+        assert_eq!(render(&Some(Pair(None, 1))), "~~,1");
     }
 
     #[test]
