@@ -379,6 +379,16 @@ impl Cache {
         tracing::warn!(operation, key = %key::shorten_for_display(key), error = %e, "cache backend error");
     }
 
+    /// A failure on the get-or-compute path, where the caller gets its computed value anyway:
+    /// counted (encode errors are, where they happen) and logged with the function served, so
+    /// a value that never gets cached (one serde_json cannot write, say) shows up in the logs.
+    fn compute_err(&self, function: &'static str, operation: &str, key: &str, e: &Error) {
+        if !matches!(e, Error::Encode { .. }) {
+            self.shared.stats.backend_error();
+        }
+        tracing::warn!(function, operation, key = %key::shorten_for_display(key), error = %e, "cache failure; value computed without the cache");
+    }
+
     // ---- reads ------------------------------------------------------------------------------
 
     /// The value under `key`, if there is one usable as a `T`. A value that does not decode as
@@ -633,12 +643,27 @@ impl Cache {
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<()> {
-        let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
-        self.shared
-            .backend
-            .set(full, bytes, ttl)
+        self.write(full, value, ttl, tags, compute_us, fingerprint)
             .await
-            .inspect_err(|e| self.backend_err("set", full, e))?;
+            .inspect_err(|e| {
+                if !matches!(e, Error::Encode { .. }) {
+                    self.backend_err("set", full, e)
+                }
+            })
+    }
+
+    /// [`store`](Self::store) without logging: the get-or-compute path logs with its function.
+    async fn write<T: Serialize + 'static>(
+        &self,
+        full: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        tags: (&[String], &[u64]),
+        compute_us: u32,
+        fingerprint: u64,
+    ) -> Result<()> {
+        let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
+        self.shared.backend.set(full, bytes, ttl).await?;
         self.shared.stats.write(1);
         Ok(())
     }
@@ -880,8 +905,14 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
-        self.compute_direct(key, ttl.into(), crate::private::Plain, compute)
-            .await
+        self.compute_direct(
+            "Cache::get_or_set",
+            key,
+            ttl.into(),
+            crate::private::Plain,
+            compute,
+        )
+        .await
     }
 
     /// As [`get_or_set`](Cache::get_or_set) for a fallible computation: `Ok` values are
@@ -909,22 +940,32 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        self.compute_direct(key, ttl.into(), crate::private::ResultMode, compute)
-            .await
+        self.compute_direct(
+            "Cache::try_get_or_set",
+            key,
+            ttl.into(),
+            crate::private::ResultMode,
+            compute,
+        )
+        .await
     }
 
     /// `get_or_set` and `try_get_or_set`: a key the cache cannot use still gets a value.
     async fn compute_direct<O, M: Mode<O>, F: FnOnce() -> Fut, Fut: Future<Output = O>>(
         &self,
+        function: &'static str,
         key: &str,
         ttl: Option<Duration>,
         mode: M,
         compute: F,
     ) -> O {
         match self.full_key(key) {
-            Ok(full) => self.compute_through(full, &[], ttl, mode, compute()).await,
+            Ok(full) => {
+                self.compute_through(function, full, &[], ttl, mode, compute())
+                    .await
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "unusable key, computing without the cache");
+                tracing::warn!(function, error = %e, "unusable key, computing without the cache");
                 self.shared.stats.compute();
                 compute().await
             }
@@ -934,6 +975,7 @@ impl Cache {
     /// The one get-or-compute path, shared by `get_or_set` and generated code.
     pub(crate) async fn compute_through<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
+        function: &'static str,
         full: String,
         tags: &[String],
         ttl: Option<Duration>,
@@ -960,25 +1002,30 @@ impl Cache {
                 {
                     Ok(Lookup::Hit { value, .. }) => return mode.restore(value),
                     Ok(Lookup::Miss) => known = Some(versions),
-                    Err(e) => self.backend_err("get", &full, &e),
+                    Err(e) => self.compute_err(function, "get", &full, &e),
                 }
             }
-            Err(e) => self.backend_err("get", &full, &e),
+            Err(e) => self.compute_err(function, "get", &full, &e),
         }
         // Tag versions are read before computing, so an invalidation during the computation
         // leaves the stored entry with an old version: the next read misses.
         let versions = match known {
-            Some(v) => tags::current_versions(self, &tag_keys, Some(v)).await.ok(),
+            Some(v) => tags::current_versions(self, &tag_keys, Some(v))
+                .await
+                .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
+                .ok(),
             None => None,
         };
-        self.compute_and_record(&full, &tag_keys, versions, ttl, mode, compute)
+        self.compute_and_record(function, &full, &tag_keys, versions, ttl, mode, compute)
             .await
     }
 
     /// Runs `compute` and stores what `mode` keeps of its output, with the tag versions read
     /// before it ran; without versions (the backend failed) nothing is stored.
+    #[allow(clippy::too_many_arguments)] // one private step, called from two places
     async fn compute_and_record<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
+        function: &'static str,
         full: &str,
         tag_keys: &[String],
         versions: Option<Vec<u64>>,
@@ -991,9 +1038,8 @@ impl Cache {
         let out = compute.await;
         let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
         if let (Some(versions), Some(value)) = (versions, mode.stored(&out)) {
-            // Failures are logged and counted inside `store`; the caller gets its value anyway.
-            let _ = self
-                .store(
+            let written = self
+                .write(
                     full,
                     value,
                     self.ttl_or_default(ttl),
@@ -1002,6 +1048,9 @@ impl Cache {
                     codec::fingerprint::<M::Stored>(),
                 )
                 .await;
+            if let Err(e) = written {
+                self.compute_err(function, "set", full, &e);
+            }
         }
         out
     }
@@ -1009,6 +1058,7 @@ impl Cache {
     /// Computes and stores unconditionally (the `_refresh` companions and `#[cache_put]`).
     pub(crate) async fn compute_and_store<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
+        function: &'static str,
         full: String,
         tags: &[String],
         ttl: Option<Duration>,
@@ -1018,9 +1068,9 @@ impl Cache {
         let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
         let versions = tags::current_versions(self, &tag_keys, None)
             .await
-            .inspect_err(|e| self.backend_err("tag versions", &full, e))
+            .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
             .ok();
-        self.compute_and_record(&full, &tag_keys, versions, ttl, mode, compute)
+        self.compute_and_record(function, &full, &tag_keys, versions, ttl, mode, compute)
             .await
     }
 

@@ -156,7 +156,7 @@ pub async fn cached<O, M: Mode<O>, F: Future<Output = O>>(
         Some(cache) => {
             let full = cache.full_key_of(key);
             cache
-                .compute_through(full, tags, spec.ttl, mode, compute)
+                .compute_through(spec.function, full, tags, spec.ttl, mode, compute)
                 .await
         }
         None => compute.await,
@@ -176,7 +176,7 @@ pub async fn refresh<O, M: Mode<O>, F: Future<Output = O>>(
         Some(cache) => {
             let full = cache.full_key_of(key);
             cache
-                .compute_and_store(full, tags, spec.ttl, mode, compute)
+                .compute_and_store(spec.function, full, tags, spec.ttl, mode, compute)
                 .await
         }
         None => compute.await,

@@ -40,6 +40,35 @@ async fn repeated_calls_run_the_body_once_per_key() {
     }
 }
 
+/// serde_json cannot write maps with non-string keys: such a value can never be cached.
+#[cached(cache = cache, skip = [cache, calls], key = "grid:<n>")]
+async fn grid(
+    cache: &Cache,
+    calls: &AtomicUsize,
+    n: u8,
+) -> std::collections::HashMap<(u8, u8), u8> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    [((n, n), n)].into_iter().collect()
+}
+
+#[tokio::test]
+async fn a_value_that_does_not_serialize_is_computed_every_time_and_counted() {
+    for (backend, cache) in tests::backends().await {
+        let counter = AtomicUsize::new(0);
+        for _ in 0..3 {
+            assert_eq!(grid(&cache, &counter, 2).await[&(2, 2)], 2, "{backend}");
+        }
+        assert_eq!(calls(&counter), 3, "{backend}: nothing stored, so no hit");
+        let s = cache.stats();
+        assert_eq!(
+            (s.encode_errors, s.backend_errors, s.writes),
+            (3, 0, 0),
+            "{backend}: {s:?}"
+        );
+        assert!(!cache.exists("grid:2").await.expect("exists"), "{backend}");
+    }
+}
+
 #[tokio::test]
 async fn the_key_template_gives_the_stored_key() {
     for (backend, cache) in tests::backends().await {
