@@ -16,7 +16,7 @@ use crate::config::{CacheBuilder, Config, Target};
 use crate::error::{Error, Result};
 use crate::key::{self, KeyBuf, KeyPart};
 use crate::private::Mode;
-use crate::stats::{Stats, StatsSnapshot};
+use crate::stats::{Stats, StatsSnapshot, WarnThrottle};
 use crate::tags;
 
 /// Where a value was found, and which backend a cache uses.
@@ -105,6 +105,8 @@ pub(crate) struct Shared {
     pub(crate) backend: Backend,
     pub(crate) config: Config,
     pub(crate) stats: Stats,
+    /// Backend failures are logged at most once a second (with how many were held back).
+    warnings: WarnThrottle,
 }
 
 /// Everything a handle adds to keys: `root:[namespace:...][@tenant:]`.
@@ -224,6 +226,7 @@ impl Cache {
                 backend,
                 config,
                 stats: Stats::default(),
+                warnings: WarnThrottle::default(),
             }),
             scope: Arc::new(scope),
         }
@@ -376,7 +379,9 @@ impl Cache {
 
     fn backend_err(&self, operation: &str, key: &str, e: &Error) {
         self.shared.stats.backend_error();
-        tracing::warn!(operation, key = %key::shorten_for_display(key), error = %e, "cache backend error");
+        if let Some(held) = self.shared.warnings.admit(codec::now_ms()) {
+            tracing::warn!(operation, key = %key::shorten_for_display(key), error = %e, held_back = held, "cache backend error");
+        }
     }
 
     /// A failure on the get-or-compute path, where the caller gets its computed value anyway:
@@ -386,7 +391,9 @@ impl Cache {
         if !matches!(e, Error::Encode { .. }) {
             self.shared.stats.backend_error();
         }
-        tracing::warn!(function, operation, key = %key::shorten_for_display(key), error = %e, "cache failure; value computed without the cache");
+        if let Some(held) = self.shared.warnings.admit(codec::now_ms()) {
+            tracing::warn!(function, operation, key = %key::shorten_for_display(key), error = %e, held_back = held, "cache failure; value computed without the cache");
+        }
     }
 
     // ---- reads ------------------------------------------------------------------------------

@@ -105,3 +105,63 @@ impl Stats {
         }
     }
 }
+
+/// Lets one warning through per second and counts the others, so that an outage (every call
+/// failing) logs a line a second saying how many were held back, not a line per call.
+#[derive(Debug, Default)]
+pub(crate) struct WarnThrottle {
+    /// Milliseconds (Unix time) from which the next warning may be logged.
+    next_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl WarnThrottle {
+    const INTERVAL_MS: u64 = 1_000;
+
+    /// `Some(held)` if a warning at `now_ms` is to be logged, with the number held back since
+    /// the last one logged; `None` if it is to be held back.
+    pub(crate) fn admit(&self, now_ms: u64) -> Option<u64> {
+        let next = self.next_ms.load(Ordering::Relaxed);
+        if now_ms >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now_ms + Self::INTERVAL_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            bump(&self.held);
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WarnThrottle;
+
+    #[test]
+    fn one_warning_per_second_with_the_count_held_back() {
+        let t = WarnThrottle::default();
+        assert_eq!(t.admit(5_000), Some(0), "the first warning is logged");
+        assert_eq!(t.admit(5_001), None);
+        assert_eq!(t.admit(5_999), None);
+        assert_eq!(
+            t.admit(6_000),
+            Some(2),
+            "a second later, with the two held back"
+        );
+        assert_eq!(t.admit(6_500), None);
+        assert_eq!(t.admit(60_000), Some(1));
+        assert_eq!(
+            t.admit(60_000),
+            None,
+            "one per interval, even at the same instant"
+        );
+    }
+}
