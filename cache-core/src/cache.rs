@@ -460,9 +460,7 @@ impl Cache {
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
-                if !env.tags.is_empty()
-                    && !tags::still_valid(self, &env.tags, known_versions).await?
-                {
+                if env.has_tags() && !tags::still_valid(self, env.tags(), known_versions).await? {
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
@@ -526,7 +524,7 @@ impl Cache {
             .iter()
             .flatten()
             .filter_map(|bytes| codec::parse(bytes).ok())
-            .flat_map(|env| env.tags.into_iter().map(|(k, _)| k.to_owned()))
+            .flat_map(|env| env.tags().map(|(k, _)| k.to_owned()))
             .collect();
         tag_keys.sort_unstable();
         tag_keys.dedup();
@@ -968,7 +966,7 @@ impl Cache {
     ) -> O {
         match self.full_key(key) {
             Ok(full) => {
-                self.compute_through(function, full, &[], ttl, mode, compute())
+                self.compute_through(function, full, &mut [], ttl, mode, compute())
                     .await
             }
             Err(e) => {
@@ -984,25 +982,20 @@ impl Cache {
         &self,
         function: &'static str,
         full: String,
-        tags: &[String],
+        tags: &mut [String],
         ttl: Option<Duration>,
         mode: M,
         compute: F,
     ) -> O {
-        let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
+        let tag_keys = self.version_keys_in_place(tags);
         let mut known = None;
-        match self
-            .shared
-            .backend
-            .get_with_versions(&full, &tag_keys)
-            .await
-        {
+        match self.shared.backend.get_with_versions(&full, tag_keys).await {
             Ok((bytes, versions)) => {
                 match self
                     .decode_hit::<M::Stored>(
                         &full,
                         bytes,
-                        Some((&tag_keys, &versions)),
+                        Some((tag_keys, &versions)),
                         codec::fingerprint::<M::Stored>(),
                     )
                     .await
@@ -1017,14 +1010,22 @@ impl Cache {
         // Tag versions are read before computing, so an invalidation during the computation
         // leaves the stored entry with an old version: the next read misses.
         let versions = match known {
-            Some(v) => tags::current_versions(self, &tag_keys, Some(v))
+            Some(v) => tags::current_versions(self, tag_keys, Some(v))
                 .await
                 .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
                 .ok(),
             None => None,
         };
-        self.compute_and_record(function, &full, &tag_keys, versions, ttl, mode, compute)
+        self.compute_and_record(function, &full, tag_keys, versions, ttl, mode, compute)
             .await
+    }
+
+    /// Rendered tags turned into their version keys, in their own buffers.
+    fn version_keys_in_place<'t>(&self, tags: &'t mut [String]) -> &'t [String] {
+        for tag in tags.iter_mut() {
+            tags::into_version_key(&self.scope.prefix, tag);
+        }
+        tags
     }
 
     /// Runs `compute` and stores what `mode` keeps of its output, with the tag versions read
@@ -1067,17 +1068,17 @@ impl Cache {
         &self,
         function: &'static str,
         full: String,
-        tags: &[String],
+        tags: &mut [String],
         ttl: Option<Duration>,
         mode: M,
         compute: F,
     ) -> O {
-        let tag_keys: Vec<String> = tags.iter().map(|t| self.tag_key(t)).collect();
-        let versions = tags::current_versions(self, &tag_keys, None)
+        let tag_keys = self.version_keys_in_place(tags);
+        let versions = tags::current_versions(self, tag_keys, None)
             .await
             .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
             .ok();
-        self.compute_and_record(function, &full, &tag_keys, versions, ttl, mode, compute)
+        self.compute_and_record(function, &full, tag_keys, versions, ttl, mode, compute)
             .await
     }
 

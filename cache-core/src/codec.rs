@@ -60,8 +60,39 @@ pub(crate) struct Envelope<'a> {
     pub(crate) stale_until_ms: u64,
     #[allow(dead_code)]
     pub(crate) compute_us: u32,
-    pub(crate) tags: Vec<(&'a str, u64)>,
+    /// The tag list, checked by [`parse`]; read with [`Envelope::tags`]. Kept as bytes so a
+    /// read allocates nothing for it: on the hot path, every allocation that outlives an
+    /// `.await` may be freed on another worker thread, and glibc's malloc serialises those
+    /// frees on a lock (measured: the tagged hit at 64 concurrent requests lost ~15% to it).
+    tag_list: &'a [u8],
     payload: &'a [u8],
+}
+
+/// The tags an envelope records: (tag version key, version), in the order written.
+#[derive(Debug, Clone)]
+pub(crate) struct Tags<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Tags<'a> {
+    /// The first tag of `list` and what follows it; `None` at the end or on corruption
+    /// (which [`parse`] has ruled out for lists it returns).
+    fn split_first(list: &'a [u8]) -> Option<((&'a str, u64), &'a [u8])> {
+        let len = u16::from_le_bytes([*list.first()?, *list.get(1)?]) as usize;
+        let key = std::str::from_utf8(list.get(2..2 + len)?).ok()?;
+        let version = list.get(2 + len..2 + len + 8)?;
+        Some(((key, le_u64(version, 0)), &list[2 + len + 8..]))
+    }
+}
+
+impl<'a> Iterator for Tags<'a> {
+    type Item = (&'a str, u64);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (tag, rest) = Tags::split_first(self.rest)?;
+        self.rest = rest;
+        Some(tag)
+    }
 }
 
 /// The milliseconds since the unix epoch, by the local clock.
@@ -168,21 +199,11 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
         return Err("encrypted, and this cache has no key to decrypt it");
     }
     let tag_count = bytes[3] as usize;
-    let mut at = HEADER_LEN;
-    let mut tags = Vec::with_capacity(tag_count);
+    let mut rest = &bytes[HEADER_LEN..];
     for _ in 0..tag_count {
-        let len_bytes = bytes.get(at..at + 2).ok_or("truncated tag list")?;
-        let len = u16::from_le_bytes([len_bytes[0], len_bytes[1]]) as usize;
-        let key = bytes
-            .get(at + 2..at + 2 + len)
-            .ok_or("truncated tag list")?;
-        let key = std::str::from_utf8(key).map_err(|_| "tag key is not UTF-8")?;
-        if bytes.len() < at + 2 + len + 8 {
-            return Err("truncated tag list");
-        }
-        tags.push((key, le_u64(bytes, at + 2 + len)));
-        at += 2 + len + 8;
+        (_, rest) = Tags::split_first(rest).ok_or("truncated or corrupt tag list")?;
     }
+    let at = bytes.len() - rest.len();
     let payload = &bytes[at..];
     let declared = u32::from_le_bytes([bytes[40], bytes[41], bytes[42], bytes[43]]) as usize;
     if payload.len() != declared {
@@ -195,12 +216,24 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
         expires_at_ms: le_u64(bytes, 20),
         stale_until_ms: le_u64(bytes, 28),
         compute_us: u32::from_le_bytes([bytes[36], bytes[37], bytes[38], bytes[39]]),
-        tags,
+        tag_list: &bytes[HEADER_LEN..at],
         payload,
     })
 }
 
-impl Envelope<'_> {
+impl<'a> Envelope<'a> {
+    /// The tags recorded, with the versions they had before the value was computed.
+    pub(crate) fn tags(&self) -> Tags<'a> {
+        Tags {
+            rest: self.tag_list,
+        }
+    }
+
+    /// Whether the entry records any tag.
+    pub(crate) fn has_tags(&self) -> bool {
+        !self.tag_list.is_empty()
+    }
+
     /// The value, if it was stored as a `T`. Fingerprints are compared only when both the
     /// writer and the reader pin one (generated code does; the direct API, where `&str` is
     /// written and `String` read, does not).
@@ -325,7 +358,7 @@ mod tests {
             ),
             (1, 2, 3, 4)
         );
-        assert_eq!(env.tags, vec![("ns:~tag:org", 9)]);
+        assert_eq!(env.tags().collect::<Vec<_>>(), vec![("ns:~tag:org", 9)]);
         assert_eq!(env.value::<User>(fingerprint::<User>()), Ok(u));
         assert!(env.value::<User>(fingerprint::<String>()).is_err());
     }
@@ -380,6 +413,38 @@ mod tests {
         for n in 0..bytes.len() {
             let _ = parse(&bytes[..n]).map(|e| e.value::<User>(0));
         }
+    }
+
+    #[test]
+    fn a_damaged_tag_list_is_an_error_not_a_shorter_list() {
+        let tag_keys = vec!["ns:~tag:org".to_owned(), "ns:~tag:é".to_owned()];
+        let m = Meta {
+            tag_keys: &tag_keys,
+            tag_versions: &[9, u64::MAX],
+            ..meta()
+        };
+        let bytes = encode(&7u8, &m, 4096).expect("encodes");
+        let env = parse(&bytes).expect("parses");
+        assert_eq!(
+            env.tags().collect::<Vec<_>>(),
+            vec![("ns:~tag:org", 9), ("ns:~tag:é", u64::MAX)]
+        );
+        assert!(env.has_tags());
+        // Every cut, whether inside the tag list or after it, is refused: the payload length
+        // and the declared tag count both pin where the list ends.
+        for n in 0..bytes.len() {
+            assert!(parse(&bytes[..n]).is_err(), "cut at {n} parsed");
+        }
+        // A tag length pointing past the end, and a key that is not UTF-8.
+        let mut long = bytes.clone();
+        long[HEADER_LEN] = 0xFF;
+        assert!(parse(&long).is_err());
+        let mut not_utf8 = bytes.clone();
+        let e_acute = not_utf8.len() - 1 - 8 - 1; // `é`'s last byte: before the version and payload
+        not_utf8[e_acute] = 0xFF;
+        assert!(parse(&not_utf8).is_err());
+        let untagged = encode(&7u8, &meta(), 4096).expect("encodes");
+        assert!(!parse(&untagged).expect("parses").has_tags());
     }
 
     #[test]

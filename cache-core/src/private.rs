@@ -149,7 +149,7 @@ pub async fn cached<O, M: Mode<O>, F: Future<Output = O>>(
     spec: &'static Spec,
     mode: M,
     key: KeyBuf,
-    tags: &[String],
+    tags: &mut [String],
     compute: F,
 ) -> O {
     match cache {
@@ -169,7 +169,7 @@ pub async fn refresh<O, M: Mode<O>, F: Future<Output = O>>(
     spec: &'static Spec,
     mode: M,
     key: KeyBuf,
-    tags: &[String],
+    tags: &mut [String],
     compute: F,
 ) -> O {
     match cache {
@@ -227,7 +227,7 @@ pub async fn put_after<O, M: Mode<O>, F: Future<Output = O>>(
     spec: &'static Spec,
     mode: M,
     key: KeyBuf,
-    tags: &[String],
+    tags: &mut [String],
     compute: F,
 ) -> O {
     refresh(cache, spec, mode, key, tags, compute).await

@@ -4,6 +4,7 @@
 //! entries, and no per-tag member set grows without bound.
 
 use crate::cache::Cache;
+use crate::codec::Tags;
 use crate::error::{Error, Result};
 
 /// The version counter's key of `tag` in the scope `prefix`. `~` starts no user key (they are
@@ -14,6 +15,13 @@ pub(crate) fn version_key(prefix: &str, tag: &str) -> String {
     k.push_str("~tag:");
     k.push_str(tag);
     k
+}
+
+/// Turns a rendered tag into its version key in place, reusing its buffer: generated code
+/// renders tags into strings it no longer needs, and the hot path allocates nothing more.
+pub(crate) fn into_version_key(prefix: &str, tag: &mut String) {
+    tag.insert_str(0, "~tag:");
+    tag.insert_str(0, prefix);
 }
 
 /// Tags follow the rules of keys given to the direct API.
@@ -70,23 +78,24 @@ pub(crate) async fn current_versions(
         .collect())
 }
 
-/// True if every tag recorded in an entry still has the recorded version.
+/// True if every tag recorded in an entry still has the recorded version. `known` holds
+/// versions read in the same round trip as the entry; the others are read now.
 pub(crate) async fn still_valid(
     cache: &Cache,
-    recorded: &[(&str, u64)],
+    recorded: Tags<'_>,
     known: Option<(&[String], &[Option<u64>])>,
 ) -> Result<bool> {
     let mut unknown = Vec::new();
     for (key, version) in recorded {
         let current = known.and_then(|(keys, versions)| {
             keys.iter()
-                .position(|k| k.as_str() == *key)
+                .position(|k| k.as_str() == key)
                 .and_then(|i| versions.get(i).copied())
         });
         match current {
-            Some(Some(v)) if v == *version => {}
+            Some(Some(v)) if v == version => {}
             Some(_) => return Ok(false),
-            None => unknown.push((*key, *version)),
+            None => unknown.push((key, version)),
         }
     }
     if unknown.is_empty() {

@@ -99,19 +99,19 @@ impl Context<'_> {
         let key = local("__cache_key");
         let tags = local("__cache_tags");
         let build_key = self.build_key(&key);
-        let build_tags = self.build_tags(&tags);
+        let build_tags = self.build_tags(&tags, true);
         let cache = self.cache_ref();
         let mode = self.mode();
         let compute = self.call(&uncached_name);
         let helper_span = return_span(&func.sig);
         let cached = call_helper(
             quote!(#private::cached),
-            quote!(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute),
+            quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #compute),
             helper_span,
         );
         let refresh = call_helper(
             quote!(#private::refresh),
-            quote!(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #compute),
+            quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #compute),
             helper_span,
         );
         let params = self.info.params.iter().map(|p| &p.ident);
@@ -184,7 +184,7 @@ impl Context<'_> {
             }
             None => quote!(let #keys = ::std::vec::Vec::new();),
         };
-        let build_tags = self.build_tags(&tags);
+        let build_tags = self.build_tags(&tags, false);
         let cache = self.cache_ref();
         let mode = self.mode();
         let body = self.body_future();
@@ -213,13 +213,13 @@ impl Context<'_> {
         let tags = local("__cache_tags");
         let spec = self.spec();
         let build_key = self.build_key(&key);
-        let build_tags = self.build_tags(&tags);
+        let build_tags = self.build_tags(&tags, true);
         let cache = self.cache_ref();
         let mode = self.mode();
         let body = self.body_future();
         let call = call_helper(
             quote!(#private::put_after),
-            quote!(#cache, &__CACHE_SPEC, #mode, #key, &#tags, #body),
+            quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #body),
             return_span(sig),
         );
         quote! {
@@ -412,17 +412,24 @@ impl Context<'_> {
         }
     }
 
-    /// `let <tags> = [String, ...];`, each tag rendered like a key.
-    fn build_tags(&self, tags: &Ident) -> TokenStream {
+    /// `let <tags> = [String, ...];`, each tag rendered like a key; `mut` where the runtime
+    /// turns them into version keys in place (reads and writes), not where it needs the
+    /// tags themselves (`#[cache_evict]`).
+    fn build_tags(&self, tags: &Ident, mutable: bool) -> TokenStream {
+        let binding = if mutable {
+            quote!(mut #tags)
+        } else {
+            quote!(#tags)
+        };
         if self.args.tags.is_empty() {
-            return quote!(let #tags: [::std::string::String; 0] = [];);
+            return quote!(let #binding: [::std::string::String; 0] = [];);
         }
         let tag = local("__cache_tag");
         let rendered = self.args.tags.iter().map(|template| {
             let render = self.render(&tag, template);
             quote!({ #render #tag.into_string() })
         });
-        quote!(let #tags = [#(#rendered),*];)
+        quote!(let #binding = [#(#rendered),*];)
     }
 
     /// The call of the `_uncached` companion with the wrapper's arguments.
