@@ -668,6 +668,32 @@ async fn cache_put_writes_through() {
     }
 }
 
+#[tokio::test]
+async fn refresh_stores_the_value_with_its_tags() {
+    for (backend, cache) in tests::backends().await {
+        let counter = AtomicUsize::new(0);
+        let refreshed = get_user_refresh(&cache, &counter, 3, 30).await;
+        assert_eq!(refreshed, Ok("user 30 of org 3".to_owned()), "{backend}");
+        get_user(&cache, &counter, 3, 30).await.expect("user");
+        assert_eq!(calls(&counter), 1, "{backend}: the refresh stored it");
+
+        // Twice through the same call site: each call renders its own tags.
+        get_user_refresh(&cache, &counter, 3, 30)
+            .await
+            .expect("user");
+        assert_eq!(calls(&counter), 2, "{backend}");
+        rename_org(&cache, 3).await;
+        get_user(&cache, &counter, 3, 30).await.expect("user");
+        assert_eq!(
+            calls(&counter),
+            3,
+            "{backend}: the refreshed entry carries `org:3`"
+        );
+        get_user(&cache, &counter, 3, 30).await.expect("user");
+        assert_eq!(calls(&counter), 3, "{backend}: and is cached again");
+    }
+}
+
 // ---- the global cache ---------------------------------------------------------------------
 
 #[cached(key = "macros-global:<n>", skip = [calls])]
