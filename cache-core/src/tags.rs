@@ -7,20 +7,23 @@ use crate::cache::Cache;
 use crate::codec::Tags;
 use crate::error::{Error, Result};
 
+/// What separates a scope's prefix from a tag in its version key.
+const VERSION_KEY_MARK: &str = "~tag:";
+
 /// The version counter's key of `tag` in the scope `prefix`. `~` starts no user key (they are
 /// refused, and escaped in parts), so these never collide with values.
 pub(crate) fn version_key(prefix: &str, tag: &str) -> String {
-    let mut k = String::with_capacity(prefix.len() + 5 + tag.len());
+    let mut k = String::with_capacity(prefix.len() + VERSION_KEY_MARK.len() + tag.len());
     k.push_str(prefix);
-    k.push_str("~tag:");
+    k.push_str(VERSION_KEY_MARK);
     k.push_str(tag);
     k
 }
 
-/// Turns a rendered tag into its version key in place, reusing its buffer: generated code
-/// renders tags into strings it no longer needs, and the hot path allocates nothing more.
+/// [`version_key`] in place, in the buffer `tag` was rendered into: generated code renders
+/// its tags into strings it needs no more, and the hot path then allocates nothing more.
 pub(crate) fn into_version_key(prefix: &str, tag: &mut String) {
-    tag.insert_str(0, "~tag:");
+    tag.insert_str(0, VERSION_KEY_MARK);
     tag.insert_str(0, prefix);
 }
 
