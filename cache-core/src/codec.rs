@@ -272,7 +272,12 @@ impl<'a> Envelope<'a> {
             return raw_value::<T>(payload.into_owned())
                 .ok_or_else(|| "raw bytes stored, another type asked".to_owned());
         }
-        serde_json::from_slice(&payload).map_err(|e| format!("payload does not decode: {e}"))
+        // One UTF-8 check of the whole payload, then a `str` parse: `from_slice` would
+        // re-validate every string and field name on its own, which costs more than the
+        // single pass on the small values a cache mostly holds (JSON is UTF-8 either way).
+        let text = std::str::from_utf8(&payload)
+            .map_err(|e| format!("payload does not decode: not UTF-8 JSON ({e})"))?;
+        serde_json::from_str(text).map_err(|e| format!("payload does not decode: {e}"))
     }
 }
 
@@ -413,6 +418,23 @@ mod tests {
         for n in 0..bytes.len() {
             let _ = parse(&bytes[..n]).map(|e| e.value::<User>(0));
         }
+    }
+
+    #[test]
+    fn a_payload_that_is_not_utf8_is_an_error() {
+        let mut bytes = encode(&"abc", &meta(), 4096).expect("encodes");
+        let at = bytes.len() - 3; // the `b` of `"abc"`, the payload being last
+        assert_eq!(bytes[at], b'b');
+        assert_eq!(
+            parse(&bytes).expect("parses").value::<String>(0).as_deref(),
+            Ok("abc")
+        );
+        bytes[at] = 0xFF;
+        let err = parse(&bytes)
+            .expect("parses")
+            .value::<String>(0)
+            .expect_err("not UTF-8");
+        assert!(err.contains("not UTF-8"), "{err}");
     }
 
     #[test]
