@@ -9,7 +9,8 @@
 //! `REDIS_URL` is set, writes 10k ~100-byte users into each system under test, then runs
 //! each workload (a warm-up, then several rounds bounded in time and count) on a tokio
 //! runtime with two workers, printing ops/s and p50/p99 latency (medians across rounds),
-//! each of ours as a ratio to its reference, and whether the issue's targets hold. `--out`
+//! each of ours as a ratio to its reference (the median of the per-round ratios, compared
+//! workloads running next to each other), and whether the issue's targets hold. `--out`
 //! writes the rows as JSON so runs can be compared. Workloads live in `workloads.rs`.
 
 mod measure;
@@ -34,7 +35,8 @@ usage: bench [--out FILE] [--only TEXT]... [--rounds N] [--round-secs S] [--roun
   --only TEXT      run only workloads whose name contains TEXT (repeatable); their
                    references run too
   --rounds N       measured rounds per workload (default 5), interleaved across
-                   workloads; numbers are medians
+                   workloads; numbers are medians, ratios medians of per-round
+                   ratios
   --round-secs S   a round stops after S seconds (default 1.5)...
   --round-ops N    ...or after N operations (default 300000)
   --warmup-secs S  discarded warm-up before each round (default 0.3)
@@ -109,9 +111,10 @@ struct Row {
     p50_us: f64,
     p99_us: f64,
     reference: Option<&'static str>,
-    /// ops/s of this workload over ops/s of its reference.
+    /// ops/s of this workload over ops/s of its reference: the median of the per-round
+    /// ratios.
     ratio: Option<f64>,
-    /// p50 of this workload over p50 of its reference.
+    /// p50 of this workload over p50 of its reference, the same way.
     p50_ratio: Option<f64>,
     /// CPU microseconds per operation of the benchmark process (so of the client library:
     /// the tasks, the connection drivers) and of redis-server.
@@ -119,6 +122,8 @@ struct Row {
     server_cpu_us_per_op: f64,
     #[serde(skip)]
     spread: (f64, f64),
+    #[serde(skip)]
+    measured: Measurement,
 }
 
 fn main() -> ExitCode {
@@ -215,7 +220,7 @@ async fn run(
     println!(
         "redis {url}; tokio multi-thread runtime, 2 workers; {} keys per system; \
          {} rounds of every workload, interleaved, each a {:?} warm-up then at most {:?} or \
-         {} ops measured (medians shown)",
+         {} ops measured (medians shown; ratios are medians of per-round ratios)",
         workloads::KEYS,
         plan.rounds,
         plan.warmup,
@@ -236,10 +241,17 @@ async fn run(
     );
 
     // Rounds are interleaved: round 1 of every workload, then round 2 of every workload, ...
+    // Compared workloads are neighbours in the list; every other round runs it backwards, so
+    // neither side of a comparison always runs first.
     let mut measured: Vec<Measurement> = vec![Measurement::default(); selected.len()];
     for round in 1..=cx.plan.rounds {
         print!("round {round}/{}:", cx.plan.rounds);
-        for (w, m) in selected.iter().zip(&mut measured) {
+        let mut order: Vec<usize> = (0..selected.len()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for i in order {
+            let (w, m) = (&selected[i], &mut measured[i]);
             let before = workloads::computes();
             let (client_cpu, server_cpu) = (measure::process_cpu(), cx.server_cpu().await);
             let mut r = (w.run)(cx).await;
@@ -280,20 +292,22 @@ async fn run(
     );
     let mut rows: Vec<Row> = Vec::with_capacity(selected.len());
     for (w, m) in selected.iter().zip(&measured) {
-        let reference = w
-            .reference
-            .and_then(|r| rows.iter().find(|row| row.workload == r));
+        let reference = w.reference.and_then(|r| {
+            let i = selected.iter().position(|s| s.name == r)?;
+            Some(&measured[i])
+        });
         let row = Row {
             workload: w.name,
             ops_per_sec: m.ops_per_sec(),
             p50_us: m.p50_us(),
             p99_us: m.p99_us(),
             reference: w.reference,
-            ratio: reference.map(|r| m.ops_per_sec() / r.ops_per_sec),
-            p50_ratio: reference.map(|r| m.p50_us() / r.p50_us),
+            ratio: reference.map(|r| m.paired_ratio(r, |r| r.ops_per_sec)),
+            p50_ratio: reference.map(|r| m.paired_ratio(r, |r| r.p50_us)),
             client_cpu_us_per_op: m.client_cpu_us(),
             server_cpu_us_per_op: m.server_cpu_us(),
             spread: m.spread(),
+            measured: m.clone(),
         };
         print_row(&row);
         rows.push(row);
@@ -348,13 +362,14 @@ fn print_targets(rows: &[Row]) {
             println!("\ntargets:");
             printed = true;
         }
+        let (ours, reference) = (&ours.measured, &reference.measured);
         let (what, value, holds) = match t.bar {
             Bar::OpsAtLeast(x) => {
-                let v = ours.ops_per_sec / reference.ops_per_sec;
+                let v = ours.paired_ratio(reference, |r| r.ops_per_sec);
                 (format!("ops/s >= {x:.1}x"), v, v >= x)
             }
             Bar::P50AtMost(x) => {
-                let v = ours.p50_us / reference.p50_us;
+                let v = ours.paired_ratio(reference, |r| r.p50_us);
                 (format!("p50 <= {x:.1}x"), v, v <= x)
             }
         };

@@ -46,15 +46,32 @@ pub struct Measurement {
     pub rounds: Vec<Round>,
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 impl Measurement {
     fn median(&self, f: fn(&Round) -> f64) -> f64 {
-        let mut v: Vec<f64> = self.rounds.iter().map(f).collect();
-        v.sort_by(f64::total_cmp);
-        match v.len() {
-            0 => f64::NAN,
-            n if n % 2 == 1 => v[n / 2],
-            n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-        }
+        median(self.rounds.iter().map(f).collect())
+    }
+
+    /// `f` of this workload over `f` of `other`, round by round, and the median of those
+    /// ratios. Rounds with the same number ran moments apart (the caller runs compared
+    /// workloads next to each other), so a change in the host's background load, which moves
+    /// whole rounds by up to 30% here, cancels out of each ratio instead of landing on one side.
+    pub fn paired_ratio(&self, other: &Measurement, f: fn(&Round) -> f64) -> f64 {
+        median(
+            self.rounds
+                .iter()
+                .zip(&other.rounds)
+                .map(|(a, b)| f(a) / f(b))
+                .collect(),
+        )
     }
 
     pub fn ops_per_sec(&self) -> f64 {

@@ -316,29 +316,30 @@ const fn w(
     }
 }
 
-/// Every workload, references first. One line per workload (kept unwrapped, as a table).
+/// Every workload, each next to what it is compared with (its reference, a target's other
+/// side), references first: the benchmark runs them in this order, and backwards every other
+/// round, so each comparison is between rounds run moments apart (see `main::paired`). One
+/// line per workload (kept unwrapped, as a table).
 #[rustfmt::skip]
 pub fn workloads() -> Vec<Workload> {
     use Expect::*;
     vec![
-        // references
         w("raw GET c=1", None, Unchecked, |cx| Box::pin(raw_get(cx, 1))),
-        w("raw GET c=64", None, Unchecked, |cx| Box::pin(raw_get(cx, 64))),
-        w("raw MGET key+tag c=1", None, Unchecked, |cx| Box::pin(raw_get_mget(cx, 1))),
-        w("raw MGET key+tag c=64", None, Unchecked, |cx| Box::pin(raw_get_mget(cx, 64))),
-        w("raw miss c=1", None, Unchecked, |cx| Box::pin(raw_miss(cx, 1))),
+        w("ours hit c=1", Some("raw GET c=1"), Hits, |cx| Box::pin(ours_hit(cx, 1))),
         w("cached crate hit c=1", None, Hits, |cx| Box::pin(theirs_hit(cx, 1))),
+        w("raw GET c=64", None, Unchecked, |cx| Box::pin(raw_get(cx, 64))),
+        w("ours hit c=64", Some("raw GET c=64"), Hits, |cx| Box::pin(ours_hit(cx, 64))),
         w("cached crate hit c=64", None, Hits, |cx| Box::pin(theirs_hit(cx, 64))),
+        w("raw MGET key+tag c=1", None, Unchecked, |cx| Box::pin(raw_get_mget(cx, 1))),
+        w("ours tagged hit c=1", Some("raw MGET key+tag c=1"), Hits, |cx| Box::pin(ours_tagged_hit(cx, 1))),
+        w("raw MGET key+tag c=64", None, Unchecked, |cx| Box::pin(raw_get_mget(cx, 64))),
+        w("ours tagged hit c=64", Some("raw MGET key+tag c=64"), Hits, |cx| Box::pin(ours_tagged_hit(cx, 64))),
+        w("raw miss c=1", None, Unchecked, |cx| Box::pin(raw_miss(cx, 1))),
+        w("ours miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_miss(cx, 1))),
+        w("ours tagged miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_tagged_miss(cx, 1))),
         w("cached crate miss c=1", None, Misses, |cx| Box::pin(theirs_miss(cx, 1))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
         w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
-        // ours
-        w("ours hit c=1", Some("raw GET c=1"), Hits, |cx| Box::pin(ours_hit(cx, 1))),
-        w("ours hit c=64", Some("raw GET c=64"), Hits, |cx| Box::pin(ours_hit(cx, 64))),
-        w("ours tagged hit c=1", Some("raw MGET key+tag c=1"), Hits, |cx| Box::pin(ours_tagged_hit(cx, 1))),
-        w("ours tagged hit c=64", Some("raw MGET key+tag c=64"), Hits, |cx| Box::pin(ours_tagged_hit(cx, 64))),
-        w("ours miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_miss(cx, 1))),
-        w("ours tagged miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_tagged_miss(cx, 1))),
     ]
 }
 
