@@ -1,4 +1,4 @@
-//! Redis unreachable at start, unresponsive, killed and restarted under the cache: typed
+//! Redis unreachable at start, unresponsive, stalled, killed and restarted under the cache: typed
 //! errors within a bound derived from the connect timeout, `get_or_set` still answering,
 //! recovery without a new `Cache`.
 //!
@@ -242,4 +242,60 @@ async fn operations_fail_fast_while_redis_is_down_and_recover_when_it_is_back() 
     assert_eq!(cache.get::<u64>("k").await.expect("get"), Some(3));
     let v: u64 = cache.get_or_set("k", None, || async { 10 }).await;
     assert_eq!(v, 3, "a hit again once Redis is back");
+}
+
+/// A server that stops answering on live connections (SIGSTOP: the kernel keeps the sockets,
+/// nothing replies), as one stuck in a long command or a fork would: every command ends with
+/// an unavailable error within the bound, `get_or_set` computes, and once the server answers
+/// again the late replies to the abandoned commands are not taken for the answers of new
+/// ones.
+#[tokio::test]
+async fn a_stalled_redis_times_out_commands_and_answers_correctly_after() {
+    let mut server = tests::RedisServer::start();
+    let cache = Cache::builder()
+        .url(server.url())
+        .namespace(tests::unique_namespace())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .command_timeout(Duration::from_millis(200))
+        .build()
+        .expect("builds");
+    for i in 0..10u64 {
+        cache
+            .set(&format!("k{i}"), &i, None)
+            .await
+            .expect("write while answering");
+    }
+
+    server.freeze();
+    for i in 0..3u64 {
+        let r = bounded("get while stalled", cache.get::<u64>(&format!("k{i}"))).await;
+        assert_unavailable(&format!("get {i} while stalled"), r);
+    }
+    let v: u64 = bounded(
+        "get_or_set while stalled",
+        cache.get_or_set("computed", None, || async { 9 }),
+    )
+    .await;
+    assert_eq!(v, 9, "computed while Redis is stalled");
+
+    server.thaw();
+    // The first command after the stall may still fail (a connection given up on is
+    // replaced); after that, every key reads its own value.
+    let attempts = recovers(&cache, "after", 99).await;
+    for round in 0..3 {
+        // Concurrent, so the replies share the connection as they did before the stall.
+        let mut reads = tokio::task::JoinSet::new();
+        for i in 0..10u64 {
+            let cache = cache.clone();
+            reads.spawn(async move { (i, cache.get::<u64>(&format!("k{i}")).await) });
+        }
+        for (i, read) in reads.join_all().await {
+            assert_eq!(
+                read.expect("reads after the stall"),
+                Some(i),
+                "k{i}, round {round}, after recovering in {attempts} attempts"
+            );
+        }
+    }
+    assert_eq!(cache.get::<u64>("after").await.expect("get"), Some(99));
 }
