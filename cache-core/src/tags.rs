@@ -91,8 +91,12 @@ pub(crate) async fn still_valid(
     let mut unknown = Vec::new();
     for (key, version) in recorded {
         let current = known.and_then(|(keys, versions)| {
-            keys.iter()
-                .position(|k| k.as_str() == key)
+            // `mget` passes every tag of its entries, sorted, where a scan per recorded tag
+            // would make it quadratic; a function's few tags come in its order, where the
+            // search may miss and the scan finds them (a search only stops on an equal key).
+            keys.binary_search_by(|k| k.as_str().cmp(key))
+                .ok()
+                .or_else(|| keys.iter().position(|k| k.as_str() == key))
                 .and_then(|i| versions.get(i).copied())
         });
         match current {
