@@ -316,10 +316,11 @@ const fn w(
     }
 }
 
-/// Every workload, each next to what it is compared with (its reference, a target's other
-/// side), references first: the benchmark runs them in this order, and backwards every other
-/// round, so each comparison is between rounds run moments apart (see `main::paired`). One
-/// line per workload (kept unwrapped, as a table).
+/// Every workload, each next to what it is compared with (its reference, which comes first,
+/// and a target's other side): the benchmark runs them in this order, and backwards every
+/// other round, so each comparison is between rounds run moments apart (see
+/// [`Measurement::paired_ratio`](crate::measure::Measurement::paired_ratio)). One line per
+/// workload (kept unwrapped, as a table).
 #[rustfmt::skip]
 pub fn workloads() -> Vec<Workload> {
     use Expect::*;
