@@ -434,7 +434,7 @@ impl Cache {
             .get(&full)
             .await
             .inspect_err(|e| self.backend_err("get", &full, e))?;
-        self.decode_hit(&full, bytes, None, 0).await
+        self.decode_hit(&full, bytes.as_deref(), None, 0).await
     }
 
     /// Decodes what a read found; `known_versions` are the current versions of tags the
@@ -442,17 +442,17 @@ impl Cache {
     async fn decode_hit<T: DeserializeOwned + 'static>(
         &self,
         full: &str,
-        bytes: Option<Bytes>,
+        bytes: Option<&[u8]>,
         known_versions: Option<(&[String], &[Option<u64>])>,
         fingerprint: u64,
     ) -> Result<Lookup<T>> {
         let stats = &self.shared.stats;
-        let Some(bytes) = bytes else {
+        let Some(bytes) = bytes.filter(|b| !codec::is_tombstone(b)) else {
             stats.miss();
             return Ok(Lookup::Miss);
         };
         let now = codec::now_ms();
-        let decoded = match codec::parse(&bytes) {
+        let decoded = match codec::parse(bytes) {
             Ok(env) => {
                 // The backend's TTL is authoritative (`expire` and `touch` change only it); the
                 // logical expiry matters for entries kept past it to be served stale.
@@ -471,7 +471,7 @@ impl Cache {
                     )
                 })
             }
-            Err(reason) => codec::decode_plain::<T>(&bytes)
+            Err(reason) => codec::decode_plain::<T>(bytes)
                 .map(|v| (v, Duration::ZERO))
                 .map_err(|_| reason.to_owned()),
         };
@@ -538,9 +538,13 @@ impl Cache {
                 .inspect_err(|e| self.backend_err("mget (tag versions)", &tag_keys[0], e))?
         };
         let mut out = Vec::with_capacity(found.len());
-        for (k, bytes) in full.iter().zip(found) {
+        for (k, bytes) in full.iter().zip(&found) {
             let known = Some((tag_keys.as_slice(), versions.as_slice()));
-            out.push(self.decode_hit(k, bytes, known, 0).await?.into_value());
+            out.push(
+                self.decode_hit(k, bytes.as_deref(), known, 0)
+                    .await?
+                    .into_value(),
+            );
         }
         Ok(out)
     }
@@ -648,16 +652,27 @@ impl Cache {
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<()> {
-        self.write(full, value, ttl, tags, compute_us, fingerprint)
-            .await
-            .inspect_err(|e| {
-                if !matches!(e, Error::Encode { .. }) {
-                    self.backend_err("set", full, e)
-                }
-            })
+        self.write(
+            full,
+            value,
+            ttl,
+            tags,
+            compute_us,
+            fingerprint,
+            WriteIf::Always,
+        )
+        .await
+        .map(drop)
+        .inspect_err(|e| {
+            if !matches!(e, Error::Encode { .. }) {
+                self.backend_err("set", full, e)
+            }
+        })
     }
 
     /// [`store`](Self::store) without logging: the get-or-compute path logs with its function.
+    /// False if `condition` kept the value from being written.
+    #[allow(clippy::too_many_arguments)] // one private step, called from two places
     async fn write<T: Serialize + 'static>(
         &self,
         full: &str,
@@ -666,11 +681,24 @@ impl Cache {
         tags: (&[String], &[u64]),
         compute_us: u32,
         fingerprint: u64,
-    ) -> Result<()> {
+        condition: WriteIf,
+    ) -> Result<bool> {
         let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
-        self.shared.backend.set(full, bytes, ttl).await?;
-        self.shared.stats.write(1);
-        Ok(())
+        let backend = &self.shared.backend;
+        let written = match condition {
+            WriteIf::Always => backend.set(full, bytes, ttl).await.map(|()| true)?,
+            WriteIf::Unchanged(seen) => {
+                backend
+                    .set_if_unchanged(full, bytes, ttl, seen.as_deref())
+                    .await?
+            }
+        };
+        if written {
+            self.shared.stats.write(1);
+        } else {
+            self.shared.stats.superseded();
+        }
+        Ok(written)
     }
 
     fn encode<T: Serialize + 'static>(
@@ -769,9 +797,10 @@ impl Cache {
     }
 
     pub(crate) async fn delete_full(&self, full: Vec<String>) -> Result<u64> {
+        let hold = self.shared.config.invalidation_hold;
         self.shared
             .backend
-            .delete(&full)
+            .delete(&full, &codec::tombstone(), hold)
             .await
             .inspect_err(|e| self.backend_err("delete", full.first().map_or("", |k| k.as_str()), e))
     }
@@ -994,30 +1023,37 @@ impl Cache {
                 match self
                     .decode_hit::<M::Stored>(
                         &full,
-                        bytes,
+                        bytes.as_deref(),
                         Some((tag_keys, &versions)),
                         codec::fingerprint::<M::Stored>(),
                     )
                     .await
                 {
                     Ok(Lookup::Hit { value, .. }) => return mode.restore(value),
-                    Ok(Lookup::Miss) => known = Some(versions),
+                    Ok(Lookup::Miss) => known = Some((versions, bytes)),
                     Err(e) => self.compute_err(function, "get", &full, &e),
                 }
             }
             Err(e) => self.compute_err(function, "get", &full, &e),
         }
-        // Tag versions are read before computing, so an invalidation during the computation
-        // leaves the stored entry with an old version: the next read misses.
-        let versions = match known {
-            Some(v) => tags::current_versions(self, tag_keys, Some(v))
-                .await
-                .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
-                .ok(),
-            None => None,
+        // Invalidations that land while the value is computed win (DESIGN.md section 5). By
+        // tag: the versions are read before computing, so the stored entry records an old
+        // version and the next read misses. By key: the result is written only if the key
+        // still holds what the read found, and an invalidation leaves a tombstone there.
+        let (versions, condition) = match known {
+            Some((v, seen)) => (
+                tags::current_versions(self, tag_keys, Some(v))
+                    .await
+                    .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
+                    .ok(),
+                WriteIf::Unchanged(seen),
+            ),
+            None => (None, WriteIf::Always),
         };
-        self.compute_and_record(function, &full, tag_keys, versions, ttl, mode, compute)
-            .await
+        self.compute_and_record(
+            function, &full, tag_keys, versions, condition, ttl, mode, compute,
+        )
+        .await
     }
 
     /// Rendered tags turned into their version keys, in their own buffers.
@@ -1029,7 +1065,8 @@ impl Cache {
     }
 
     /// Runs `compute` and stores what `mode` keeps of its output, with the tag versions read
-    /// before it ran; without versions (the backend failed) nothing is stored.
+    /// before it ran, if `condition` holds; without versions (the backend failed) nothing is
+    /// stored.
     #[allow(clippy::too_many_arguments)] // one private step, called from two places
     async fn compute_and_record<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
@@ -1037,6 +1074,7 @@ impl Cache {
         full: &str,
         tag_keys: &[String],
         versions: Option<Vec<u64>>,
+        condition: WriteIf,
         ttl: Option<Duration>,
         mode: M,
         compute: F,
@@ -1054,6 +1092,7 @@ impl Cache {
                     (tag_keys, &versions),
                     compute_us,
                     codec::fingerprint::<M::Stored>(),
+                    condition,
                 )
                 .await;
             if let Err(e) = written {
@@ -1078,13 +1117,32 @@ impl Cache {
             .await
             .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
             .ok();
-        self.compute_and_record(function, &full, tag_keys, versions, ttl, mode, compute)
-            .await
+        self.compute_and_record(
+            function,
+            &full,
+            tag_keys,
+            versions,
+            WriteIf::Always,
+            ttl,
+            mode,
+            compute,
+        )
+        .await
     }
 
     pub(crate) fn backend_ref(&self) -> &Backend {
         &self.shared.backend
     }
+}
+
+/// When a computed value is written.
+#[derive(Debug)]
+enum WriteIf {
+    /// Explicit writes (`set`, `_refresh`, `#[cache_put]`): the newest word on the key.
+    Always,
+    /// A value computed after a read that found this (`None`: nothing): written only if the
+    /// key still holds it, so that nothing that changed the key meanwhile is overwritten.
+    Unchanged(Option<Bytes>),
 }
 
 static GLOBAL: OnceLock<Cache> = OnceLock::new();

@@ -5,7 +5,8 @@
 //! 0       1     magic 0xC7 (not a valid first byte of UTF-8 text, so JSON or a counter
 //!               written by someone else is never mistaken for an envelope)
 //! 1       1     format version (1)
-//! 2       1     flags: 1 = payload LZ4-compressed, 2 = encrypted (reserved), 4 = raw bytes
+//! 2       1     flags: 1 = payload LZ4-compressed, 2 = encrypted (reserved), 4 = raw bytes,
+//!               8 = tombstone (see [`tombstone`]; alone, with no tags and no payload)
 //! 3       1     number of tags
 //! 4       8     schema fingerprint of the Rust type (FNV-1a of its type name)
 //! 12      8     created at, unix ms
@@ -34,6 +35,13 @@ const LZ4_MAX_RATIO: usize = 255;
 const FLAG_COMPRESSED: u8 = 1;
 const FLAG_ENCRYPTED: u8 = 2;
 const FLAG_RAW: u8 = 4;
+const FLAG_TOMBSTONE: u8 = 8;
+
+/// The first bytes of every tombstone, as the Redis scripts recognise one (with its length,
+/// [`TOMBSTONE_LEN`]).
+pub(crate) const TOMBSTONE_PREFIX: [u8; 3] = [MAGIC, FORMAT_VERSION, FLAG_TOMBSTONE];
+/// A tombstone is a bare header.
+pub(crate) const TOMBSTONE_LEN: usize = HEADER_LEN;
 
 /// What the envelope records besides the value.
 #[derive(Debug, Clone, Default)]
@@ -178,6 +186,39 @@ pub(crate) fn encode<T: Serialize + 'static>(
     let payload_len = u32::try_from(out.len() - payload_start).unwrap_or(u32::MAX);
     out[40..44].copy_from_slice(&payload_len.to_le_bytes());
     Ok(out)
+}
+
+/// What an invalidation by key leaves under the key for a while instead of nothing: a
+/// computation that read the key before the invalidation writes its result only if the key
+/// still holds what it read, and a tombstone is not what it read. Each one is unique (its
+/// fingerprint field holds a nonce), so a second invalidation also defeats a computation that
+/// started after the first. Reads treat it as absent.
+pub(crate) fn tombstone() -> Vec<u8> {
+    let mut out = Vec::with_capacity(TOMBSTONE_LEN);
+    out.extend_from_slice(&TOMBSTONE_PREFIX);
+    out.push(0); // no tags
+    out.extend_from_slice(&nonce().to_le_bytes());
+    out.extend_from_slice(&now_ms().to_le_bytes());
+    out.resize(TOMBSTONE_LEN, 0); // no expiry, no stale window, no compute time, no payload
+    out
+}
+
+/// True if `bytes` is a [`tombstone`].
+pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
+    bytes.len() == TOMBSTONE_LEN && bytes.starts_with(&TOMBSTONE_PREFIX)
+}
+
+/// 64 bits that no other call, in this process or (but for a 2^-64 chance) another, returns:
+/// a counter hashed with the process's random `RandomState` keys.
+fn nonce() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
+    h.finish()
 }
 
 fn le_u64(b: &[u8], at: usize) -> u64 {
@@ -490,5 +531,23 @@ mod tests {
         ] {
             assert_eq!(decode_version(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn tombstones_are_unique_and_never_mistaken_for_values() {
+        let (a, b) = (tombstone(), tombstone());
+        assert!(is_tombstone(&a) && is_tombstone(&b));
+        assert_ne!(a, b, "two invalidations leave different tombstones");
+        for value in [
+            encode(&(), &meta(), 4096).expect("encodes"),
+            encode(&Vec::<u8>::new(), &meta(), 4096).expect("encodes"),
+            b"12".to_vec(),
+            Vec::new(),
+        ] {
+            assert!(!is_tombstone(&value), "{value:?}");
+        }
+        let mut longer = a.clone();
+        longer.push(0);
+        assert!(!is_tombstone(&longer));
     }
 }

@@ -49,6 +49,7 @@ pub(crate) struct Config {
     pub(crate) command_timeout: Duration,
     pub(crate) compression_threshold: usize,
     pub(crate) memory_capacity: u64,
+    pub(crate) invalidation_hold: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +68,7 @@ impl Default for Config {
             command_timeout: Duration::from_secs(1),
             compression_threshold: 4096,
             memory_capacity: 64 * 1024 * 1024,
+            invalidation_hold: Duration::from_secs(60),
         }
     }
 }
@@ -229,6 +231,9 @@ impl CacheBuilder {
         }
         if let Some(v) = get("CACHE_COMPRESSION_THRESHOLD") {
             b = b.compression_threshold(parse_int("CACHE_COMPRESSION_THRESHOLD", &v)? as usize);
+        }
+        if let Some(v) = get("CACHE_INVALIDATION_HOLD") {
+            b = b.invalidation_hold(parse_duration("CACHE_INVALIDATION_HOLD", &v)?);
         }
         if let Some(v) = get("CACHE_MEMORY_CAPACITY") {
             b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
@@ -508,6 +513,29 @@ impl CacheBuilder {
         self
     }
 
+    /// How long an invalidation by key ([`Cache::delete`](crate::Cache::delete), the
+    /// `_invalidate` companions, `#[cache_evict]`) keeps winning over computations that were
+    /// already running when it landed. The key holds a small tombstone for this long: a
+    /// computation that read the key before the invalidation does not store its result over
+    /// it, so the value it computed from older data is returned to its caller but never
+    /// served afterwards. A computation that outlasts the hold may store its result. Must be
+    /// greater than zero; default 60 s.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, Error};
+    /// let cache = Cache::builder().invalidation_hold(Duration::from_secs(300)).build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Memory);
+    /// let zero = Cache::builder().invalidation_hold(Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(Error::Config { setting: "invalidation_hold", .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn invalidation_hold(mut self, hold: Duration) -> Self {
+        self.config.invalidation_hold = hold;
+        self
+    }
+
     /// Checks the settings and builds the cache. Does not connect, and needs no tokio
     /// runtime: an unreachable Redis shows up as [`Error::Connection`] from operations, never
     /// here. A setting that cannot be used is [`Error::Config`].
@@ -541,6 +569,7 @@ impl CacheBuilder {
         for (setting, d) in [
             ("connect_timeout", self.config.connect_timeout),
             ("command_timeout", self.config.command_timeout),
+            ("invalidation_hold", self.config.invalidation_hold),
         ] {
             if d.is_zero() {
                 return Err(Error::Config {
@@ -727,9 +756,11 @@ mod tests {
             ("CACHE_CONNECT_TIMEOUT", "3"),
             ("CACHE_POOL_SIZE", "8"),
             ("CACHE_NAMESPACE", "svc"),
+            ("CACHE_INVALIDATION_HOLD", "2m"),
         ])
         .expect("valid");
         assert_eq!(c.default_ttl, Some(Duration::from_secs(300)));
+        assert_eq!(c.invalidation_hold, Duration::from_secs(120));
         assert_eq!(c.command_timeout, Duration::from_millis(250));
         assert_eq!(c.connect_timeout, Duration::from_secs(3));
         assert_eq!(c.pool_size, 8);
@@ -742,6 +773,7 @@ mod tests {
             ("REDIS_PORT", "http"),
             ("CACHE_DEFAULT_TTL", "5 parsecs"),
             ("CACHE_POOL_SIZE", "-1"),
+            ("CACHE_INVALIDATION_HOLD", "soon"),
             ("REDIS_TLS", "maybe"),
             ("REDIS_URL", "http://localhost"),
         ] {

@@ -11,6 +11,7 @@ pub(crate) struct Stats {
     backend_errors: AtomicU64,
     encode_errors: AtomicU64,
     computes: AtomicU64,
+    superseded: AtomicU64,
 }
 
 /// A snapshot of a cache's counters, shared by every handle cloned, scoped or tenanted from
@@ -40,6 +41,10 @@ pub struct StatsSnapshot {
     pub encode_errors: u64,
     /// Times a value was computed by `get_or_set` or a `#[cached]` function.
     pub computes: u64,
+    /// Computed values returned to their caller but not stored, because the entry changed
+    /// while they were computed: it was invalidated (then the value may be older than the
+    /// invalidation), or another writer stored a value first.
+    pub superseded: u64,
 }
 
 impl StatsSnapshot {
@@ -91,6 +96,9 @@ impl Stats {
     pub(crate) fn compute(&self) {
         bump(&self.computes);
     }
+    pub(crate) fn superseded(&self) {
+        bump(&self.superseded);
+    }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -102,6 +110,7 @@ impl Stats {
             backend_errors: get(&self.backend_errors),
             encode_errors: get(&self.encode_errors),
             computes: get(&self.computes),
+            superseded: get(&self.superseded),
         }
     }
 }

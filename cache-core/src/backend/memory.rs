@@ -21,11 +21,17 @@ struct Entry {
 }
 
 impl Entry {
+    /// The entry, unless it expired.
     fn live(self, now: Instant) -> Option<Self> {
         match self.expires_at {
             Some(at) if at <= now => None,
             _ => Some(self),
         }
+    }
+
+    /// The entry, unless it expired or is a tombstone: what `exists` and friends see.
+    fn holding(self, now: Instant) -> Option<Self> {
+        self.live(now).filter(|e| !codec::is_tombstone(&e.data))
     }
 }
 
@@ -87,6 +93,12 @@ impl MemoryBackend {
         self.entries.get(key).and_then(|e| e.live(Instant::now()))
     }
 
+    fn holding(&self, key: &str) -> Option<Entry> {
+        self.entries
+            .get(key)
+            .and_then(|e| e.holding(Instant::now()))
+    }
+
     pub(crate) fn get(&self, key: &str) -> Result<Option<Bytes>> {
         Ok(self.live(key).map(|e| e.data))
     }
@@ -112,6 +124,36 @@ impl MemoryBackend {
         Ok(())
     }
 
+    /// Writes `value` only if `key` still holds what a read found (`seen`; `None`: nothing).
+    pub(crate) fn set_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        seen: Option<&[u8]>,
+    ) -> Result<bool> {
+        let now = Instant::now();
+        let result = self
+            .entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let current = current.and_then(|e| e.into_value().live(now));
+                if current.as_ref().map(|e| &e.data[..]) == seen {
+                    Op::Put(Entry {
+                        data: Bytes::from(value),
+                        expires_at: ttl.map(|t| now + t),
+                    })
+                } else {
+                    Op::Nop
+                }
+            });
+        Ok(matches!(
+            result,
+            moka::ops::compute::CompResult::Inserted(_)
+                | moka::ops::compute::CompResult::ReplacedWith(_)
+        ))
+    }
+
     pub(crate) fn set_many(&self, writes: Vec<Write>) -> Result<()> {
         for (key, value, ttl) in writes {
             self.set(&key, value, ttl)?;
@@ -119,23 +161,27 @@ impl MemoryBackend {
         Ok(())
     }
 
-    pub(crate) fn delete(&self, keys: &[String]) -> Result<u64> {
+    /// Replaces each key's entry with `tombstone` for `hold`; returns how many held a value.
+    pub(crate) fn delete(&self, keys: &[String], tombstone: &[u8], hold: Duration) -> Result<u64> {
+        let now = Instant::now();
+        let tombstone = Bytes::copy_from_slice(tombstone);
         let mut removed = 0;
         for key in keys {
-            if self
-                .entries
-                .remove(key.as_str())
-                .and_then(|e| e.live(Instant::now()))
-                .is_some()
-            {
-                removed += 1;
-            }
+            self.entries.entry(key.clone()).and_compute_with(|current| {
+                if current.and_then(|e| e.into_value().holding(now)).is_some() {
+                    removed += 1;
+                }
+                Op::Put(Entry {
+                    data: tombstone.clone(),
+                    expires_at: Some(now + hold),
+                })
+            });
         }
         Ok(removed)
     }
 
     pub(crate) fn exists(&self, key: &str) -> Result<bool> {
-        Ok(self.live(key).is_some())
+        Ok(self.holding(key).is_some())
     }
 
     pub(crate) fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
@@ -144,7 +190,7 @@ impl MemoryBackend {
             .entries
             .entry(key.to_owned())
             .and_compute_with(
-                |current| match current.and_then(|e| e.into_value().live(now)) {
+                |current| match current.and_then(|e| e.into_value().holding(now)) {
                     Some(e) => Op::Put(Entry {
                         expires_at: Some(now + ttl),
                         ..e
@@ -160,7 +206,7 @@ impl MemoryBackend {
 
     pub(crate) fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let now = Instant::now();
-        Ok(match self.live(key) {
+        Ok(match self.holding(key) {
             None => KeyTtl::Missing,
             Some(Entry {
                 expires_at: None, ..
@@ -172,8 +218,8 @@ impl MemoryBackend {
         })
     }
 
-    /// As Redis `INCRBY`: a missing key counts from zero, the TTL is kept, a value that is
-    /// not an integer is an error.
+    /// As Redis `INCRBY`: a missing key (or a tombstone) counts from zero, the TTL is kept, a
+    /// value that is not an integer is an error.
     pub(crate) fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let now = Instant::now();
         let mut outcome: Result<i64> = Err(Error::WrongKind {
@@ -183,7 +229,7 @@ impl MemoryBackend {
         self.entries
             .entry(key.to_owned())
             .and_compute_with(|current| {
-                let current = current.and_then(|e| e.into_value().live(now));
+                let current = current.and_then(|e| e.into_value().holding(now));
                 let (base, expires_at) = match &current {
                     None => (Some(0), None),
                     Some(e) => (codec::decode_plain::<i64>(&e.data).ok(), e.expires_at),

@@ -91,12 +91,32 @@ impl Backend {
         dispatch!(self.set(key, value, ttl))
     }
 
+    /// Writes `value` only if `key` still holds what a read found (`seen`; `None`: nothing);
+    /// true if it wrote. What keeps a computation from storing over an invalidation that
+    /// landed while it ran.
+    pub(crate) async fn set_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        seen: Option<&[u8]>,
+    ) -> Result<bool> {
+        dispatch!(self.set_if_unchanged(key, value, ttl, seen))
+    }
+
     pub(crate) async fn set_many(&self, writes: Vec<Write>) -> Result<()> {
         dispatch!(self.set_many(writes))
     }
 
-    pub(crate) async fn delete(&self, keys: &[String]) -> Result<u64> {
-        dispatch!(self.delete(keys))
+    /// Replaces each key's value with `tombstone` for `hold` (reads see nothing); returns how
+    /// many held a value.
+    pub(crate) async fn delete(
+        &self,
+        keys: &[String],
+        tombstone: &[u8],
+        hold: Duration,
+    ) -> Result<u64> {
+        dispatch!(self.delete(keys, tombstone, hold))
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool> {

@@ -14,15 +14,19 @@
 //! broken, so this module has its own `ManageConnection` with both.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use bb8_redis::bb8::{ErrorSink, ManageConnection, Pool, RunError};
 use bytes::Bytes;
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError};
+use redis::{
+    AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, Script,
+    ScriptInvocation,
+};
 
 use super::{KeyTtl, TagKey, Write};
+use crate::codec::{TOMBSTONE_LEN, TOMBSTONE_PREFIX};
 use crate::config::{Config, RedisTarget};
 use crate::error::{Error, Result};
 
@@ -77,6 +81,77 @@ impl ErrorSink<RedisError> for LastError {
     fn boxed_clone(&self) -> Box<dyn ErrorSink<RedisError>> {
         Box::new(self.clone())
     }
+}
+
+/// A script whose `is_tombstone(key)` tells a tombstone (see `codec::tombstone`) from a
+/// value, reading three bytes and a length rather than the value.
+fn with_tombstone_check(body: &str) -> Script {
+    let prefix: String = TOMBSTONE_PREFIX.iter().map(|b| format!("\\{b}")).collect();
+    Script::new(&format!(
+        "local function is_tombstone(k)\n\
+         \x20 return redis.pcall('GETRANGE', k, 0, {last}) == '{prefix}' and redis.call('STRLEN', k) == {len}\n\
+         end\n{body}",
+        last = TOMBSTONE_PREFIX.len() - 1,
+        len = TOMBSTONE_LEN,
+    ))
+}
+
+/// KEYS: the keys; ARGV: tombstone, hold in ms. Returns how many held a value.
+static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
+    with_tombstone_check(
+        "local held = 0\n\
+         for _, k in ipairs(KEYS) do\n\
+         \x20 if redis.call('EXISTS', k) == 1 and not is_tombstone(k) then held = held + 1 end\n\
+         \x20 redis.call('SET', k, ARGV[1], 'PX', ARGV[2])\n\
+         end\n\
+         return held",
+    )
+});
+
+/// KEYS: the key; ARGV: SHA-1 of what a read found, the new value, TTL in ms (0: none).
+/// Writes only if the key still holds what was read; returns 1 if it wrote.
+static SET_IF_UNCHANGED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        "local current = redis.pcall('GET', KEYS[1])\n\
+         if type(current) ~= 'string' or redis.sha1hex(current) ~= ARGV[1] then return 0 end\n\
+         if ARGV[3] == '0' then redis.call('SET', KEYS[1], ARGV[2])\n\
+         else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end\n\
+         return 1",
+    )
+});
+
+static EXISTS: LazyLock<Script> = LazyLock::new(|| {
+    with_tombstone_check(
+        "if is_tombstone(KEYS[1]) then return 0 end\n\
+         return redis.call('EXISTS', KEYS[1])",
+    )
+});
+
+static PTTL: LazyLock<Script> = LazyLock::new(|| {
+    with_tombstone_check(
+        "if is_tombstone(KEYS[1]) then return -2 end\n\
+         return redis.call('PTTL', KEYS[1])",
+    )
+});
+
+/// ARGV: the TTL in ms.
+static PEXPIRE: LazyLock<Script> = LazyLock::new(|| {
+    with_tombstone_check(
+        "if is_tombstone(KEYS[1]) then return 0 end\n\
+         return redis.call('PEXPIRE', KEYS[1], ARGV[1])",
+    )
+});
+
+/// ARGV: the increment. Run only after `INCRBY` found something else than a counter.
+static INCR_OVER_TOMBSTONE: LazyLock<Script> = LazyLock::new(|| {
+    with_tombstone_check(
+        "if is_tombstone(KEYS[1]) then redis.call('DEL', KEYS[1]) end\n\
+         return redis.call('INCRBY', KEYS[1], ARGV[1])",
+    )
+});
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().clamp(1, u64::MAX as u128) as u64
 }
 
 pub(crate) struct RedisBackend {
@@ -243,6 +318,17 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
+    /// Runs a script (`EVALSHA`, loading it first if the server does not know it).
+    async fn run_script<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T> {
+        let mut conn = self.conn().await?;
+        let result = invocation.invoke_async(&mut conn.inner).await;
+        result.map_err(|e| self.failed(&conn, operation, e))
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
@@ -306,7 +392,7 @@ impl RedisBackend {
     fn set_cmd(pipe: &mut Pipeline, key: &str, value: &[u8], ttl: Option<Duration>) {
         let cmd = pipe.cmd("SET").arg(key).arg(value);
         if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+            cmd.arg("PX").arg(millis(ttl));
         }
         cmd.ignore();
     }
@@ -315,9 +401,39 @@ impl RedisBackend {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(ttl.as_millis().max(1) as u64);
+            cmd.arg("PX").arg(millis(ttl));
         }
         self.run("SET", cmd).await
+    }
+
+    /// Writes `value` only if `key` still holds what a read found (`seen`; `None`: nothing).
+    /// The common case, a read that found nothing, is a plain `SET NX`.
+    pub(crate) async fn set_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        seen: Option<&[u8]>,
+    ) -> Result<bool> {
+        match seen {
+            None => {
+                let mut cmd = redis::cmd("SET");
+                cmd.arg(key).arg(value);
+                if let Some(ttl) = ttl {
+                    cmd.arg("PX").arg(millis(ttl));
+                }
+                cmd.arg("NX");
+                let written: Option<String> = self.run("SET NX", cmd).await?;
+                Ok(written.is_some())
+            }
+            Some(seen) => {
+                let digest = sha1_smol::Sha1::from(seen).digest().to_string();
+                let mut invocation = SET_IF_UNCHANGED.key(key);
+                invocation.arg(digest).arg(value).arg(ttl.map_or(0, millis));
+                let written: u8 = self.run_script("SET if unchanged", &invocation).await?;
+                Ok(written == 1)
+            }
+        }
     }
 
     pub(crate) async fn set_many(&self, writes: Vec<Write>) -> Result<()> {
@@ -331,31 +447,34 @@ impl RedisBackend {
         self.run_pipe("SET (batch)", pipe).await
     }
 
-    pub(crate) async fn delete(&self, keys: &[String]) -> Result<u64> {
+    /// Replaces each key's value with `tombstone` for `hold`, in one script (one round trip,
+    /// atomic); returns how many held a value.
+    pub(crate) async fn delete(
+        &self,
+        keys: &[String],
+        tombstone: &[u8],
+        hold: Duration,
+    ) -> Result<u64> {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut cmd = redis::cmd("UNLINK");
-        cmd.arg(keys);
-        self.run("UNLINK", cmd).await
+        let mut invocation = INVALIDATE.prepare_invoke();
+        invocation.key(keys).arg(tombstone).arg(millis(hold));
+        self.run_script("delete", &invocation).await
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
-        let mut cmd = redis::cmd("EXISTS");
-        cmd.arg(key);
-        self.run("EXISTS", cmd).await
+        self.run_script("EXISTS", &EXISTS.key(key)).await
     }
 
     pub(crate) async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
-        let mut cmd = redis::cmd("PEXPIRE");
-        cmd.arg(key).arg(ttl.as_millis().max(1) as u64);
-        self.run("PEXPIRE", cmd).await
+        let mut invocation = PEXPIRE.key(key);
+        invocation.arg(millis(ttl));
+        self.run_script("PEXPIRE", &invocation).await
     }
 
     pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl> {
-        let mut cmd = redis::cmd("PTTL");
-        cmd.arg(key);
-        let ms: i64 = self.run("PTTL", cmd).await?;
+        let ms: i64 = self.run_script("PTTL", &PTTL.key(key)).await?;
         Ok(match ms {
             -2 => KeyTtl::Missing,
             -1 => KeyTtl::Persistent,
@@ -366,13 +485,25 @@ impl RedisBackend {
     pub(crate) async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(by);
-        self.run("INCRBY", cmd).await.map_err(|e| match e {
+        let wrong_kind = |e| match e {
             Error::Command { source, .. } if holds_no_counter(&source) => Error::WrongKind {
                 operation: "incr",
                 key: key.to_owned(),
             },
             other => other,
-        })
+        };
+        match self.run("INCRBY", cmd).await.map_err(wrong_kind) {
+            // An invalidated counter starts again from zero; checked only here, so counting
+            // stays one plain command.
+            Err(Error::WrongKind { .. }) => {
+                let mut invocation = INCR_OVER_TOMBSTONE.key(key);
+                invocation.arg(by);
+                self.run_script("INCRBY", &invocation)
+                    .await
+                    .map_err(wrong_kind)
+            }
+            other => other,
+        }
     }
 
     pub(crate) async fn versions<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<Option<u64>>> {

@@ -3,6 +3,7 @@
 
 mod foundation;
 mod harness;
+mod invalidation;
 mod macros;
 mod tags;
 mod tls;

@@ -1,0 +1,261 @@
+//! Invalidation by key against computations already running (DESIGN.md section 5): the
+//! invalidation wins, so a value computed from data older than it is returned to its own
+//! caller but never stored, and the next call computes again. On both backends.
+//!
+//! Each computation is held at a gate: it reads the "database" when it starts, says so, and
+//! finishes only when the test lets it, so the invalidation lands while it runs by
+//! construction, not by timing.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use cache_core::{cached, Cache, KeyTtl};
+use tokio::sync::Notify;
+
+/// A computation held between its read of the data and its result.
+#[derive(Default)]
+struct Gate {
+    started: Notify,
+    release: Notify,
+}
+
+/// A row read by a held computation: the version it saw when it started.
+async fn read_row(db: &AtomicU64, calls: &AtomicUsize, gate: Option<&Gate>) -> u64 {
+    calls.fetch_add(1, Ordering::SeqCst);
+    let seen = db.load(Ordering::SeqCst);
+    if let Some(gate) = gate {
+        gate.started.notify_one();
+        gate.release.notified().await;
+    }
+    seen
+}
+
+#[cached(cache = cache, skip = [cache, db, calls, gate], key = "row:<id>", ttl = "1h")]
+async fn row(
+    cache: &Cache,
+    db: &AtomicU64,
+    calls: &AtomicUsize,
+    gate: Option<&Gate>,
+    id: u64,
+) -> u64 {
+    let _ = id;
+    read_row(db, calls, gate).await
+}
+
+#[tokio::test]
+async fn an_invalidate_companion_landing_during_a_computation_wins() {
+    for (backend, cache) in tests::backends().await {
+        let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
+        let (held, ()) = tokio::join!(row(&cache, &db, &calls, Some(&gate), 7), async {
+            gate.started.notified().await;
+            db.store(2, Ordering::SeqCst); // the update...
+            row_invalidate(&cache, &db, &calls, None, 7) // ...and its invalidation
+                .await
+                .expect("invalidate");
+            gate.release.notify_one();
+        });
+        assert_eq!(held, 1, "{backend}: the held call returns what it computed");
+        assert_eq!(
+            cache.stats().superseded,
+            1,
+            "{backend}: {:?}",
+            cache.stats()
+        );
+        assert_eq!(
+            row(&cache, &db, &calls, None, 7).await,
+            2,
+            "{backend}: the value computed before the invalidation is never served after it"
+        );
+        assert_eq!(row(&cache, &db, &calls, None, 7).await, 2, "{backend}");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "{backend}: the value computed after the invalidation is stored and served"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_delete_during_get_or_set_wins_whatever_the_read_found() {
+    for (backend, cache) in tests::backends().await {
+        // What the read finds before the computation: nothing; an entry its tag invalidated;
+        // a value that does not decode; the tombstone of an earlier delete.
+        for found in ["nothing", "stale by tag", "undecodable", "deleted"] {
+            let key = format!("k:{}", found.replace(' ', "-"));
+            match found {
+                "stale by tag" => {
+                    cache
+                        .set_tagged(&key, &0u64, None, &["t"])
+                        .await
+                        .expect("set");
+                    cache.invalidate_tag("t").await.expect("invalidate tag");
+                }
+                "undecodable" => cache.set(&key, &"text", None).await.expect("set"),
+                "deleted" => {
+                    cache.set(&key, &0u64, None).await.expect("set");
+                    assert!(cache.delete(&key).await.expect("delete"), "{backend}");
+                }
+                _ => {}
+            }
+            let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
+            let compute = || read_row(&db, &calls, Some(&gate));
+            let (held, ()) = tokio::join!(cache.get_or_set(&key, None, compute), async {
+                gate.started.notified().await;
+                db.store(2, Ordering::SeqCst);
+                cache.delete(&key).await.expect("delete");
+                gate.release.notify_one();
+            });
+            assert_eq!(held, 1, "{backend}, {found}");
+            assert_eq!(
+                cache.get::<u64>(&key).await.expect("get"),
+                None,
+                "{backend}, read found {found}: the older value was not stored"
+            );
+            let fresh: u64 = cache
+                .get_or_set(&key, None, || read_row(&db, &calls, None))
+                .await;
+            assert_eq!(fresh, 2, "{backend}, {found}");
+            assert_eq!(
+                cache.get::<u64>(&key).await.expect("get"),
+                Some(2),
+                "{backend}, {found}: a computation nothing interrupted is stored"
+            );
+        }
+        assert_eq!(cache.stats().superseded, 4, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn a_second_delete_defeats_a_computation_that_started_after_the_first() {
+    for (backend, cache) in tests::backends().await {
+        cache.set("k", &0u64, None).await.expect("set");
+        cache.delete("k").await.expect("first delete");
+        let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
+        let compute = || read_row(&db, &calls, Some(&gate));
+        let (held, ()) = tokio::join!(cache.get_or_set("k", None, compute), async {
+            gate.started.notified().await;
+            db.store(2, Ordering::SeqCst);
+            cache.delete("k").await.expect("second delete");
+            gate.release.notify_one();
+        });
+        assert_eq!(held, 1, "{backend}");
+        assert_eq!(
+            cache.get::<u64>("k").await.expect("get"),
+            None,
+            "{backend}: each delete leaves its own tombstone, so the first one's is not what \
+             the computation read"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_write_during_a_computation_is_not_overwritten() {
+    for (backend, cache) in tests::backends().await {
+        let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
+        let compute = || read_row(&db, &calls, Some(&gate));
+        let (held, ()) = tokio::join!(cache.get_or_set("k", None, compute), async {
+            gate.started.notified().await;
+            db.store(2, Ordering::SeqCst);
+            cache.set("k", &2u64, None).await.expect("write-through");
+            gate.release.notify_one();
+        });
+        assert_eq!(held, 1, "{backend}");
+        assert_eq!(
+            cache.get::<u64>("k").await.expect("get"),
+            Some(2),
+            "{backend}: the explicit write stays"
+        );
+        assert_eq!(cache.stats().superseded, 1, "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn a_deleted_key_reads_as_absent_to_every_operation() {
+    for (backend, cache) in tests::backends().await {
+        cache.set("k", &"v", None).await.expect("set");
+        assert!(cache.delete("k").await.expect("delete"), "{backend}");
+        let before = cache.stats();
+        assert_eq!(cache.get::<String>("k").await.expect("get"), None);
+        assert!(!cache.lookup::<String>("k").await.expect("lookup").is_hit());
+        assert_eq!(
+            cache.stats().decode_errors,
+            before.decode_errors,
+            "{backend}: a tombstone is a miss, not an undecodable value"
+        );
+        assert_eq!(
+            cache.mget::<String>(&["k"]).await.expect("mget"),
+            vec![None]
+        );
+        assert!(!cache.exists("k").await.expect("exists"), "{backend}");
+        assert_eq!(
+            cache.ttl("k").await.expect("ttl"),
+            KeyTtl::Missing,
+            "{backend}"
+        );
+        assert!(
+            !cache
+                .expire("k", Duration::from_secs(5))
+                .await
+                .expect("expire"),
+            "{backend}: nothing to expire"
+        );
+        assert!(!cache.touch("k").await.expect("touch"), "{backend}");
+        assert!(
+            !cache.delete("k").await.expect("delete"),
+            "{backend}: already gone"
+        );
+        assert_eq!(
+            cache.delete_many(&["k", "k"]).await.expect("delete_many"),
+            0
+        );
+
+        // A counter deleted starts again from zero, without a TTL.
+        assert_eq!(cache.incr("n", 5).await.expect("incr"), 5);
+        assert!(cache.delete("n").await.expect("delete"), "{backend}");
+        assert_eq!(cache.incr("n", 1).await.expect("incr"), 1, "{backend}");
+        assert_eq!(cache.ttl("n").await.expect("ttl"), KeyTtl::Persistent);
+
+        // A write after the delete is a plain write.
+        cache.set("k", &"again", None).await.expect("set");
+        assert_eq!(
+            cache.get::<String>("k").await.expect("get").as_deref(),
+            Some("again")
+        );
+        assert!(cache.exists("k").await.expect("exists"), "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn a_tombstone_lives_for_the_invalidation_hold_only() {
+    let hold = Duration::from_secs(7);
+    let cache = Cache::builder()
+        .url(tests::redis_url())
+        .namespace(tests::unique_namespace().as_str())
+        .invalidation_hold(hold)
+        .build()
+        .expect("builds");
+    cache.delete("never-written").await.expect("delete");
+    let mut con = tests::shared_server()
+        .client()
+        .get_connection()
+        .expect("connects");
+    let full = cache.full_key("never-written").expect("key");
+    let left: i64 = redis::cmd("PTTL").arg(&full).query(&mut con).expect("PTTL");
+    assert!(
+        left > 0 && left <= hold.as_millis() as i64,
+        "the tombstone expires within the hold: {left} ms"
+    );
+    // Something another client put under a key: a delete still counts and replaces it.
+    let _: i64 = redis::cmd("DEL").arg(&full).query(&mut con).expect("DEL");
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&full)
+        .arg("x")
+        .query(&mut con)
+        .expect("RPUSH");
+    assert!(cache.exists("never-written").await.expect("exists"));
+    assert!(cache.delete("never-written").await.expect("delete"));
+    assert_eq!(
+        cache.get::<String>("never-written").await.expect("get"),
+        None
+    );
+}
