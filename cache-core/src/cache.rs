@@ -764,6 +764,11 @@ impl Cache {
 
     /// Removes `key`; true if it existed.
     ///
+    /// A computation of the key already running when this lands (in
+    /// [`get_or_set`](Cache::get_or_set) or a `#[cached]` function, in any process) returns its
+    /// value to its caller but does not store it: the key keeps a tombstone, which reads as
+    /// absent, for [`invalidation_hold`](crate::CacheBuilder::invalidation_hold).
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
     /// let cache = cache_core::Cache::in_memory();
