@@ -259,3 +259,109 @@ async fn a_tombstone_lives_for_the_invalidation_hold_only() {
         None
     );
 }
+
+/// The README's least-privilege ACL: an ACL user limited to the commands it lists and to the
+/// namespace's keys can do everything, including the scripts' work and reloading them after
+/// the server forgot them; a wrong password is an error, not a panic.
+#[tokio::test]
+async fn an_acl_user_with_the_documented_commands_can_do_everything() {
+    let namespace = tests::unique_namespace();
+    let (user, password) = (format!("app-{namespace}"), "s3cret-pw");
+    let mut con = tests::shared_server()
+        .client()
+        .get_connection()
+        .expect("connects");
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg(&user)
+        .arg("reset")
+        .arg("on")
+        .arg(format!(">{password}"))
+        .arg(format!("~{namespace}:*"))
+        .arg("-@all")
+        .arg(README_ACL_COMMANDS.split(' ').collect::<Vec<_>>())
+        .query(&mut con)
+        .expect("ACL SETUSER");
+    let as_user = |password: &str| {
+        Cache::builder()
+            .url(tests::redis_url())
+            .username(user.as_str())
+            .password(password)
+            .namespace(namespace.as_str())
+            .build()
+            .expect("builds")
+    };
+    let cache = as_user(password);
+    // The user is as restricted as it says: other commands and other keys are refused.
+    let url = tests::redis_url().replace("redis://", &format!("redis://{user}:{password}@"));
+    let mut restricted = redis::Client::open(url)
+        .expect("url")
+        .get_connection()
+        .expect("the user logs in");
+    let refused = |r: redis::RedisResult<i64>| r.expect_err("refused").code() == Some("NOPERM");
+    assert!(refused(
+        redis::cmd("UNLINK")
+            .arg(format!("{namespace}:k"))
+            .query(&mut restricted)
+    ));
+    assert!(refused(
+        redis::cmd("EXISTS").arg("elsewhere").query(&mut restricted)
+    ));
+
+    cache.set("k", &1u64, None).await.expect("set");
+    assert_eq!(cache.get::<u64>("k").await.expect("get"), Some(1));
+    cache
+        .mset(&[("a", 1u64), ("b", 2)], None)
+        .await
+        .expect("mset");
+    assert_eq!(
+        cache.mget::<u64>(&["a", "b"]).await.expect("mget"),
+        vec![Some(1), Some(2)]
+    );
+    assert!(cache.exists("k").await.expect("exists"));
+    assert!(cache
+        .expire("k", Duration::from_secs(60))
+        .await
+        .expect("expire"));
+    assert!(matches!(
+        cache.ttl("k").await.expect("ttl"),
+        KeyTtl::Expires(_)
+    ));
+    assert_eq!(cache.incr("n", 2).await.expect("incr"), 2);
+    cache
+        .set_tagged("t", &1u64, None, &["org"])
+        .await
+        .expect("set_tagged");
+    cache.invalidate_tag("org").await.expect("invalidate_tag");
+    assert_eq!(cache.get::<u64>("t").await.expect("get"), None);
+    // The miss after a tag invalidation writes with the compare-and-set script.
+    let v: u64 = cache.get_or_set("t", None, || async { 5 }).await;
+    assert_eq!((v, cache.get::<u64>("t").await.expect("get")), (5, Some(5)));
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut con)
+        .expect("SCRIPT FLUSH");
+    assert!(cache
+        .delete("k")
+        .await
+        .expect("delete, after the scripts were flushed"));
+    assert_eq!(
+        cache.delete_many(&["a", "b"]).await.expect("delete_many"),
+        2
+    );
+    assert_eq!(cache.incr("k", 1).await.expect("incr over a tombstone"), 1);
+    assert_eq!(cache.stats().backend_errors, 0, "{:?}", cache.stats());
+
+    let wrong = as_user("not-the-password");
+    let err = wrong.get::<u64>("k").await.expect_err("refused");
+    assert!(err.is_unavailable(), "{err:?}");
+    let _: () = redis::cmd("ACL")
+        .arg("DELUSER")
+        .arg(&user)
+        .query(&mut con)
+        .map(|_: i64| ())
+        .expect("ACL DELUSER");
+}
+
+/// What the README's configuration section says an ACL user needs, besides its keys.
+const README_ACL_COMMANDS: &str = "+get +set +mget +incr +incrby +del +exists +getrange +strlen +pttl +pexpire +evalsha +script|load +ping";
