@@ -339,6 +339,8 @@ pub fn workloads() -> Vec<Workload> {
         w("ours miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_miss(cx, 1))),
         w("ours tagged miss c=1", Some("raw miss c=1"), Misses, |cx| Box::pin(ours_tagged_miss(cx, 1))),
         w("cached crate miss c=1", None, Misses, |cx| Box::pin(theirs_miss(cx, 1))),
+        w("raw delete+miss c=1", None, Unchecked, |cx| Box::pin(raw_delete_miss(cx, 1))),
+        w("ours delete+miss c=1", Some("raw delete+miss c=1"), Misses, |cx| Box::pin(ours_delete_miss(cx, 1))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
         w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
     ]
@@ -437,6 +439,42 @@ async fn raw_miss(cx: &'static Ctx, concurrency: usize) -> Round {
     .await
 }
 
+/// Raw redis-rs invalidation then read: `UNLINK`, then a raw miss (`GET` nil, compute,
+/// `SET PX`), which is how a hand-written client invalidates and refills.
+async fn raw_delete_miss(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |_| async move {
+        let id = cx.miss_id();
+        let key = cx.raw_key("dmiss", id);
+        let mut conn = cx.raw.clone();
+        let unlinked: u64 = ok(
+            redis::cmd("UNLINK").arg(&key).query_async(&mut conn).await,
+            "raw UNLINK",
+        );
+        let found: Option<Vec<u8>> = ok(
+            redis::cmd("GET").arg(&key).query_async(&mut conn).await,
+            "raw GET",
+        );
+        assert!(
+            unlinked == 0 && found.is_none(),
+            "raw delete+miss found {key}"
+        );
+        let user = User::load(id);
+        let json = ok(serde_json::to_vec(&user), "raw encode");
+        ok(
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(json)
+                .arg("PX")
+                .arg(TTL.as_millis() as u64)
+                .query_async::<()>(&mut conn)
+                .await,
+            "raw SET",
+        );
+        check(&user, id);
+    })
+    .await
+}
+
 async fn theirs_hit(cx: &'static Ctx, concurrency: usize) -> Round {
     measure(&cx.plan, concurrency, |i| async move {
         let id = i % KEYS;
@@ -484,6 +522,19 @@ async fn ours_tagged_hit(cx: &'static Ctx, concurrency: usize) -> Round {
 async fn ours_miss(cx: &'static Ctx, concurrency: usize) -> Round {
     measure(&cx.plan, concurrency, move |_| async move {
         let id = cx.miss_id();
+        check(&ours::miss(&cx.ours, id).await, id);
+    })
+    .await
+}
+
+/// The `_invalidate` companion, then a call: the delete leaves a tombstone, and the miss
+/// writes over it with the compare-and-set script (what keeps an invalidation winning over
+/// computations already running), against the raw client's `UNLINK` and plain `SET`.
+async fn ours_delete_miss(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |_| async move {
+        let id = cx.miss_id();
+        let existed = ok(ours::miss_invalidate(&cx.ours, id).await, "invalidate");
+        assert!(!existed, "ours delete+miss found user {id}");
         check(&ours::miss(&cx.ours, id).await, id);
     })
     .await

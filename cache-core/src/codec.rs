@@ -37,11 +37,11 @@ const FLAG_ENCRYPTED: u8 = 2;
 const FLAG_RAW: u8 = 4;
 const FLAG_TOMBSTONE: u8 = 8;
 
-/// The first bytes of every tombstone, as the Redis scripts recognise one (with its length,
-/// [`TOMBSTONE_LEN`]).
+/// The first bytes of every tombstone, and of nothing else: magic, version, and the
+/// tombstone flag alone, which [`encode`] never writes.
 pub(crate) const TOMBSTONE_PREFIX: [u8; 3] = [MAGIC, FORMAT_VERSION, FLAG_TOMBSTONE];
 /// A tombstone is a bare header.
-pub(crate) const TOMBSTONE_LEN: usize = HEADER_LEN;
+const TOMBSTONE_LEN: usize = HEADER_LEN;
 
 /// What the envelope records besides the value.
 #[derive(Debug, Clone, Default)]
@@ -203,9 +203,10 @@ pub(crate) fn tombstone() -> Vec<u8> {
     out
 }
 
-/// True if `bytes` is a [`tombstone`].
+/// True if `bytes` is a [`tombstone`]: the first bytes say so (no value has the tombstone
+/// flag alone), as the Redis scripts check.
 pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
-    bytes.len() == TOMBSTONE_LEN && bytes.starts_with(&TOMBSTONE_PREFIX)
+    bytes.starts_with(&TOMBSTONE_PREFIX)
 }
 
 /// 64 bits that no other call, in this process or (but for a 2^-64 chance) another, returns:
@@ -546,8 +547,11 @@ mod tests {
         ] {
             assert!(!is_tombstone(&value), "{value:?}");
         }
-        let mut longer = a.clone();
-        longer.push(0);
-        assert!(!is_tombstone(&longer));
+        let compressed = encode(&"x".repeat(100), &meta(), 10).expect("encodes");
+        assert_eq!(
+            compressed[2], FLAG_COMPRESSED,
+            "the flags byte, where tombstones differ"
+        );
+        assert!(!is_tombstone(&compressed));
     }
 }

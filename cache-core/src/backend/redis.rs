@@ -26,7 +26,7 @@ use redis::{
 };
 
 use super::{KeyTtl, TagKey, Write};
-use crate::codec::{TOMBSTONE_LEN, TOMBSTONE_PREFIX};
+use crate::codec::TOMBSTONE_PREFIX;
 use crate::config::{Config, RedisTarget};
 use crate::error::{Error, Result};
 
@@ -84,24 +84,31 @@ impl ErrorSink<RedisError> for LastError {
 }
 
 /// A script whose `is_tombstone(key)` tells a tombstone (see `codec::tombstone`) from a
-/// value, reading three bytes and a length rather than the value.
+/// value by its first three bytes, which no value starts with: reading them costs the same
+/// whatever the value's size.
 fn with_tombstone_check(body: &str) -> Script {
-    let prefix: String = TOMBSTONE_PREFIX.iter().map(|b| format!("\\{b}")).collect();
     Script::new(&format!(
-        "local function is_tombstone(k)\n\
-         \x20 return redis.pcall('GETRANGE', k, 0, {last}) == '{prefix}' and redis.call('STRLEN', k) == {len}\n\
+        "local TOMBSTONE = '{prefix}'\n\
+         local function is_tombstone(k)\n\
+         \x20 return redis.pcall('GETRANGE', k, 0, {last}) == TOMBSTONE\n\
          end\n{body}",
+        prefix = TOMBSTONE_PREFIX
+            .iter()
+            .map(|b| format!("\\{b}"))
+            .collect::<String>(),
         last = TOMBSTONE_PREFIX.len() - 1,
-        len = TOMBSTONE_LEN,
     ))
 }
 
-/// KEYS: the keys; ARGV: tombstone, hold in ms. Returns how many held a value.
+/// KEYS: the keys; ARGV: tombstone, hold in ms. Returns how many held a value. One
+/// `GETRANGE` tells a value (or something not a string) from a tombstone or nothing.
 static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
     with_tombstone_check(
         "local held = 0\n\
          for _, k in ipairs(KEYS) do\n\
-         \x20 if redis.call('EXISTS', k) == 1 and not is_tombstone(k) then held = held + 1 end\n\
+         \x20 local head = redis.pcall('GETRANGE', k, 0, #TOMBSTONE - 1)\n\
+         \x20 if type(head) ~= 'string' or (head ~= '' and head ~= TOMBSTONE)\n\
+         \x20   or (head == '' and redis.call('EXISTS', k) == 1) then held = held + 1 end\n\
          \x20 redis.call('SET', k, ARGV[1], 'PX', ARGV[2])\n\
          end\n\
          return held",
@@ -427,7 +434,7 @@ impl RedisBackend {
                 Ok(written.is_some())
             }
             Some(seen) => {
-                let digest = sha1_smol::Sha1::from(seen).digest().to_string();
+                let digest = crate::key::lower_hex(&sha1_smol::Sha1::from(seen).digest().bytes());
                 let mut invocation = SET_IF_UNCHANGED.key(key);
                 invocation.arg(digest).arg(value).arg(ttl.map_or(0, millis));
                 let written: u8 = self.run_script("SET if unchanged", &invocation).await?;
