@@ -75,6 +75,65 @@ async fn an_invalidate_companion_landing_during_a_computation_wins() {
     }
 }
 
+#[cached(cache = cache, skip = [cache, db, calls, gate], key = "member:<id>", tags = ["org:<org>"])]
+async fn member(
+    cache: &Cache,
+    db: &AtomicU64,
+    calls: &AtomicUsize,
+    gate: Option<&Gate>,
+    org: u64,
+    id: u64,
+) -> u64 {
+    let _ = (org, id);
+    read_row(db, calls, gate).await
+}
+
+/// A tagged entry reads its value and its tags' versions in one command; an invalidation by
+/// key (here while the tag's version is also being created) still wins.
+#[tokio::test]
+async fn an_invalidation_by_key_wins_over_a_tagged_computation() {
+    for (backend, cache) in tests::backends().await {
+        let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
+        let (held, ()) = tokio::join!(member(&cache, &db, &calls, Some(&gate), 3, 7), async {
+            gate.started.notified().await;
+            db.store(2, Ordering::SeqCst);
+            member_invalidate(&cache, &db, &calls, None, 3, 7)
+                .await
+                .expect("invalidate");
+            gate.release.notify_one();
+        });
+        assert_eq!(held, 1, "{backend}");
+        assert_eq!(
+            member(&cache, &db, &calls, None, 3, 7).await,
+            2,
+            "{backend}"
+        );
+        assert_eq!(
+            member(&cache, &db, &calls, None, 3, 7).await,
+            2,
+            "{backend}"
+        );
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            2,
+            "{backend}: stored once, then served"
+        );
+        // And by tag, as before: the versions were read before computing.
+        let (held, ()) = tokio::join!(member(&cache, &db, &calls, Some(&gate), 3, 8), async {
+            gate.started.notified().await;
+            db.store(3, Ordering::SeqCst);
+            cache.invalidate_tag("org:3").await.expect("invalidate tag");
+            gate.release.notify_one();
+        });
+        assert_eq!(held, 2, "{backend}");
+        assert_eq!(
+            member(&cache, &db, &calls, None, 3, 8).await,
+            3,
+            "{backend}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_delete_during_get_or_set_wins_whatever_the_read_found() {
     for (backend, cache) in tests::backends().await {
