@@ -87,7 +87,8 @@ use crate::attr::Kind;
 ///
 /// - `get_user_uncached(..)`: the original body, bypassing the cache;
 /// - `get_user_invalidate(..) -> Result<bool, cache_core::Error>`: removes the
-///   entry for these arguments;
+///   entry for these arguments; a call computing that entry when it lands
+///   returns its value but does not store it (see `Cache::delete`);
 /// - `get_user_refresh(..)`: computes, stores and returns a fresh value.
 ///
 /// # Methods and generics
