@@ -39,7 +39,7 @@ const FLAG_TOMBSTONE: u8 = 8;
 
 /// The first bytes of every tombstone, and of nothing else: magic, version, and the
 /// tombstone flag alone, which [`encode`] never writes.
-pub(crate) const TOMBSTONE_PREFIX: [u8; 3] = [MAGIC, FORMAT_VERSION, FLAG_TOMBSTONE];
+const TOMBSTONE_PREFIX: [u8; 3] = [MAGIC, FORMAT_VERSION, FLAG_TOMBSTONE];
 /// A tombstone is a bare header.
 const TOMBSTONE_LEN: usize = HEADER_LEN;
 
@@ -532,6 +532,16 @@ mod tests {
         ] {
             assert_eq!(decode_version(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn the_scripts_recognise_the_tombstones_written_here() {
+        let literal: String = TOMBSTONE_PREFIX.iter().map(|b| format!("\\{b}")).collect();
+        assert!(
+            include_str!("scripts/tombstone.lua")
+                .contains(&format!("local TOMBSTONE = '{literal}'\n")),
+            "scripts/tombstone.lua must spell TOMBSTONE_PREFIX as {literal}"
+        );
     }
 
     #[test]

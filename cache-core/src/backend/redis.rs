@@ -26,7 +26,6 @@ use redis::{
 };
 
 use super::{KeyTtl, TagKey, Write};
-use crate::codec::TOMBSTONE_PREFIX;
 use crate::config::{Config, RedisTarget};
 use crate::error::{Error, Result};
 
@@ -83,79 +82,28 @@ impl ErrorSink<RedisError> for LastError {
     }
 }
 
-/// A script whose `is_tombstone(key)` tells a tombstone (see `codec::tombstone`) from a
-/// value by its first three bytes, which no value starts with: reading them costs the same
-/// whatever the value's size.
-fn with_tombstone_check(body: &str) -> Script {
-    Script::new(&format!(
-        "local TOMBSTONE = '{prefix}'\n\
-         local function is_tombstone(k)\n\
-         \x20 return redis.pcall('GETRANGE', k, 0, {last}) == TOMBSTONE\n\
-         end\n{body}",
-        prefix = TOMBSTONE_PREFIX
-            .iter()
-            .map(|b| format!("\\{b}"))
-            .collect::<String>(),
-        last = TOMBSTONE_PREFIX.len() - 1,
-    ))
+/// A script of `src/scripts/`; those named with `tombstone` first get the prelude that
+/// defines `is_tombstone(key)`.
+macro_rules! script {
+    ($name:literal) => {
+        LazyLock::new(|| Script::new(include_str!(concat!("../scripts/", $name, ".lua"))))
+    };
+    (tombstone, $name:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../scripts/tombstone.lua"),
+                include_str!(concat!("../scripts/", $name, ".lua"))
+            ))
+        })
+    };
 }
 
-/// KEYS: the keys; ARGV: tombstone, hold in ms. Returns how many held a value. One
-/// `GETRANGE` tells a value (or something not a string) from a tombstone or nothing.
-static INVALIDATE: LazyLock<Script> = LazyLock::new(|| {
-    with_tombstone_check(
-        "local held = 0\n\
-         for _, k in ipairs(KEYS) do\n\
-         \x20 local head = redis.pcall('GETRANGE', k, 0, #TOMBSTONE - 1)\n\
-         \x20 if type(head) ~= 'string' or (head ~= '' and head ~= TOMBSTONE)\n\
-         \x20   or (head == '' and redis.call('EXISTS', k) == 1) then held = held + 1 end\n\
-         \x20 redis.call('SET', k, ARGV[1], 'PX', ARGV[2])\n\
-         end\n\
-         return held",
-    )
-});
-
-/// KEYS: the key; ARGV: SHA-1 of what a read found, the new value, TTL in ms (0: none).
-/// Writes only if the key still holds what was read; returns 1 if it wrote.
-static SET_IF_UNCHANGED: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        "local current = redis.pcall('GET', KEYS[1])\n\
-         if type(current) ~= 'string' or redis.sha1hex(current) ~= ARGV[1] then return 0 end\n\
-         if ARGV[3] == '0' then redis.call('SET', KEYS[1], ARGV[2])\n\
-         else redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) end\n\
-         return 1",
-    )
-});
-
-static EXISTS: LazyLock<Script> = LazyLock::new(|| {
-    with_tombstone_check(
-        "if is_tombstone(KEYS[1]) then return 0 end\n\
-         return redis.call('EXISTS', KEYS[1])",
-    )
-});
-
-static PTTL: LazyLock<Script> = LazyLock::new(|| {
-    with_tombstone_check(
-        "if is_tombstone(KEYS[1]) then return -2 end\n\
-         return redis.call('PTTL', KEYS[1])",
-    )
-});
-
-/// ARGV: the TTL in ms.
-static PEXPIRE: LazyLock<Script> = LazyLock::new(|| {
-    with_tombstone_check(
-        "if is_tombstone(KEYS[1]) then return 0 end\n\
-         return redis.call('PEXPIRE', KEYS[1], ARGV[1])",
-    )
-});
-
-/// ARGV: the increment. Run only after `INCRBY` found something else than a counter.
-static INCR_OVER_TOMBSTONE: LazyLock<Script> = LazyLock::new(|| {
-    with_tombstone_check(
-        "if is_tombstone(KEYS[1]) then redis.call('DEL', KEYS[1]) end\n\
-         return redis.call('INCRBY', KEYS[1], ARGV[1])",
-    )
-});
+static INVALIDATE: LazyLock<Script> = script!(tombstone, "invalidate");
+static SET_IF_UNCHANGED: LazyLock<Script> = script!("set_if_unchanged");
+static EXISTS: LazyLock<Script> = script!(tombstone, "exists");
+static PTTL: LazyLock<Script> = script!(tombstone, "pttl");
+static PEXPIRE: LazyLock<Script> = script!(tombstone, "pexpire");
+static INCR_OVER_TOMBSTONE: LazyLock<Script> = script!(tombstone, "incr_over_tombstone");
 
 fn millis(d: Duration) -> u64 {
     d.as_millis().clamp(1, u64::MAX as u128) as u64
