@@ -338,10 +338,15 @@ fn raw_value<T: 'static>(bytes: Vec<u8>) -> Option<T> {
 /// A tag version as `INCR` and `SET NX` write it: ASCII digits. Anything else (a value some
 /// other writer put under a version key) is no version, which reads as changed.
 pub(crate) fn decode_version(bytes: &[u8]) -> Option<u64> {
-    if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
+    // By hand rather than `str::parse`, which also validates UTF-8 and accepts a `+`: every
+    // tagged read decodes one per tag, and the profile showed ~260 instructions for each.
+    if bytes.is_empty() {
         return None;
     }
-    std::str::from_utf8(bytes).ok()?.parse().ok()
+    bytes.iter().try_fold(0u64, |n, &b| {
+        let digit = b.checked_sub(b'0').filter(|d| *d <= 9)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Decodes bytes that may not be an envelope: plain integers (as `incr` writes them) read as
