@@ -252,6 +252,72 @@ async fn operations_fail_fast_while_redis_is_down_and_recover_when_it_is_back() 
     assert_eq!(v, 3, "a hit again once Redis is back");
 }
 
+/// DESIGN.md section 9: the server killed and restarted under load. Sixteen tasks keep calling
+/// `get_or_set` on fifty keys throughout: every call returns its key's own value within the
+/// bound (computed while Redis is gone, from the cache before and after), errors are counted
+/// while it is down, and hits come back once it is up again, with no new `Cache`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_restarted_under_load_every_call_answers_with_its_own_value() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let mut server = tests::RedisServer::start();
+    let cache = cache_at(&server.url(), CONNECT_TIMEOUT);
+    let (stop, calls) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let value_of = |key: usize| key as u64 * 1_000 + 7;
+    let tasks: Vec<_> = (0..16)
+        .map(|task| {
+            let (cache, stop, calls) = (cache.clone(), stop.clone(), calls.clone());
+            tokio::spawn(async move {
+                let mut i = task * 7;
+                while !stop.load(Ordering::Relaxed) {
+                    let key = i % 50;
+                    let v: u64 = bounded(
+                        "get_or_set under load",
+                        cache.get_or_set(&format!("k{key}"), None, || async move { value_of(key) }),
+                    )
+                    .await;
+                    assert_eq!(v, value_of(key), "k{key}: another key's value");
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let calls_now = || calls.load(Ordering::Relaxed);
+
+    eventually!("hits under load", cache.stats().hits >= 200);
+    let before = cache.stats();
+    server.kill();
+    eventually!(
+        "errors counted while down",
+        cache.stats().backend_errors >= before.backend_errors + 16
+    );
+    let during = calls_now();
+    eventually!("calls go on while down", calls_now() >= during + 16);
+
+    server.restart();
+    let after_restart = cache.stats();
+    eventually!(
+        "hits again after the restart",
+        cache.stats().hits >= after_restart.hits + 200
+    );
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.expect("no call panicked or saw a wrong value");
+    }
+    for key in 0..50 {
+        let stored = cache.get::<u64>(&format!("k{key}")).await.expect("get");
+        assert!(
+            stored.is_none() || stored == Some(value_of(key)),
+            "k{key}: {stored:?}"
+        );
+    }
+}
+
 /// A server that stops answering on live connections (SIGSTOP: the kernel keeps the sockets,
 /// nothing replies), as one stuck in a long command or a fork would: every command ends with
 /// an unavailable error within the bound, `get_or_set` computes, and once the server answers
