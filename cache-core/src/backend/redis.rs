@@ -344,21 +344,18 @@ impl RedisBackend {
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
     }
 
-    fn set_cmd(pipe: &mut Pipeline, key: &str, value: &[u8], ttl: Option<Duration>) {
-        let cmd = pipe.cmd("SET").arg(key).arg(value);
-        if let Some(ttl) = ttl {
-            cmd.arg("PX").arg(millis(ttl));
-        }
-        cmd.ignore();
-    }
-
-    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+    /// `SET key value [PX ttl]`.
+    fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(millis(ttl));
         }
-        self.run("SET", cmd).await
+        cmd
+    }
+
+    pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        self.run("SET", Self::set_cmd(key, &value, ttl)).await
     }
 
     /// Writes `value` only if `key` still holds what a read found (`seen`; `None`: nothing).
@@ -372,11 +369,7 @@ impl RedisBackend {
     ) -> Result<bool> {
         match seen {
             None => {
-                let mut cmd = redis::cmd("SET");
-                cmd.arg(key).arg(value);
-                if let Some(ttl) = ttl {
-                    cmd.arg("PX").arg(millis(ttl));
-                }
+                let mut cmd = Self::set_cmd(key, &value, ttl);
                 cmd.arg("NX");
                 let written: Option<String> = self.run("SET NX", cmd).await?;
                 Ok(written.is_some())
@@ -397,7 +390,7 @@ impl RedisBackend {
         }
         let mut pipe = redis::pipe();
         for (key, value, ttl) in &writes {
-            Self::set_cmd(&mut pipe, key, value, *ttl);
+            pipe.add_command(Self::set_cmd(key, value, *ttl)).ignore();
         }
         self.run_pipe("SET (batch)", pipe).await
     }
