@@ -415,28 +415,31 @@ async fn raw_get_mget(cx: &'static Ctx, concurrency: usize) -> Round {
 async fn raw_miss(cx: &'static Ctx, concurrency: usize) -> Round {
     measure(&cx.plan, concurrency, move |_| async move {
         let id = cx.miss_id();
-        let key = cx.raw_key("miss", id);
-        let mut conn = cx.raw.clone();
-        let found: Option<Vec<u8>> = ok(
-            redis::cmd("GET").arg(&key).query_async(&mut conn).await,
-            "raw GET",
-        );
-        assert!(found.is_none(), "raw miss found a value under {key}");
-        let user = User::load(id);
-        let json = ok(serde_json::to_vec(&user), "raw encode");
-        ok(
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(json)
-                .arg("PX")
-                .arg(TTL.as_millis() as u64)
-                .query_async::<()>(&mut conn)
-                .await,
-            "raw SET",
-        );
-        check(&user, id);
+        raw_miss_of(&mut cx.raw.clone(), &cx.raw_key("miss", id), id).await;
     })
     .await
+}
+
+/// One raw miss of user `id` under `key`.
+async fn raw_miss_of(conn: &mut MultiplexedConnection, key: &str, id: u64) {
+    let found: Option<Vec<u8>> = ok(
+        redis::cmd("GET").arg(key).query_async(conn).await,
+        "raw GET",
+    );
+    assert!(found.is_none(), "raw miss found a value under {key}");
+    let user = User::load(id);
+    let json = ok(serde_json::to_vec(&user), "raw encode");
+    ok(
+        redis::cmd("SET")
+            .arg(key)
+            .arg(json)
+            .arg("PX")
+            .arg(TTL.as_millis() as u64)
+            .query_async::<()>(conn)
+            .await,
+        "raw SET",
+    );
+    check(&user, id);
 }
 
 /// Raw redis-rs invalidation then read: `UNLINK`, then a raw miss (`GET` nil, compute,
@@ -450,27 +453,8 @@ async fn raw_delete_miss(cx: &'static Ctx, concurrency: usize) -> Round {
             redis::cmd("UNLINK").arg(&key).query_async(&mut conn).await,
             "raw UNLINK",
         );
-        let found: Option<Vec<u8>> = ok(
-            redis::cmd("GET").arg(&key).query_async(&mut conn).await,
-            "raw GET",
-        );
-        assert!(
-            unlinked == 0 && found.is_none(),
-            "raw delete+miss found {key}"
-        );
-        let user = User::load(id);
-        let json = ok(serde_json::to_vec(&user), "raw encode");
-        ok(
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(json)
-                .arg("PX")
-                .arg(TTL.as_millis() as u64)
-                .query_async::<()>(&mut conn)
-                .await,
-            "raw SET",
-        );
-        check(&user, id);
+        assert_eq!(unlinked, 0, "raw delete+miss found {key}");
+        raw_miss_of(&mut conn, &key, id).await;
     })
     .await
 }
