@@ -6,6 +6,7 @@
 //! finishes only when the test lets it, so the invalidation lands while it runs by
 //! construction, not by timing.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -30,6 +31,23 @@ async fn read_row(db: &AtomicU64, calls: &AtomicUsize, gate: Option<&Gate>) -> u
     seen
 }
 
+impl Gate {
+    /// Runs `call` (whose computation waits at this gate) and, once the computation has
+    /// started, `meanwhile`; then lets the computation finish. Returns what `call` returned.
+    async fn hold<T>(
+        &self,
+        call: impl Future<Output = T>,
+        meanwhile: impl Future<Output = ()>,
+    ) -> T {
+        let (out, ()) = tokio::join!(call, async {
+            self.started.notified().await;
+            meanwhile.await;
+            self.release.notify_one();
+        });
+        out
+    }
+}
+
 #[cached(cache = cache, skip = [cache, db, calls, gate], key = "row:<id>", ttl = "1h")]
 async fn row(
     cache: &Cache,
@@ -46,14 +64,14 @@ async fn row(
 async fn an_invalidate_companion_landing_during_a_computation_wins() {
     for (backend, cache) in tests::backends().await {
         let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
-        let (held, ()) = tokio::join!(row(&cache, &db, &calls, Some(&gate), 7), async {
-            gate.started.notified().await;
-            db.store(2, Ordering::SeqCst); // the update...
-            row_invalidate(&cache, &db, &calls, None, 7) // ...and its invalidation
-                .await
-                .expect("invalidate");
-            gate.release.notify_one();
-        });
+        let held = gate
+            .hold(row(&cache, &db, &calls, Some(&gate), 7), async {
+                db.store(2, Ordering::SeqCst); // the update...
+                row_invalidate(&cache, &db, &calls, None, 7) // ...and its invalidation
+                    .await
+                    .expect("invalidate");
+            })
+            .await;
         assert_eq!(held, 1, "{backend}: the held call returns what it computed");
         assert_eq!(
             cache.stats().superseded,
@@ -94,14 +112,14 @@ async fn member(
 async fn an_invalidation_by_key_wins_over_a_tagged_computation() {
     for (backend, cache) in tests::backends().await {
         let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
-        let (held, ()) = tokio::join!(member(&cache, &db, &calls, Some(&gate), 3, 7), async {
-            gate.started.notified().await;
-            db.store(2, Ordering::SeqCst);
-            member_invalidate(&cache, &db, &calls, None, 3, 7)
-                .await
-                .expect("invalidate");
-            gate.release.notify_one();
-        });
+        let held = gate
+            .hold(member(&cache, &db, &calls, Some(&gate), 3, 7), async {
+                db.store(2, Ordering::SeqCst);
+                member_invalidate(&cache, &db, &calls, None, 3, 7)
+                    .await
+                    .expect("invalidate");
+            })
+            .await;
         assert_eq!(held, 1, "{backend}");
         assert_eq!(
             member(&cache, &db, &calls, None, 3, 7).await,
@@ -119,12 +137,12 @@ async fn an_invalidation_by_key_wins_over_a_tagged_computation() {
             "{backend}: stored once, then served"
         );
         // And by tag, as before: the versions were read before computing.
-        let (held, ()) = tokio::join!(member(&cache, &db, &calls, Some(&gate), 3, 8), async {
-            gate.started.notified().await;
-            db.store(3, Ordering::SeqCst);
-            cache.invalidate_tag("org:3").await.expect("invalidate tag");
-            gate.release.notify_one();
-        });
+        let held = gate
+            .hold(member(&cache, &db, &calls, Some(&gate), 3, 8), async {
+                db.store(3, Ordering::SeqCst);
+                cache.invalidate_tag("org:3").await.expect("invalidate tag");
+            })
+            .await;
         assert_eq!(held, 2, "{backend}");
         assert_eq!(
             member(&cache, &db, &calls, None, 3, 8).await,
@@ -158,12 +176,12 @@ async fn a_delete_during_get_or_set_wins_whatever_the_read_found() {
             }
             let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
             let compute = || read_row(&db, &calls, Some(&gate));
-            let (held, ()) = tokio::join!(cache.get_or_set(&key, None, compute), async {
-                gate.started.notified().await;
-                db.store(2, Ordering::SeqCst);
-                cache.delete(&key).await.expect("delete");
-                gate.release.notify_one();
-            });
+            let held = gate
+                .hold(cache.get_or_set(&key, None, compute), async {
+                    db.store(2, Ordering::SeqCst);
+                    cache.delete(&key).await.expect("delete");
+                })
+                .await;
             assert_eq!(held, 1, "{backend}, {found}");
             assert_eq!(
                 cache.get::<u64>(&key).await.expect("get"),
@@ -191,12 +209,12 @@ async fn a_second_delete_defeats_a_computation_that_started_after_the_first() {
         cache.delete("k").await.expect("first delete");
         let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
         let compute = || read_row(&db, &calls, Some(&gate));
-        let (held, ()) = tokio::join!(cache.get_or_set("k", None, compute), async {
-            gate.started.notified().await;
-            db.store(2, Ordering::SeqCst);
-            cache.delete("k").await.expect("second delete");
-            gate.release.notify_one();
-        });
+        let held = gate
+            .hold(cache.get_or_set("k", None, compute), async {
+                db.store(2, Ordering::SeqCst);
+                cache.delete("k").await.expect("second delete");
+            })
+            .await;
         assert_eq!(held, 1, "{backend}");
         assert_eq!(
             cache.get::<u64>("k").await.expect("get"),
@@ -212,12 +230,12 @@ async fn a_write_during_a_computation_is_not_overwritten() {
     for (backend, cache) in tests::backends().await {
         let (db, calls, gate) = (AtomicU64::new(1), AtomicUsize::new(0), Gate::default());
         let compute = || read_row(&db, &calls, Some(&gate));
-        let (held, ()) = tokio::join!(cache.get_or_set("k", None, compute), async {
-            gate.started.notified().await;
-            db.store(2, Ordering::SeqCst);
-            cache.set("k", &2u64, None).await.expect("write-through");
-            gate.release.notify_one();
-        });
+        let held = gate
+            .hold(cache.get_or_set("k", None, compute), async {
+                db.store(2, Ordering::SeqCst);
+                cache.set("k", &2u64, None).await.expect("write-through");
+            })
+            .await;
         assert_eq!(held, 1, "{backend}");
         assert_eq!(
             cache.get::<u64>("k").await.expect("get"),
