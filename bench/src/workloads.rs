@@ -362,6 +362,9 @@ pub enum Bar {
     P50AtMost(f64),
 }
 
+/// The bars of the benchmark's issue for what exists. Still to come with their capabilities:
+/// the L1 hit (at least 1M ops/s, an absolute bar, and 0.3x moka's get) and the rate-limit
+/// check (at least 0.8x a raw `EVALSHA` of the same script).
 pub fn targets() -> Vec<Target> {
     use Bar::*;
     let t = |ours, reference, bar| Target {
