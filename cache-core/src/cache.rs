@@ -107,13 +107,18 @@ pub(crate) struct Shared {
     pub(crate) stats: Stats,
     /// Backend failures are logged at most once a second (with how many were held back).
     warnings: WarnThrottle,
+    /// Per-root state of capabilities built on top of the backend (lock waiters, in-memory
+    /// limiter windows, ...), one value per type; see [`Cache::root_state`].
+    extensions: std::sync::Mutex<
+        std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
+    >,
 }
 
 /// Everything a handle adds to keys: `root:[namespace:...][@tenant:]`.
 #[derive(Debug)]
-struct Scope {
-    prefix: String,
-    default_ttl: Option<Duration>,
+pub(crate) struct Scope {
+    pub(crate) prefix: String,
+    pub(crate) default_ttl: Option<Duration>,
 }
 
 /// A handle on the cache: cheap to clone (two `Arc`s), `Send + Sync`, usable from any task.
@@ -136,8 +141,8 @@ struct Scope {
 /// ```
 #[derive(Clone)]
 pub struct Cache {
-    shared: Arc<Shared>,
-    scope: Arc<Scope>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) scope: Arc<Scope>,
 }
 
 impl std::fmt::Debug for Cache {
@@ -227,6 +232,7 @@ impl Cache {
                 config,
                 stats: Stats::default(),
                 warnings: WarnThrottle::default(),
+                extensions: Default::default(),
             }),
             scope: Arc::new(scope),
         }
@@ -1137,6 +1143,26 @@ impl Cache {
 
     pub(crate) fn backend_ref(&self) -> &Backend {
         &self.shared.backend
+    }
+
+    /// The one `T` of this cache root (shared by clones and scoped handles), made on first
+    /// use: where a capability keeps its per-root state without a field in [`Shared`].
+    #[allow(dead_code)] // the capability modules of the next issues use it
+    pub(crate) fn root_state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
+        let mut map = match self.shared.extensions.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let entry = map
+            .entry(std::any::TypeId::of::<T>())
+            .or_insert_with(|| Arc::new(T::default()) as Arc<dyn std::any::Any + Send + Sync>)
+            .clone();
+        drop(map);
+        match entry.downcast::<T>() {
+            Ok(state) => state,
+            // The map is keyed by the type id, so the downcast cannot fail.
+            Err(_) => unreachable!("root_state entry of another type"),
+        }
     }
 }
 

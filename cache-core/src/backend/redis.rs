@@ -257,13 +257,17 @@ impl RedisBackend {
         Error::from_redis(operation, e, self.command_timeout)
     }
 
-    async fn run<T: FromRedisValue>(&self, operation: &'static str, cmd: Cmd) -> Result<T> {
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        cmd: Cmd,
+    ) -> Result<T> {
         let mut conn = self.conn().await?;
         let result = cmd.query_async(&mut conn.inner).await;
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
-    async fn run_pipe<T: FromRedisValue>(
+    pub(crate) async fn run_pipe<T: FromRedisValue>(
         &self,
         operation: &'static str,
         pipe: Pipeline,
@@ -274,7 +278,7 @@ impl RedisBackend {
     }
 
     /// Runs a script (`EVALSHA`, loading it first if the server does not know it).
-    async fn run_script<T: FromRedisValue>(
+    pub(crate) async fn run_script<T: FromRedisValue>(
         &self,
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
