@@ -27,6 +27,7 @@
 mod backend;
 mod cache;
 mod codec;
+mod compute;
 mod config;
 mod error;
 mod key;
