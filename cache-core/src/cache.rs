@@ -398,7 +398,7 @@ impl Cache {
         key: &str,
         e: &Error,
     ) {
-        if !matches!(e, Error::Encode { .. }) {
+        if !e.is_caller_side() {
             self.shared.stats.backend_error();
         }
         if let Some(held) = self.shared.warnings.admit(codec::now_ms()) {
@@ -635,20 +635,14 @@ impl Cache {
         tags: &[&str],
     ) -> Result<()> {
         let full = self.full_key(key)?;
+        let ttl = crate::limits::ttl(self.ttl_or_default(ttl.into()))?;
         let tag_keys = tags
             .iter()
             .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
             .collect::<Result<Vec<_>>>()?;
         let versions = tags::current_versions(self, &tag_keys, None).await?;
-        self.store(
-            &full,
-            value,
-            self.ttl_or_default(ttl.into()),
-            (&tag_keys, &versions),
-            0,
-            0,
-        )
-        .await
+        self.store(&full, value, ttl, (&tag_keys, &versions), 0, 0)
+            .await
     }
 
     /// Writes an encoded value; `tags` are the tag version keys and the versions read before
@@ -674,7 +668,7 @@ impl Cache {
         .await
         .map(drop)
         .inspect_err(|e| {
-            if !matches!(e, Error::Encode { .. }) {
+            if !e.is_caller_side() {
                 self.backend_err("set", full, e)
             }
         })
@@ -693,6 +687,7 @@ impl Cache {
         fingerprint: u64,
         condition: WriteIf,
     ) -> Result<bool> {
+        let ttl = crate::limits::ttl(ttl)?;
         let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
         let backend = &self.shared.backend;
         let written = match condition {
@@ -723,20 +718,26 @@ impl Cache {
         let now = codec::now_ms();
         let meta = Meta {
             created_at_ms: now,
-            expires_at_ms: ttl.map_or(0, |t| now + t.as_millis() as u64),
+            expires_at_ms: ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t)),
             stale_until_ms: 0,
             compute_us,
             fingerprint,
             tag_keys,
             tag_versions,
         };
-        codec::encode(value, &meta, self.shared.config.compression_threshold).map_err(|source| {
-            self.shared.stats.encode_error();
-            Error::Encode {
+        let bytes = codec::encode(value, &meta, self.shared.config.compression_threshold)
+            .map_err(|source| Error::Encode {
                 key: key::shorten_for_display(full),
                 source,
-            }
-        })
+            })
+            .and_then(|bytes| {
+                crate::limits::value_size(full, bytes.len(), self.shared.config.max_value_size)?;
+                Ok(bytes)
+            });
+        if bytes.is_err() {
+            self.shared.stats.encode_error();
+        }
+        bytes
     }
 
     /// Stores several values in one round trip, all with `ttl` (`None`: the default TTL).
@@ -755,7 +756,7 @@ impl Cache {
         items: &[(&str, T)],
         ttl: impl Into<Option<Duration>>,
     ) -> Result<()> {
-        let ttl = self.ttl_or_default(ttl.into());
+        let ttl = crate::limits::ttl(self.ttl_or_default(ttl.into()))?;
         let mut writes = Vec::with_capacity(items.len());
         for (k, v) in items {
             let full = self.full_key(k)?;
@@ -835,6 +836,7 @@ impl Cache {
     /// ```
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         let full = self.full_key(key)?;
+        let ttl = crate::limits::duration("ttl", ttl)?;
         let r = self.shared.backend.expire(&full, ttl).await;
         r.inspect_err(|e| self.backend_err("expire", &full, e))
     }

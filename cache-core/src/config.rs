@@ -50,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) compression_threshold: usize,
     pub(crate) memory_capacity: u64,
     pub(crate) invalidation_hold: Duration,
+    /// Largest stored value, in bytes (see `limits`).
+    pub(crate) max_value_size: usize,
 }
 
 impl Default for Config {
@@ -69,6 +71,7 @@ impl Default for Config {
             compression_threshold: 4096,
             memory_capacity: 64 * 1024 * 1024,
             invalidation_hold: Duration::from_secs(60),
+            max_value_size: crate::limits::DEFAULT_MAX_VALUE_SIZE,
         }
     }
 }
@@ -237,6 +240,9 @@ impl CacheBuilder {
         }
         if let Some(v) = get("CACHE_MEMORY_CAPACITY") {
             b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
+        }
+        if let Some(v) = get("CACHE_MAX_VALUE_SIZE") {
+            b = b.max_value_size(parse_int("CACHE_MAX_VALUE_SIZE", &v)? as usize);
         }
         Ok(b)
     }
@@ -536,6 +542,27 @@ impl CacheBuilder {
         self
     }
 
+    /// The largest value stored, in bytes, as stored (after compression and encryption): a
+    /// larger one is [`Error::TooLarge`] from `set` and friends, refused before it reaches the
+    /// backend, on both backends; `#[cached]` functions and `get_or_set` return it without
+    /// storing it (counted in [`encode_errors`](crate::StatsSnapshot::encode_errors), logged).
+    /// 1 byte to [`MAX_VALUE_SIZE_LIMIT`](crate::MAX_VALUE_SIZE_LIMIT) (512 MiB, Redis's
+    /// largest string); default [`DEFAULT_MAX_VALUE_SIZE`](crate::DEFAULT_MAX_VALUE_SIZE)
+    /// (16 MiB). Environment: `CACHE_MAX_VALUE_SIZE`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Error};
+    /// let cache = Cache::builder().max_value_size(64 * 1024).build()?;
+    /// cache.set("small", &"fits", None).await?;
+    /// assert!(matches!(Cache::builder().max_value_size(0).build(), Err(Error::Config { setting: "max_value_size", .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn max_value_size(mut self, bytes: usize) -> Self {
+        self.config.max_value_size = bytes;
+        self
+    }
+
     /// Checks the settings and builds the cache. Does not connect, and needs no tokio
     /// runtime: an unreachable Redis shows up as [`Error::Connection`] from operations, never
     /// here. A setting that cannot be used is [`Error::Config`].
@@ -563,27 +590,36 @@ impl CacheBuilder {
                 reason: "must be at least 1".into(),
             });
         }
+        if self.config.pool_size > crate::limits::MAX_POOL_SIZE {
+            return Err(Error::Config {
+                setting: "pool_size",
+                reason: format!("must be at most {}", crate::limits::MAX_POOL_SIZE),
+            });
+        }
         if self.config.min_idle > self.config.pool_size {
             self.config.min_idle = self.config.pool_size;
         }
-        for (setting, d) in [
-            ("connect_timeout", self.config.connect_timeout),
-            ("command_timeout", self.config.command_timeout),
-            ("invalidation_hold", self.config.invalidation_hold),
-        ] {
-            if d.is_zero() {
-                return Err(Error::Config {
-                    setting,
-                    reason: "must be greater than zero".into(),
-                });
-            }
-        }
-        if self.config.default_ttl.is_some_and(|d| d.as_millis() == 0) {
+        // Durations: rounded up to whole milliseconds, clamped to MAX_TTL, zero refused.
+        let c = &mut self.config;
+        c.connect_timeout = crate::limits::setting("connect_timeout", c.connect_timeout)?;
+        c.command_timeout = crate::limits::setting("command_timeout", c.command_timeout)?;
+        c.invalidation_hold = crate::limits::setting("invalidation_hold", c.invalidation_hold)?;
+        if self.config.default_ttl.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config {
                 setting: "default_ttl",
                 reason: "must be at least one millisecond; use `no_default_ttl` for none".into(),
             });
         }
+        if let Some(ttl) = self.config.default_ttl {
+            self.config.default_ttl = Some(crate::limits::setting("default_ttl", ttl)?);
+        }
+        if self.config.memory_capacity == 0 {
+            return Err(Error::Config {
+                setting: "memory_capacity",
+                reason: "must be at least one byte".into(),
+            });
+        }
+        crate::limits::value_size_setting(self.config.max_value_size)?;
         if let (Target::Redis(t), Some(tls)) = (&mut self.config.target, self.tls) {
             t.url = set_tls_scheme(&t.url, tls);
         }

@@ -93,6 +93,50 @@ pub enum Error {
         /// The key.
         key: String,
     },
+    /// A duration that cannot be used: zero, where the cache needs a lifetime (a TTL given
+    /// to a write or to `expire`, a lock's TTL, a window). Durations above
+    /// [`MAX_TTL`](crate::MAX_TTL) are clamped, not refused; see the README's "Durations and
+    /// sizes".
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cache_core::Error;
+    /// let cache = cache_core::Cache::in_memory();
+    /// let zero = cache.set("k", &1u8, Duration::ZERO).await;
+    /// assert!(matches!(zero, Err(Error::InvalidDuration { name: "ttl", .. })));
+    /// # }
+    /// ```
+    #[error("invalid duration `{name}` ({duration:?}): {reason}")]
+    InvalidDuration {
+        /// What the duration is for (`ttl`, ...).
+        name: &'static str,
+        /// The duration given.
+        duration: Duration,
+        /// What is accepted.
+        reason: &'static str,
+    },
+    /// A value whose stored form (after compression and encryption) is larger than
+    /// [`max_value_size`](crate::CacheBuilder::max_value_size): refused before it reaches the
+    /// backend. `#[cached]` functions and `get_or_set` return the value without storing it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Error};
+    /// let cache = Cache::builder().max_value_size(1024).build()?;
+    /// let big: Vec<String> = (0..1000).map(|i| i.to_string()).collect(); // ~4 kB of JSON
+    /// assert!(matches!(cache.set("page", &big, None).await, Err(Error::TooLarge { limit: 1024, .. })));
+    /// # Ok(()) }
+    /// ```
+    #[error("value for key `{key}` is {size} bytes stored, above the limit of {limit} bytes")]
+    TooLarge {
+        /// The key being written.
+        key: String,
+        /// The size of the value as it would be stored, in bytes.
+        size: usize,
+        /// The configured limit, in bytes.
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -112,6 +156,16 @@ impl Error {
     /// ```
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Connection { .. } | Error::Timeout { .. })
+    }
+
+    /// True for errors in what the caller handed over (a value that cannot be encoded or is
+    /// too large, a duration that cannot be used), not in the backend: not counted as backend
+    /// errors.
+    pub(crate) fn is_caller_side(&self) -> bool {
+        matches!(
+            self,
+            Error::Encode { .. } | Error::TooLarge { .. } | Error::InvalidDuration { .. }
+        )
     }
 
     pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {

@@ -31,6 +31,7 @@ mod compute;
 mod config;
 mod error;
 mod key;
+mod limits;
 mod stats;
 mod tags;
 
@@ -47,6 +48,7 @@ pub use cache::{install, installed, Cache, Lookup, Source};
 pub use config::CacheBuilder;
 pub use error::{Error, Result};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
+pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
 pub use stats::StatsSnapshot;
 
 #[cfg(feature = "macros")]

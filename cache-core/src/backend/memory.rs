@@ -118,7 +118,7 @@ impl MemoryBackend {
     pub(crate) fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let entry = Entry {
             data: Bytes::from(value),
-            expires_at: ttl.map(|t| Instant::now() + t),
+            expires_at: ttl.map(|t| crate::limits::deadline(Instant::now(), t)),
         };
         self.entries.insert(key.to_owned(), entry);
         Ok(())
@@ -141,7 +141,7 @@ impl MemoryBackend {
                 if current.as_ref().map(|e| &e.data[..]) == seen {
                     Op::Put(Entry {
                         data: Bytes::from(value),
-                        expires_at: ttl.map(|t| now + t),
+                        expires_at: ttl.map(|t| crate::limits::deadline(now, t)),
                     })
                 } else {
                     Op::Nop
@@ -173,7 +173,7 @@ impl MemoryBackend {
                 }
                 Op::Put(Entry {
                     data: tombstone.clone(),
-                    expires_at: Some(now + hold),
+                    expires_at: Some(crate::limits::deadline(now, hold)),
                 })
             });
         }
@@ -192,7 +192,7 @@ impl MemoryBackend {
             .and_compute_with(
                 |current| match current.and_then(|e| e.into_value().holding(now)) {
                     Some(e) => Op::Put(Entry {
-                        expires_at: Some(now + ttl),
+                        expires_at: Some(crate::limits::deadline(now, ttl)),
                         ..e
                     }),
                     None => Op::Nop,

@@ -105,8 +105,9 @@ static PTTL: LazyLock<Script> = script!(tombstone, "pttl");
 static PEXPIRE: LazyLock<Script> = script!(tombstone, "pexpire");
 static INCR_OVER_TOMBSTONE: LazyLock<Script> = script!(tombstone, "incr_over_tombstone");
 
+/// Milliseconds for `PX` / `PEXPIRE`, within what Redis accepts (see `limits`).
 fn millis(d: Duration) -> u64 {
-    d.as_millis().clamp(1, u64::MAX as u128) as u64
+    crate::limits::millis(d)
 }
 
 pub(crate) struct RedisBackend {

@@ -4,6 +4,7 @@
 mod foundation;
 mod harness;
 mod invalidation;
+mod limits;
 mod macros;
 mod tags;
 mod tls;
