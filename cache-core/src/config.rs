@@ -16,9 +16,24 @@ pub(crate) enum Target {
     Redis(RedisTarget),
 }
 
+/// How the Redis servers are laid out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Topology {
+    /// One server, at the target's URL.
+    Single,
+    /// A Redis Cluster, discovered from these seed nodes (the first is the target's URL).
+    Cluster(Vec<String>),
+    /// A primary resolved through these Sentinels under the `master` name.
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+    },
+}
+
 #[derive(Clone, PartialEq, Eq)]
 pub(crate) struct RedisTarget {
     pub(crate) url: String,
+    pub(crate) topology: Topology,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<String>,
     /// PEM certificate(s) to trust instead of the platform's store, for `rediss://`.
@@ -30,10 +45,29 @@ impl std::fmt::Debug for RedisTarget {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisTarget")
             .field("url", &redact_url(&self.url))
+            .field("topology", &self.topology_for_display())
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("tls_ca", &self.tls_ca.as_ref().map(|pem| pem.len()))
             .finish()
+    }
+}
+
+impl RedisTarget {
+    fn topology_for_display(&self) -> String {
+        let list = |urls: &[String]| {
+            urls.iter()
+                .map(|u| redact_url(u))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        match &self.topology {
+            Topology::Single => "single".to_owned(),
+            Topology::Cluster(nodes) => format!("cluster [{}]", list(nodes)),
+            Topology::Sentinel { sentinels, master } => {
+                format!("sentinel `{master}` [{}]", list(sentinels))
+            }
+        }
     }
 }
 
@@ -198,6 +232,23 @@ impl CacheBuilder {
         if let Some(url) = url {
             b = b.url(url);
         }
+        let list = |v: String| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        if let Some(nodes) = get("REDIS_CLUSTER_NODES") {
+            b = b.cluster_nodes(list(nodes));
+        }
+        if let Some(sentinels) = get("REDIS_SENTINEL_URLS") {
+            let master = get("REDIS_SENTINEL_MASTER").ok_or_else(|| Error::Config {
+                setting: "REDIS_SENTINEL_MASTER",
+                reason: "REDIS_SENTINEL_URLS is set: name the primary the sentinels monitor".into(),
+            })?;
+            b = b.sentinel(list(sentinels), master.trim());
+        }
         if let Some(u) = get("REDIS_USERNAME") {
             b = b.username(u);
         }
@@ -264,10 +315,12 @@ impl CacheBuilder {
         let target = match self.config.target {
             Target::Redis(t) => RedisTarget {
                 url: url.into(),
+                topology: Topology::Single,
                 ..t
             },
             Target::Memory => RedisTarget {
                 url: url.into(),
+                topology: Topology::Single,
                 username: None,
                 password: None,
                 tls_ca: None,
@@ -275,6 +328,61 @@ impl CacheBuilder {
         };
         self.config.target = Target::Redis(target);
         self
+    }
+
+    /// Uses a Redis Cluster, discovered from these seed nodes (`redis://host:port`, or
+    /// `rediss://` for TLS; one reachable seed is enough). Credentials and TLS settings apply to
+    /// every node. Env: `REDIS_CLUSTER_NODES`, comma-separated.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Source};
+    /// let cache = Cache::builder()
+    ///     .cluster_nodes(["redis://10.0.0.1:7000", "redis://10.0.0.2:7001"])
+    ///     .build()?; // does not connect
+    /// assert_eq!(cache.backend(), Source::Redis);
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster_nodes<S: Into<String>>(self, nodes: impl IntoIterator<Item = S>) -> Self {
+        let nodes: Vec<String> = nodes.into_iter().map(Into::into).collect();
+        let first = nodes.first().cloned().unwrap_or_default();
+        let mut b = self.url(first);
+        if let Target::Redis(t) = &mut b.config.target {
+            t.topology = Topology::Cluster(nodes);
+        }
+        b
+    }
+
+    /// Uses the primary that these Sentinels (`redis://host:26379`) report for `master`. The
+    /// primary is resolved on every new connection, so after a failover the cache follows it
+    /// (a connection to a demoted primary is dropped on its first `READONLY` answer).
+    /// Credentials and TLS settings apply to the data nodes; a Sentinel's own password goes in
+    /// its URL. Env: `REDIS_SENTINEL_URLS` (comma-separated) and `REDIS_SENTINEL_MASTER`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Source};
+    /// let cache = Cache::builder()
+    ///     .sentinel(["redis://10.0.0.1:26379", "redis://10.0.0.2:26379"], "mymaster")
+    ///     .build()?; // does not connect
+    /// assert_eq!(cache.backend(), Source::Redis);
+    /// # Ok(()) }
+    /// ```
+    pub fn sentinel<S: Into<String>>(
+        self,
+        sentinels: impl IntoIterator<Item = S>,
+        master: impl Into<String>,
+    ) -> Self {
+        let sentinels: Vec<String> = sentinels.into_iter().map(Into::into).collect();
+        let first = sentinels.first().cloned().unwrap_or_default();
+        let mut b = self.url(first);
+        if let Target::Redis(t) = &mut b.config.target {
+            t.topology = Topology::Sentinel {
+                sentinels,
+                master: master.into(),
+            };
+        }
+        b
     }
 
     /// The ACL user name (overrides one in the URL or the environment), whether the URL is
@@ -628,6 +736,49 @@ impl CacheBuilder {
             t.username = given.username.or(t.username.take());
             t.password = given.password.or(t.password.take());
             t.tls_ca = given.tls_ca.or(t.tls_ca.take());
+        }
+        if let Target::Redis(t) = &mut self.config.target {
+            let tls = self.tls;
+            let retls = |urls: &mut Vec<String>| {
+                if let Some(tls) = tls {
+                    for u in urls.iter_mut() {
+                        *u = set_tls_scheme(u, tls);
+                    }
+                }
+            };
+            let (setting, urls) = match &mut t.topology {
+                Topology::Single => ("REDIS_URL", None),
+                Topology::Cluster(nodes) => ("REDIS_CLUSTER_NODES", Some(nodes)),
+                Topology::Sentinel { sentinels, master } => {
+                    if master.trim().is_empty() {
+                        return Err(Error::Config {
+                            setting: "REDIS_SENTINEL_MASTER",
+                            reason: "the primary's name is empty".into(),
+                        });
+                    }
+                    ("REDIS_SENTINEL_URLS", Some(sentinels))
+                }
+            };
+            if let Some(urls) = urls {
+                retls(urls);
+                if urls.is_empty() {
+                    return Err(Error::Config {
+                        setting,
+                        reason: "no node given".into(),
+                    });
+                }
+                for u in urls.iter() {
+                    if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                        return Err(Error::Config {
+                            setting,
+                            reason: format!(
+                                "`{}` is not a redis URL; expected `redis://host:port` or `rediss://host:port`",
+                                redact_url(u)
+                            ),
+                        });
+                    }
+                }
+            }
         }
         if let Target::Redis(t) = &self.config.target {
             if !(t.url.starts_with("redis://")

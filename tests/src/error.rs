@@ -48,6 +48,12 @@ pub enum HarnessError {
         /// The end of its output.
         log: String,
     },
+    /// A cluster or Sentinel setup did not come together (`what` says which step, with the
+    /// nodes' answers).
+    Topology {
+        /// The step and what the nodes said.
+        what: String,
+    },
     /// Every free port tried was taken by someone else before the server bound it.
     PortRace {
         /// How many ports were tried.
@@ -95,6 +101,7 @@ impl fmt::Display for HarnessError {
                 f,
                 "redis-server did not answer PING within {waited:?}\ncommand: {command}\noutput:\n{log}"
             ),
+            HarnessError::Topology { what } => write!(f, "{what}"),
             HarnessError::PortRace { attempts, log } => write!(
                 f,
                 "redis-server could not bind a free loopback port in {attempts} attempts (another process took each one first)\nlast output:\n{log}"

@@ -24,6 +24,7 @@
 //! # }
 //! ```
 
+mod cluster;
 mod error;
 mod process;
 mod server;
@@ -31,6 +32,7 @@ mod server;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+pub use cluster::{RedisCluster, SentinelSetup, SENTINEL_MASTER, TOPOLOGY_TIMEOUT};
 pub use error::HarnessError;
 pub use server::{
     answers_ping, find_redis_server, find_redis_server_in, redis_server_version, RedisServer,
@@ -87,12 +89,75 @@ pub fn memory_cache() -> cache_core::Cache {
         .unwrap_or_else(|e| panic!("cannot build an in-memory cache: {e}"))
 }
 
-/// A cache on the [`shared_server`], in a fresh namespace.
-pub fn redis_cache() -> cache_core::Cache {
-    redis_cache_at(&redis_url())
+/// The Redis deployment the Redis-backed tests run against, from `CACHE_TEST_TOPOLOGY`:
+/// `single` (default: the [`shared_server`]), `cluster` (a [`RedisCluster`] shared by the test
+/// process) or `sentinel` (a [`SentinelSetup`] shared likewise). `scripts/test` runs the suite
+/// once per topology.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One redis-server.
+    Single,
+    /// Three primaries and three replicas in cluster mode.
+    Cluster,
+    /// A primary and a replica behind three Sentinels.
+    Sentinel,
 }
 
-/// A cache on the server at `url` (such as [`RedisServer::url`]), in a fresh namespace.
+/// The topology `CACHE_TEST_TOPOLOGY` selects; panics on an unknown name.
+///
+/// ```
+/// let t = tests::topology();
+/// assert!(matches!(t, tests::Topology::Single | tests::Topology::Cluster | tests::Topology::Sentinel));
+/// ```
+pub fn topology() -> Topology {
+    match std::env::var("CACHE_TEST_TOPOLOGY")
+        .as_deref()
+        .map(str::trim)
+    {
+        Err(_) | Ok("") | Ok("single") => Topology::Single,
+        Ok("cluster") => Topology::Cluster,
+        Ok("sentinel") => Topology::Sentinel,
+        Ok(other) => panic!("CACHE_TEST_TOPOLOGY=`{other}`: expected single, cluster or sentinel"),
+    }
+}
+
+/// The cluster shared by the tests of this process, started on first use.
+pub fn shared_cluster() -> &'static RedisCluster {
+    static SHARED: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
+    match SHARED.get_or_init(|| RedisCluster::try_start().map_err(|e| e.to_string())) {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("cannot start the redis cluster shared by this test process: {e}"),
+    }
+}
+
+/// The Sentinel setup shared by the tests of this process, started on first use.
+pub fn shared_sentinel() -> &'static SentinelSetup {
+    static SHARED: OnceLock<Result<SentinelSetup, String>> = OnceLock::new();
+    match SHARED.get_or_init(|| SentinelSetup::try_start().map_err(|e| e.to_string())) {
+        Ok(setup) => setup,
+        Err(e) => panic!("cannot start the sentinel setup shared by this test process: {e}"),
+    }
+}
+
+/// A builder on the selected [`topology`], in a fresh namespace.
+pub fn redis_builder() -> cache_core::CacheBuilder {
+    let builder = cache_core::Cache::builder().namespace(unique_namespace());
+    match topology() {
+        Topology::Single => builder.url(redis_url()),
+        Topology::Cluster => builder.cluster_nodes(shared_cluster().urls()),
+        Topology::Sentinel => builder.sentinel(shared_sentinel().sentinel_urls(), SENTINEL_MASTER),
+    }
+}
+
+/// A cache on the selected [`topology`] (the [`shared_server`] by default), in a fresh
+/// namespace.
+pub fn redis_cache() -> cache_core::Cache {
+    redis_builder()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot build a cache on the test topology: {e}"))
+}
+
+/// A cache on the single server at `url` (such as [`RedisServer::url`]), in a fresh namespace.
 pub fn redis_cache_at(url: &str) -> cache_core::Cache {
     let namespace = unique_namespace();
     cache_core::Cache::builder()
@@ -100,6 +165,82 @@ pub fn redis_cache_at(url: &str) -> cache_core::Cache {
         .namespace(namespace.as_str())
         .build()
         .unwrap_or_else(|e| panic!("cannot build a cache on `{url}`: {e}"))
+}
+
+/// A raw connection to where [`redis_cache`] keeps its keys, bypassing the cache: a
+/// multiplexed connection to the server (or the Sentinels' primary), or a cluster connection
+/// that routes each command by its key.
+pub async fn raw_connection() -> RawConnection {
+    match topology() {
+        Topology::Single => RawConnection::Single(
+            shared_server()
+                .client()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap_or_else(|e| panic!("a raw connection to redis-server: {e}")),
+        ),
+        Topology::Cluster => RawConnection::Cluster(
+            redis::cluster::ClusterClient::new(shared_cluster().urls())
+                .unwrap_or_else(|e| panic!("a cluster client: {e}"))
+                .get_async_connection()
+                .await
+                .unwrap_or_else(|e| panic!("a raw connection to the cluster: {e}")),
+        ),
+        Topology::Sentinel => {
+            let port = shared_sentinel()
+                .current_primary_port()
+                .unwrap_or_else(|| panic!("the sentinels name no primary"));
+            let client = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap_or_else(|e| panic!("a client of the primary: {e}"));
+            RawConnection::Single(
+                client
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap_or_else(|e| panic!("a raw connection to the primary: {e}")),
+            )
+        }
+    }
+}
+
+/// What [`raw_connection`] returns: use it with `redis::cmd(..).query_async(&mut con)`.
+#[derive(Clone)]
+#[allow(missing_debug_implementations)]
+pub enum RawConnection {
+    /// One server.
+    Single(redis::aio::MultiplexedConnection),
+    /// A cluster.
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for RawConnection {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RawConnection::Single(c) => c.req_packed_command(cmd),
+            RawConnection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RawConnection::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RawConnection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RawConnection::Single(c) => c.get_db(),
+            RawConnection::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// One cache per backend, each in a fresh namespace: `("memory", ..)` and

@@ -138,6 +138,8 @@ pub struct RedisServerBuilder {
     binary: Option<PathBuf>,
     args: Vec<OsString>,
     ready_timeout: Duration,
+    config_file: Option<String>,
+    sentinel: bool,
 }
 
 impl RedisServerBuilder {
@@ -151,6 +153,20 @@ impl RedisServerBuilder {
     /// `.arg("--requirepass").arg("secret")`.
     pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// A configuration file with this text, written into the server's directory and given
+    /// first on the command line (the server may rewrite it, as Sentinel does).
+    pub fn config_file(mut self, text: impl Into<String>) -> Self {
+        self.config_file = Some(text.into());
+        self
+    }
+
+    /// Runs the binary as a Sentinel (`--sentinel`); needs a [`config_file`](Self::config_file)
+    /// with the `sentinel monitor ...` lines.
+    pub fn sentinel(mut self) -> Self {
+        self.sentinel = true;
         self
     }
 
@@ -186,7 +202,19 @@ impl RedisServerBuilder {
             .and_then(|major| major.parse::<u32>().ok())
             .is_some_and(|major| major >= 7);
         let dir = make_data_dir()?;
+        let config_path = match &self.config_file {
+            Some(text) => {
+                let path = dir.join("redis.conf");
+                fs::write(&path, text).map_err(|e| {
+                    HarnessError::io(format!("cannot write `{}`", path.display()), e)
+                })?;
+                Some(path)
+            }
+            None => None,
+        };
         let mut server = RedisServer {
+            config_path,
+            sentinel: self.sentinel,
             debug_command,
             log_path: dir.join("redis.log"),
             dir,
@@ -230,6 +258,8 @@ impl RedisServerBuilder {
 #[derive(Debug)]
 pub struct RedisServer {
     binary: PathBuf,
+    config_path: Option<PathBuf>,
+    sentinel: bool,
     args: Vec<OsString>,
     ready_timeout: Duration,
     /// Whether this version knows `--enable-debug-command` (7.0 and later).
@@ -253,6 +283,8 @@ impl RedisServer {
             binary: None,
             args: Vec::new(),
             ready_timeout: READY_TIMEOUT,
+            config_file: None,
+            sentinel: false,
         }
     }
 
@@ -401,6 +433,12 @@ impl RedisServer {
 
     fn command(&self) -> Command {
         let mut command = Command::new(&self.binary);
+        if let Some(path) = &self.config_path {
+            command.arg(path);
+        }
+        if self.sentinel {
+            command.arg("--sentinel");
+        }
         command
             .arg("--port")
             .arg(self.port.to_string())
@@ -524,7 +562,7 @@ impl Drop for RedisServer {
 
 /// A port on 127.0.0.1 that was free a moment ago: bound by the OS, then
 /// released for redis-server to bind (hence the retries on a race).
-fn free_port() -> Result<u16, HarnessError> {
+pub(crate) fn free_port() -> Result<u16, HarnessError> {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .map_err(|e| HarnessError::io("cannot bind a loopback port", e))?;
     let port = listener

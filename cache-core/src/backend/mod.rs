@@ -4,6 +4,7 @@
 //! An enum rather than a trait object: the hot path stays monomorphic (no boxed futures),
 //! and the circuit breaker can later wrap the enum in one place.
 
+pub(crate) mod cluster;
 pub(crate) mod memory;
 pub(crate) mod redis;
 

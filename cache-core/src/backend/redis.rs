@@ -19,12 +19,13 @@ use std::time::Duration;
 
 use bb8_redis::bb8::{ErrorSink, ManageConnection, Pool, RunError};
 use bytes::Bytes;
-use redis::aio::MultiplexedConnection;
+use futures_util::future::try_join_all;
 use redis::{
     AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, Pipeline, RedisError, Script,
     ScriptInvocation,
 };
 
+use super::cluster::{by_slot, AnyConnection, Connector};
 use super::{KeyTtl, TagKey, Write};
 use crate::config::{Config, RedisTarget};
 use crate::error::{Error, Result};
@@ -32,12 +33,12 @@ use crate::error::{Error, Result};
 /// A pooled multiplexed connection and the flag its users raise when it dies.
 #[derive(Clone)]
 pub(crate) struct Conn {
-    inner: MultiplexedConnection,
+    inner: AnyConnection,
     broken: Arc<AtomicBool>,
 }
 
 pub(crate) struct Manager {
-    client: redis::Client,
+    connector: Arc<Connector>,
     config: AsyncConnectionConfig,
 }
 
@@ -46,14 +47,10 @@ impl ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let inner = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        Ok(Conn {
-            inner,
-            broken: Arc::new(AtomicBool::new(false)),
-        })
+        let inner = self.connector.connect(&self.config).await?;
+        let broken = Arc::new(AtomicBool::new(false));
+        self.connector.track(&broken);
+        Ok(Conn { inner, broken })
     }
 
     async fn is_valid(&self, conn: &mut Conn) -> Result<(), RedisError> {
@@ -117,7 +114,10 @@ pub(crate) struct RedisBackend {
     /// Handles in use, one per slot; `None` until first use or after a break.
     slots: Box<[RwLock<Option<Conn>>]>,
     next_slot: AtomicUsize,
-    client: redis::Client,
+    /// Makes connections for the target's topology (one server, cluster, Sentinel).
+    connector: Arc<Connector>,
+    /// Multi-key scripts and pipelines are split by hash slot on a cluster.
+    cluster: bool,
     conn_config: AsyncConnectionConfig,
     last_error: LastError,
     pool_size: u32,
@@ -159,6 +159,7 @@ impl RedisBackend {
         }
         let info = info.set_redis_settings(redis_settings);
         let client = open_client(info, target)?;
+        let connector = Arc::new(Connector::new(client, target, config)?);
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
@@ -168,7 +169,8 @@ impl RedisBackend {
                 .map(|_| RwLock::new(None))
                 .collect(),
             next_slot: AtomicUsize::new(0),
-            client,
+            cluster: connector.is_cluster(),
+            connector,
             conn_config,
             last_error: LastError::default(),
             pool_size: config.pool_size,
@@ -191,7 +193,7 @@ impl RedisBackend {
                 .connection_timeout(self.connect_timeout)
                 .error_sink(Box::new(self.last_error.clone()))
                 .build_unchecked(Manager {
-                    client: self.client.clone(),
+                    connector: self.connector.clone(),
                     config: self.conn_config.clone(),
                 })
         })
@@ -252,7 +254,12 @@ impl RedisBackend {
     /// Classifies a failure; a connection that died under a request is marked broken, so
     /// its slot refills and bb8 replaces it.
     fn failed(&self, conn: &Conn, operation: &'static str, e: RedisError) -> Error {
-        if e.is_unrecoverable_error() || e.is_connection_dropped() || e.is_io_error() {
+        // READONLY: a primary demoted by a failover; the next connection asks Sentinel again.
+        if e.is_unrecoverable_error()
+            || e.is_connection_dropped()
+            || e.is_io_error()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+        {
             conn.broken.store(true, Ordering::Relaxed);
         }
         Error::from_redis(operation, e, self.command_timeout)
@@ -393,11 +400,26 @@ impl RedisBackend {
         if writes.is_empty() {
             return Ok(());
         }
-        let mut pipe = redis::pipe();
-        for (key, value, ttl) in &writes {
-            pipe.add_command(Self::set_cmd(key, value, *ttl)).ignore();
+        let keys: Vec<&str> = writes.iter().map(|(k, _, _)| k.as_str()).collect();
+        let pipes = self.split(&keys).into_iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for i in group {
+                let (key, value, ttl) = &writes[i];
+                pipe.add_command(Self::set_cmd(key, value, *ttl)).ignore();
+            }
+            self.run_pipe::<()>("SET (batch)", pipe)
+        });
+        try_join_all(pipes).await.map(drop)
+    }
+
+    /// Indexes of `keys` in groups one script or pipeline may carry: all of them on one server,
+    /// one group per hash slot on a cluster.
+    fn split<K: AsRef<str>>(&self, keys: &[K]) -> Vec<Vec<usize>> {
+        if self.cluster {
+            by_slot(keys)
+        } else {
+            vec![(0..keys.len()).collect()]
         }
-        self.run_pipe("SET (batch)", pipe).await
     }
 
     /// Replaces each key's value with `tombstone` for `hold`, in one script (one round trip,
@@ -411,9 +433,15 @@ impl RedisBackend {
         if keys.is_empty() {
             return Ok(0);
         }
-        let mut invocation = INVALIDATE.prepare_invoke();
-        invocation.key(keys).arg(tombstone).arg(millis(hold));
-        self.run_script("delete", &invocation).await
+        let groups = self.split(keys).into_iter().map(|group| async move {
+            let mut invocation = INVALIDATE.prepare_invoke();
+            for i in group {
+                invocation.key(&keys[i]);
+            }
+            invocation.arg(tombstone).arg(millis(hold));
+            self.run_script::<u64>("delete", &invocation).await
+        });
+        Ok(try_join_all(groups).await?.into_iter().sum())
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
@@ -473,11 +501,16 @@ impl RedisBackend {
         if tag_keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for k in tag_keys {
-            pipe.cmd("INCR").arg(k);
-        }
-        self.run_pipe("INCR (tags)", pipe).await
+        let groups = self.split(tag_keys);
+        let pipes = groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for &i in group {
+                pipe.cmd("INCR").arg(&tag_keys[i]);
+            }
+            self.run_pipe::<Vec<u64>>("INCR (tags)", pipe)
+        });
+        let answers = try_join_all(pipes).await?;
+        Ok(reassemble(&groups, answers, tag_keys.len(), 0))
     }
 
     pub(crate) async fn create_versions<K: TagKey>(
@@ -488,14 +521,46 @@ impl RedisBackend {
         if tag_keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for k in tag_keys {
-            pipe.cmd("SET").arg(k).arg(initial).arg("NX").ignore();
-            pipe.cmd("GET").arg(k);
-        }
-        let values: Vec<Option<Vec<u8>>> = self.run_pipe("SET NX+GET (tags)", pipe).await?;
-        Ok(decode_versions(values))
+        let groups = self.split(tag_keys);
+        let pipes = groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for &i in group {
+                let k = &tag_keys[i];
+                pipe.cmd("SET").arg(k).arg(initial).arg("NX").ignore();
+                pipe.cmd("GET").arg(k);
+            }
+            self.run_pipe::<Vec<Option<Vec<u8>>>>("SET NX+GET (tags)", pipe)
+        });
+        let answers = try_join_all(pipes).await?;
+        Ok(decode_versions(reassemble(
+            &groups,
+            answers,
+            tag_keys.len(),
+            None,
+        )))
     }
+}
+
+/// Puts answers of per-group requests back in the order of the keys the groups index.
+fn reassemble<T: Clone>(
+    groups: &[Vec<usize>],
+    answers: Vec<Vec<T>>,
+    len: usize,
+    fill: T,
+) -> Vec<T> {
+    if groups.len() == 1 {
+        if let Some(only) = answers.into_iter().next() {
+            return only;
+        }
+        return Vec::new();
+    }
+    let mut out = vec![fill; len];
+    for (group, answer) in groups.iter().zip(answers) {
+        for (&i, v) in group.iter().zip(answer) {
+            out[i] = v;
+        }
+    }
+    out
 }
 
 /// True if `INCRBY` failed because of what the key holds (not a counter, or a counter that

@@ -53,8 +53,7 @@ pub(crate) fn backends_with(
         .in_memory()
         .build()
         .expect("an in-memory cache builds");
-    let redis = configure(Cache::builder().namespace(tests::unique_namespace()))
-        .url(tests::redis_url())
+    let redis = configure(tests::redis_builder())
         .build()
         .expect("a redis cache builds");
     vec![("memory", memory), ("redis", redis)]
@@ -72,13 +71,15 @@ pub(crate) fn cache_at(url: &str, connect_timeout: Duration) -> Cache {
 
 /// Raw commands on a Redis server, bypassing the cache.
 pub(crate) struct Raw {
-    con: redis::aio::MultiplexedConnection,
+    con: tests::RawConnection,
 }
 
 impl Raw {
-    /// On the shared server (the one `tests::backends()` uses).
+    /// On the test topology (where `tests::backends()` keeps its keys).
     pub(crate) async fn shared() -> Raw {
-        Raw::on(&tests::shared_server().client()).await
+        Raw {
+            con: tests::raw_connection().await,
+        }
     }
 
     pub(crate) async fn on(client: &redis::Client) -> Raw {
@@ -86,7 +87,9 @@ impl Raw {
             .get_multiplexed_async_connection()
             .await
             .expect("a raw connection to redis-server");
-        Raw { con }
+        Raw {
+            con: tests::RawConnection::Single(con),
+        }
     }
 
     pub(crate) async fn query<T: redis::FromRedisValue>(&mut self, cmd: &redis::Cmd) -> T {

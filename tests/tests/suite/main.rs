@@ -8,3 +8,4 @@ mod limits;
 mod macros;
 mod tags;
 mod tls;
+mod topology;

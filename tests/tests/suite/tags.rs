@@ -52,13 +52,11 @@ async fn a_tag_version_key_lost_and_recreated_does_not_revive_old_entries() {
         let version_key = format!("{}~tag:t", cache.key_prefix());
         match cache.backend() {
             cache_core::Source::Redis => {
-                let mut con = tests::shared_server()
-                    .client()
-                    .get_connection()
-                    .expect("connects");
+                let mut con = tests::raw_connection().await;
                 let _: i64 = redis::cmd("DEL")
                     .arg(&version_key)
-                    .query(&mut con)
+                    .query_async(&mut con)
+                    .await
                     .expect("DEL");
             }
             _ => {
@@ -88,15 +86,13 @@ async fn a_tag_version_key_holding_garbage_reads_as_changed_not_as_an_error() {
     let cache = tests::redis_cache();
     cache.set_tagged("a", &1, None, &["t"]).await.expect("set");
     let version_key = format!("{}~tag:t", cache.key_prefix());
-    let mut con = tests::shared_server()
-        .client()
-        .get_connection()
-        .expect("connects");
+    let mut con = tests::raw_connection().await;
     for garbage in [&b"not a number"[..], b"-5", b"\xc7\x01", b""] {
         let _: () = redis::cmd("SET")
             .arg(&version_key)
             .arg(garbage)
-            .query(&mut con)
+            .query_async(&mut con)
+            .await
             .expect("SET");
         assert_eq!(
             cache
@@ -118,7 +114,8 @@ async fn a_tag_version_key_holding_garbage_reads_as_changed_not_as_an_error() {
     // Once the version key is repaired (deleted), the tag works again.
     let _: i64 = redis::cmd("DEL")
         .arg(&version_key)
-        .query(&mut con)
+        .query_async(&mut con)
+        .await
         .expect("DEL");
     cache.set_tagged("c", &3, None, &["t"]).await.expect("set");
     assert_eq!(cache.get::<i32>("c").await.expect("get"), Some(3));
