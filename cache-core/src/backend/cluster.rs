@@ -68,7 +68,7 @@ impl ConnectionLike for AnyConnection {
 #[allow(clippy::large_enum_variant)]
 pub(crate) enum Connector {
     Single(redis::Client),
-    Cluster(ClusterClient),
+    Cluster(ClusterClient, Vec<redis::Client>),
     Sentinel(Arc<SentinelConnector>),
 }
 
@@ -191,10 +191,21 @@ impl Connector {
                         root_cert: Some(pem.clone()),
                     });
                 }
-                builder
+                let cluster = builder
                     .build()
-                    .map(Connector::Cluster)
-                    .map_err(|e| invalid("REDIS_CLUSTER_NODES", e))
+                    .map_err(|e| invalid("REDIS_CLUSTER_NODES", e))?;
+                // Pub/sub goes to one node: a client per seed, with the credentials applied.
+                let settings = client.get_connection_info().redis_settings().clone();
+                let seeds = nodes
+                    .iter()
+                    .filter_map(|n| {
+                        redis::IntoConnectionInfo::into_connection_info(n.as_str()).ok()
+                    })
+                    .filter_map(|info| {
+                        redis::Client::open(info.set_redis_settings(settings.clone())).ok()
+                    })
+                    .collect();
+                Ok(Connector::Cluster(cluster, seeds))
             }
             Topology::Sentinel { sentinels, master } => {
                 let data_nodes = client.get_connection_info().redis_settings().clone();
@@ -228,7 +239,7 @@ impl Connector {
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Connector::Cluster(_))
+        matches!(self, Connector::Cluster(..))
     }
 
     pub(crate) async fn connect(
@@ -240,7 +251,7 @@ impl Connector {
                 .get_multiplexed_async_connection_with_config(config)
                 .await
                 .map(AnyConnection::Single),
-            Connector::Cluster(client) => client
+            Connector::Cluster(client, _) => client
                 .get_async_connection()
                 .await
                 .map(AnyConnection::Cluster),
@@ -251,6 +262,34 @@ impl Connector {
                 .get_async_connection_with_config(config)
                 .await
                 .map(AnyConnection::Single),
+        }
+    }
+
+    /// A pub/sub connection for feeds between instances (the L1's invalidations): to the
+    /// server, to the primary Sentinel names, or to the first cluster seed that answers (a
+    /// plain `PUBLISH` on a cluster reaches the subscribers of every node).
+    pub(crate) async fn pubsub(&self) -> RedisResult<redis::aio::PubSub> {
+        match self {
+            Connector::Single(client) => client.get_async_pubsub().await,
+            Connector::Sentinel(sentinel) => {
+                let client = sentinel.client.lock().await.async_get_client().await?;
+                client.get_async_pubsub().await
+            }
+            Connector::Cluster(_, seeds) => {
+                let mut last = None;
+                for seed in seeds {
+                    match seed.get_async_pubsub().await {
+                        Ok(pubsub) => return Ok(pubsub),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::InvalidClientConfig,
+                        "no cluster seed node",
+                    ))
+                }))
+            }
         }
     }
 

@@ -296,6 +296,24 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
+    /// A dedicated pub/sub connection on this topology (see `Connector::pubsub`), bounded by
+    /// the connect timeout. Not pooled: a feed keeps it for its lifetime.
+    #[allow(dead_code)] // the L1 invalidation feed subscribes with it
+    pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        match tokio::time::timeout(self.connect_timeout, self.connector.pubsub()).await {
+            Ok(result) => {
+                result.map_err(|e| Error::from_redis("subscribe", e, self.connect_timeout))
+            }
+            Err(_) => Err(Error::Connection {
+                message: format!(
+                    "no pub/sub connection to {} within {:?}",
+                    self.display_url, self.connect_timeout
+                ),
+                source: None,
+            }),
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
