@@ -301,6 +301,29 @@ impl Connector {
     }
 }
 
+/// The primaries that serve slots now, from `CLUSTER NODES` (one line a node:
+/// `id host:port@bus[,hostname] flags master ping pong epoch link slot...`), skipping failed
+/// ones and primaries without slots.
+pub(crate) fn serving_primaries(cluster_nodes: &str) -> Vec<(String, u16)> {
+    cluster_nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let is_primary = flags.split(',').any(|f| f == "master");
+            let failed = flags
+                .split(',')
+                .any(|f| f == "fail" || f == "fail?" || f == "noaddr");
+            if !is_primary || failed || fields.len() <= 8 || fields.get(7) != Some(&"connected") {
+                return None;
+            }
+            let addr = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Indexes of `keys` grouped by hash slot, in first-seen order: what a multi-key script or a
 /// pipeline must be split into on a cluster.
 pub(crate) fn by_slot<K: AsRef<str>>(keys: &[K]) -> Vec<Vec<usize>> {
@@ -317,7 +340,27 @@ pub(crate) fn by_slot<K: AsRef<str>>(keys: &[K]) -> Vec<Vec<usize>> {
 
 #[cfg(test)]
 mod tests {
-    use super::by_slot;
+    use super::{by_slot, serving_primaries};
+
+    #[test]
+    fn serving_primaries_are_read_from_cluster_nodes() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002,host2 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383
+6ec2 127.0.0.1:30005@31005 master,fail - 1426238316232 1426238315000 5 disconnected 0-5460
+824f 127.0.0.1:30006@31006 master - 0 1426238317741 6 connected
+e7d1 [::1]:30001@31001 myself,master - 0 0 1 connected 0-5460
+";
+        assert_eq!(
+            serving_primaries(nodes),
+            vec![
+                ("127.0.0.1".to_owned(), 30002),
+                ("127.0.0.1".to_owned(), 30003),
+                ("::1".to_owned(), 30001)
+            ]
+        );
+    }
 
     #[test]
     fn keys_sharing_a_hash_tag_share_a_group() {

@@ -296,6 +296,52 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
+    /// Where a keyspace-wide command (`SCAN`) must run to see every key: the one server
+    /// (`None`), or each cluster primary that serves slots now, by address (`SCAN` has no key
+    /// to route by, and a cluster connection would send it to one random node).
+    #[allow(dead_code)] // pattern invalidation scans every primary with it
+    pub(crate) async fn keyspace_nodes(&self) -> Result<Vec<Option<(String, u16)>>> {
+        if !self.cluster {
+            return Ok(vec![None]);
+        }
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        let nodes: String = self.run("CLUSTER NODES", cmd).await?;
+        Ok(super::cluster::serving_primaries(&nodes)
+            .into_iter()
+            .map(Some)
+            .collect())
+    }
+
+    /// `cmd` on one node of [`keyspace_nodes`](Self::keyspace_nodes) (`None`: wherever
+    /// commands go).
+    #[allow(dead_code)] // pattern invalidation scans every primary with it
+    pub(crate) async fn run_on<T: FromRedisValue>(
+        &self,
+        node: Option<&(String, u16)>,
+        operation: &'static str,
+        cmd: Cmd,
+    ) -> Result<T> {
+        let Some((host, port)) = node else {
+            return self.run(operation, cmd).await;
+        };
+        let conn = self.conn().await?;
+        let AnyConnection::Cluster(mut cluster) = conn.inner.clone() else {
+            return self.run(operation, cmd).await;
+        };
+        let routing = redis::cluster_routing::RoutingInfo::SingleNode(
+            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            },
+        );
+        let result = cluster
+            .route_command(cmd, routing)
+            .await
+            .and_then(|v| T::from_redis_value(v).map_err(Into::into));
+        result.map_err(|e| self.failed(&conn, operation, e))
+    }
+
     /// A dedicated pub/sub connection on this topology (see `Connector::pubsub`), bounded by
     /// the connect timeout. Not pooled: a feed keeps it for its lifetime.
     #[allow(dead_code)] // the L1 invalidation feed subscribes with it
