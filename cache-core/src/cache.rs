@@ -689,6 +689,18 @@ impl Cache {
     ) -> Result<bool> {
         let ttl = crate::limits::ttl(ttl)?;
         let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
+        self.write_encoded(full, bytes, ttl, condition).await
+    }
+
+    /// Writes what [`encode_entry`](Self::encode_entry) made, if `condition` holds (counted
+    /// as a write, or as superseded).
+    pub(crate) async fn write_encoded(
+        &self,
+        full: &str,
+        bytes: Vec<u8>,
+        ttl: Option<Duration>,
+        condition: WriteIf,
+    ) -> Result<bool> {
         let backend = &self.shared.backend;
         let written = match condition {
             WriteIf::Always => backend.set(full, bytes, ttl).await.map(|()| true)?,
@@ -711,15 +723,35 @@ impl Cache {
         full: &str,
         value: &T,
         ttl: Option<Duration>,
+        tags: (&[String], &[u64]),
+        compute_us: u32,
+        fingerprint: u64,
+    ) -> Result<Vec<u8>> {
+        self.encode_entry(full, value, ttl, None, tags, compute_us, fingerprint)
+    }
+
+    /// [`encode`](Self::encode) with a stale window: the entry is logically expired after
+    /// `ttl` and kept (to be served stale) for `stale` more (compute.rs).
+    #[allow(clippy::too_many_arguments)] // one private step
+    pub(crate) fn encode_entry<T: Serialize + 'static>(
+        &self,
+        full: &str,
+        value: &T,
+        ttl: Option<Duration>,
+        stale: Option<Duration>,
         (tag_keys, tag_versions): (&[String], &[u64]),
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<Vec<u8>> {
         let now = codec::now_ms();
+        let expires_at_ms = ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t));
         let meta = Meta {
             created_at_ms: now,
-            expires_at_ms: ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t)),
-            stale_until_ms: 0,
+            expires_at_ms,
+            stale_until_ms: match (ttl, stale) {
+                (Some(_), Some(stale)) => crate::limits::expires_at_ms(expires_at_ms, stale),
+                _ => 0,
+            },
             compute_us,
             fingerprint,
             tag_keys,

@@ -1,22 +1,642 @@
 //! The get-or-compute pipeline: read, compute on a miss, store unless an invalidation landed
-//! meanwhile. `get_or_set`, `try_get_or_set` and the code `#[cached]` generates all come here.
+//! meanwhile. `get_or_set`, `try_get_or_set`, `get_or_set_with` and the code `#[cached]`
+//! generates all come here.
+//!
+//! The steps, in order (each a function below, so other capabilities hook in at one place):
+//! 1. **read**: one round trip for the value and its tags' versions; a fresh hit returns
+//!    here and pays for nothing else below (no lock, no map lookup);
+//! 2. **early refresh** (`refresh = "early"`): a fresh hit near its expiry may start one
+//!    refresh (XFetch) and still returns the value it read;
+//! 3. **stale** (`stale = ..`): a value past its TTL but inside its stale window is served
+//!    while one refresh runs (waiting for it up to `soft_timeout`);
+//! 4. **single-flight** (`lock = "local"`, the default): concurrent misses of one key in this
+//!    process join one computation; the others wait for its encoded result;
+//! 5. **fill lock** (`lock = "distributed"`): across processes, see [`fill_lock`];
+//! 6. **compute** with `hard_timeout`, catching panics, and **record**: store what the mode
+//!    keeps (conditionally, so an invalidation that landed meanwhile wins), hand the encoded
+//!    value to the waiters, or on failure serve the stale value and extend its life by the
+//!    fail-safe throttle.
+//!
+//! Futures of generated code may borrow their arguments (`&self`, `&str`): they are always
+//! driven by their own caller, in its task. Only when the future is `Send + 'static`
+//! ([`Spawn`]) can a computation outlive its caller (a refresh behind a stale value, a
+//! computation past its soft or hard timeout); otherwise ([`Inline`]) the caller that runs
+//! it waits for it (bounded by the hard timeout) while every other caller is served the
+//! stale value at once.
 
+use std::any::Any;
+use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::cache::{Cache, Lookup, WriteIf};
 use crate::codec;
+use crate::error::Error;
 use crate::private::Mode;
 use crate::tags;
 
+pub(crate) mod fill_lock;
+
+// ---- options ---------------------------------------------------------------------------------
+
+/// Stampede protection of a get-or-compute: who computes when several callers miss one key.
+///
+/// ```
+/// use cache_core::{ComputeOptions, FillLock};
+/// let options = ComputeOptions::new().lock(FillLock::Distributed);
+/// # let _ = options;
+/// assert_eq!(FillLock::default(), FillLock::Local);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FillLock {
+    /// Every caller that misses computes.
+    None,
+    /// Single-flight in the process: one computation per key, the other callers wait for
+    /// its result (the default).
+    #[default]
+    Local,
+    /// Single-flight in the process, and a lease in Redis so that one process computes
+    /// while the others wait for its value (bounded by the lock wait) or serve the stale
+    /// one. A lock not had in time is computed anyway (availability over strictness).
+    Distributed,
+}
+
+/// What a get-or-compute does beyond its TTL; built by [`ComputeOptions`] or the macro.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Policy {
+    pub(crate) stale: Option<Duration>,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    /// XFetch's beta; 0: no early refresh.
+    pub(crate) early_refresh_beta: f64,
+    pub(crate) lock: FillLock,
+    pub(crate) fail_safe_throttle: Duration,
+    pub(crate) lock_wait: Duration,
+    pub(crate) lock_lease: Duration,
+}
+
+impl Policy {
+    pub(crate) const DEFAULT: Policy = Policy {
+        stale: None,
+        soft_timeout: None,
+        hard_timeout: None,
+        early_refresh_beta: 0.0,
+        lock: FillLock::Local,
+        fail_safe_throttle: Duration::from_secs(30),
+        lock_wait: Duration::from_secs(5),
+        lock_lease: Duration::from_secs(10),
+    };
+
+    /// True when a read needs nothing beyond "hit or miss" (the common case keeps the plain
+    /// path of [`Cache::decode_hit`]).
+    fn reads_plainly(&self) -> bool {
+        self.stale.is_none() && self.early_refresh_beta <= 0.0
+    }
+}
+
+/// Marker of [`ComputeOptions`] without a hard timeout: usable with any return type.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHardTimeout;
+
+/// Marker of [`ComputeOptions`] with a hard timeout: only for
+/// [`try_get_or_set_with`](Cache::try_get_or_set_with) whose error type is
+/// `From<cache_core::Error>`, since a computation cut off must return something.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HardTimeout;
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for super::NoHardTimeout {}
+    impl Sealed for super::HardTimeout {}
+}
+
+/// What a hard timeout makes of an error type `E`: nothing without one, an `E` made from
+/// [`Error::ComputeTimeout`] with one.
+pub trait HardTimeoutFor<E>: sealed::Sealed + Send + Sync + 'static {
+    #[doc(hidden)]
+    const TIMES_OUT: bool;
+    #[doc(hidden)]
+    fn error(error: Error) -> Option<E>;
+}
+
+impl<E> HardTimeoutFor<E> for NoHardTimeout {
+    const TIMES_OUT: bool = false;
+    fn error(_: Error) -> Option<E> {
+        None
+    }
+}
+
+impl<E: From<Error>> HardTimeoutFor<E> for HardTimeout {
+    const TIMES_OUT: bool = true;
+    fn error(error: Error) -> Option<E> {
+        Some(E::from(error))
+    }
+}
+
+/// How [`get_or_set_with`](Cache::get_or_set_with) and
+/// [`try_get_or_set_with`](Cache::try_get_or_set_with) compute: TTL, stale window, timeouts,
+/// early refresh and stampede protection; the runtime twin of `#[cached]`'s attributes.
+///
+/// ```
+/// use std::time::Duration;
+/// use cache_core::{ComputeOptions, FillLock};
+/// let options = ComputeOptions::new()
+///     .ttl(Duration::from_secs(60))           // fresh for a minute
+///     .stale(Duration::from_secs(3600))       // then served stale for an hour if need be
+///     .soft_timeout(Duration::from_millis(100))
+///     .early_refresh()
+///     .lock(FillLock::Local);
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct ComputeOptions<H = NoHardTimeout> {
+    ttl: Option<Duration>,
+    policy: Policy,
+    hard: PhantomData<H>,
+}
+
+impl Default for ComputeOptions {
+    fn default() -> Self {
+        ComputeOptions::new()
+    }
+}
+
+impl ComputeOptions {
+    /// The defaults: the handle's default TTL, no stale window, no timeouts, no early
+    /// refresh, single-flight in the process.
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new();
+    /// # let _ = options;
+    /// ```
+    pub fn new() -> Self {
+        ComputeOptions {
+            ttl: None,
+            policy: Policy::DEFAULT,
+            hard: PhantomData,
+        }
+    }
+}
+
+impl<H> ComputeOptions<H> {
+    /// How long a value is fresh (default: the handle's default TTL).
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().ttl(std::time::Duration::from_secs(60));
+    /// # let _ = options;
+    /// ```
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Keeps a value this long past its TTL, to be served stale: at once while one refresh
+    /// runs, and whenever the refresh fails (an `Err`, a panic, a timeout). Needs a TTL.
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().stale(std::time::Duration::from_secs(3600));
+    /// # let _ = options;
+    /// ```
+    pub fn stale(mut self, window: Duration) -> Self {
+        self.policy.stale = Some(window).filter(|w| !w.is_zero());
+        self
+    }
+
+    /// With a stale value, how long a caller waits for the refresh before it is served the
+    /// stale value (default: not at all); the refresh goes on in the background and stores
+    /// its result.
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().soft_timeout(std::time::Duration::from_millis(100));
+    /// # let _ = options;
+    /// ```
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.policy.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// How long a caller waits for a computation at most, stale value or not: past it, the
+    /// stale value if there is one, else an `Err` made from [`Error::ComputeTimeout`] (so
+    /// only [`try_get_or_set_with`](Cache::try_get_or_set_with) takes these options, with
+    /// `E: From<cache_core::Error>`). The computation goes on in the background and stores
+    /// its result.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, ComputeOptions, Error};
+    /// let cache = Cache::in_memory();
+    /// let options = ComputeOptions::new().hard_timeout(Duration::from_millis(10));
+    /// let slow = cache.try_get_or_set_with("k", &options, || async {
+    ///     tokio::time::sleep(Duration::from_secs(5)).await;
+    ///     Ok::<u8, Error>(1)
+    /// });
+    /// assert!(matches!(slow.await, Err(Error::ComputeTimeout { .. })));
+    /// # }
+    /// ```
+    pub fn hard_timeout(self, timeout: Duration) -> ComputeOptions<HardTimeout> {
+        let mut policy = self.policy;
+        policy.hard_timeout = Some(timeout);
+        ComputeOptions {
+            ttl: self.ttl,
+            policy,
+            hard: PhantomData,
+        }
+    }
+
+    /// Probabilistic early refresh (XFetch, beta 1): a read near expiry may start one
+    /// refresh, the more likely the nearer and the longer the last computation took.
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().early_refresh();
+    /// # let _ = options;
+    /// ```
+    pub fn early_refresh(self) -> Self {
+        self.early_refresh_beta(1.0)
+    }
+
+    /// [`early_refresh`](Self::early_refresh) with XFetch's beta: above 1 refreshes
+    /// earlier, below later; 0 (or less) turns it off.
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().early_refresh_beta(2.0);
+    /// # let _ = options;
+    /// ```
+    pub fn early_refresh_beta(mut self, beta: f64) -> Self {
+        self.policy.early_refresh_beta = if beta.is_finite() { beta.max(0.0) } else { 0.0 };
+        self
+    }
+
+    /// Stampede protection (default [`FillLock::Local`]).
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().lock(cache_core::FillLock::None);
+    /// # let _ = options;
+    /// ```
+    pub fn lock(mut self, lock: FillLock) -> Self {
+        self.policy.lock = lock;
+        self
+    }
+
+    /// With [`FillLock::Distributed`], how long a process waits for another's value before
+    /// computing anyway (default 5 s).
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().lock_wait(std::time::Duration::from_secs(1));
+    /// # let _ = options;
+    /// ```
+    pub fn lock_wait(mut self, wait: Duration) -> Self {
+        self.policy.lock_wait = wait;
+        self
+    }
+
+    /// With [`FillLock::Distributed`], the lease of the lock: if its holder dies, another
+    /// process computes after this long (default 10 s).
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().lock_lease(std::time::Duration::from_secs(30));
+    /// # let _ = options;
+    /// ```
+    pub fn lock_lease(mut self, lease: Duration) -> Self {
+        self.policy.lock_lease = lease.max(Duration::from_millis(1));
+        self
+    }
+
+    /// After a failed refresh, how long the stale value is served as if fresh, so a failing
+    /// source is not called on every read (default 30 s).
+    ///
+    /// ```
+    /// let options = cache_core::ComputeOptions::new().fail_safe_throttle(std::time::Duration::from_secs(5));
+    /// # let _ = options;
+    /// ```
+    pub fn fail_safe_throttle(mut self, throttle: Duration) -> Self {
+        self.policy.fail_safe_throttle = throttle.max(Duration::from_millis(1));
+        self
+    }
+}
+
+// ---- how work outlives its caller -------------------------------------------------------------
+
+/// A computation already started, with what storing its result needs.
+pub struct Job<F, M> {
+    fut: Caught<F>,
+    fill: Fill,
+    mode: M,
+}
+
+impl<F, M> std::fmt::Debug for Job<F, M> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job").field("key", &self.fill.full).finish()
+    }
+}
+
+/// Whether a computation can go on without its caller: [`Spawn`] (its future is
+/// `Send + 'static`) or [`Inline`] (it borrows from its caller).
+pub trait Detach<F: Future>: Copy + Send + Sync + 'static {
+    /// Whether [`detach`](Detach::detach) can succeed.
+    fn can_detach(&self) -> bool;
+    /// Finishes `job` in a task of its own, or gives it back.
+    fn detach<M: Mode<F::Output>>(self, job: Job<F, M>) -> Option<Job<F, M>>;
+}
+
+/// Computations that can outlive their caller: spawned on the tokio runtime to finish.
+#[derive(Debug, Clone, Copy)]
+pub struct Spawn;
+
+/// Computations that borrow from their caller: always driven by it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inline;
+
+impl<F> Detach<F> for Spawn
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn can_detach(&self) -> bool {
+        tokio::runtime::Handle::try_current().is_ok()
+    }
+
+    fn detach<M: Mode<F::Output>>(self, job: Job<F, M>) -> Option<Job<F, M>> {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Some(job);
+        };
+        runtime.spawn(async move {
+            let Job { fut, fill, mode } = job;
+            let out = fut.await;
+            fill.settle_detached(mode, out).await;
+        });
+        None
+    }
+}
+
+impl<F: Future> Detach<F> for Inline {
+    fn can_detach(&self) -> bool {
+        false
+    }
+
+    fn detach<M: Mode<F::Output>>(self, job: Job<F, M>) -> Option<Job<F, M>> {
+        Some(job)
+    }
+}
+
+type Panic = Box<dyn Any + Send>;
+
+/// A boxed future whose panic is an `Err` (the box lets it move to another task mid-way).
+struct Caught<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for Caught<F> {
+    type Output = Result<F::Output, Panic>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let fut = self.0.as_mut();
+        match std::panic::catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}
+
+/// `fut`'s output, unless `bound` passes first (`None`: no bound).
+async fn within<F: Future + Unpin>(bound: Option<Duration>, fut: &mut F) -> Option<F::Output> {
+    match bound {
+        None => Some(fut.await),
+        Some(bound) => tokio::time::timeout(bound, fut).await.ok(),
+    }
+}
+
+// ---- single-flight ----------------------------------------------------------------------------
+
+/// What the reader of a key found before computing: flights join only readers that found
+/// the same thing, so that a computation that started before an invalidation never answers
+/// a caller that read after it.
+#[derive(Debug, Clone, PartialEq)]
+enum Seen {
+    /// The read failed.
+    Unread,
+    /// These bytes (`None`: nothing).
+    Read(Option<Bytes>),
+}
+
+#[derive(Debug, Clone)]
+enum Landing {
+    Running,
+    /// The encoded value, and when it landed.
+    Value(Bytes, Instant),
+    Failed,
+}
+
+struct Flight {
+    seen: Seen,
+    tx: watch::Sender<Landing>,
+}
+
+/// The computations running in this process, per full key, and those landed a moment ago
+/// (for callers whose read raced the landing).
+#[derive(Default)]
+struct Flights {
+    by_key: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+/// How long a landed value answers callers that read what its leader read.
+const LINGER: Duration = Duration::from_secs(1);
+/// Landed flights are swept when the map grows past this.
+const SWEEP_ABOVE: usize = 256;
+
+enum Joined {
+    Lead(Leader),
+    Wait(watch::Receiver<Landing>),
+    Landed(Bytes),
+}
+
+impl Flights {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Flight>>> {
+        self.by_key.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn join(self: &Arc<Self>, key: &str, seen: &Seen) -> Joined {
+        let mut map = self.lock();
+        if let Some(flight) = map.get(key).filter(|f| f.seen == *seen) {
+            match &*flight.tx.borrow() {
+                Landing::Running => return Joined::Wait(flight.tx.subscribe()),
+                Landing::Value(bytes, at) if at.elapsed() < LINGER => {
+                    return Joined::Landed(bytes.clone())
+                }
+                _ => {}
+            }
+        }
+        if map.len() >= SWEEP_ABOVE {
+            map.retain(|_, f| match &*f.tx.borrow() {
+                Landing::Running => true,
+                Landing::Value(_, at) => at.elapsed() < LINGER,
+                Landing::Failed => false,
+            });
+        }
+        let flight = Arc::new(Flight {
+            seen: seen.clone(),
+            tx: watch::Sender::new(Landing::Running),
+        });
+        map.insert(key.to_owned(), flight.clone());
+        Joined::Lead(Leader {
+            flights: self.clone(),
+            key: key.to_owned(),
+            flight,
+            landed: false,
+        })
+    }
+}
+
+/// The caller computing a flight. Dropped without landing (its caller was cancelled, or
+/// the computation panicked), it lands as failed, so waiters never hang: one of them takes
+/// over.
+struct Leader {
+    flights: Arc<Flights>,
+    key: String,
+    flight: Arc<Flight>,
+    landed: bool,
+}
+
+impl Leader {
+    fn land(mut self, value: Option<Bytes>) {
+        self.finish(match value {
+            Some(bytes) => Landing::Value(bytes, Instant::now()),
+            None => Landing::Failed,
+        });
+    }
+
+    fn finish(&mut self, landing: Landing) {
+        if self.landed {
+            return;
+        }
+        self.landed = true;
+        let keep = matches!(landing, Landing::Value(..));
+        {
+            let mut map = self.flights.lock();
+            if !keep
+                && map
+                    .get(&self.key)
+                    .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+            {
+                map.remove(&self.key);
+            }
+            // Sent under the lock, so a caller joining now sees the landing.
+            self.flight.tx.send_replace(landing);
+        }
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.finish(Landing::Failed);
+    }
+}
+
+enum Waited {
+    Value(Bytes),
+    Failed,
+    TimedOut,
+}
+
+async fn wait(mut rx: watch::Receiver<Landing>, bound: Option<Duration>) -> Waited {
+    let landed = async {
+        match rx.wait_for(|l| !matches!(l, Landing::Running)).await {
+            Ok(landing) => match &*landing {
+                Landing::Value(bytes, _) => Waited::Value(bytes.clone()),
+                _ => Waited::Failed,
+            },
+            Err(_) => Waited::Failed,
+        }
+    };
+    match bound {
+        None => landed.await,
+        Some(bound) => tokio::time::timeout(bound, landed)
+            .await
+            .unwrap_or(Waited::TimedOut),
+    }
+}
+
+/// A value handed over by the caller that computed it.
+fn decode_shared<S: DeserializeOwned + 'static>(bytes: &[u8]) -> Option<S> {
+    codec::parse(bytes)
+        .ok()?
+        .value::<S>(codec::fingerprint::<S>())
+        .ok()
+}
+
+// ---- early refresh ----------------------------------------------------------------------------
+
+/// The random numbers of XFetch, per cache root; seeded from the OS unless a test seeds it.
+struct XRng(AtomicU64);
+
+impl Default for XRng {
+    fn default() -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(codec::now_us());
+        XRng(AtomicU64::new(h.finish()))
+    }
+}
+
+impl XRng {
+    /// Uniform in (0, 1] (SplitMix64).
+    fn next(&self) -> f64 {
+        let mut z = self
+            .0
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed)
+            .wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+    }
+}
+
+/// -ln of the smallest number [`XRng::next`] returns: past `delta * beta` times this before
+/// expiry, XFetch never fires, and no random number is drawn.
+const MAX_NEG_LN: f64 = 36.8;
+
+/// What a read found, for callers with a stale window or early refresh.
+enum Found<S> {
+    Fresh { value: S, refresh: bool },
+    Stale(S),
+    Miss,
+}
+
 impl Cache {
+    /// Makes the early-refresh decisions of this cache root reproducible (tests,
+    /// simulations): XFetch draws its random numbers from a generator seeded with `seed`.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.seed_early_refresh(42);
+    /// ```
+    pub fn seed_early_refresh(&self, seed: u64) {
+        self.root_state::<XRng>().0.store(seed, Ordering::Relaxed);
+    }
+
+    fn flights(&self) -> Arc<Flights> {
+        self.root_state::<Flights>()
+    }
+
+    // ---- the public entry points ------------------------------------------------------------
+
     /// The value under `key`, or `compute()`'s, stored for `ttl` (`None`: default TTL).
     ///
     /// Never fails because of the cache: if the backend is down or the stored value does not
     /// decode, the value is computed and returned (and the problem logged and counted).
+    /// Concurrent calls of one key in this process run `compute` once (single-flight).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -38,11 +658,14 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = T>,
     {
+        let policy = Policy::DEFAULT;
         self.compute_direct(
             "Cache::get_or_set",
             key,
             ttl.into(),
+            &policy,
             crate::private::Plain,
+            Inline,
             compute,
         )
         .await
@@ -73,29 +696,133 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let policy = Policy::DEFAULT;
         self.compute_direct(
             "Cache::try_get_or_set",
             key,
             ttl.into(),
+            &policy,
             crate::private::ResultMode,
+            Inline,
             compute,
         )
         .await
     }
 
-    /// `get_or_set` and `try_get_or_set`: a key the cache cannot use still gets a value.
-    async fn compute_direct<O, M: Mode<O>, F: FnOnce() -> Fut, Fut: Future<Output = O>>(
+    /// [`get_or_set`](Cache::get_or_set) with [`ComputeOptions`]: stale-while-revalidate and
+    /// fail-safe, a soft timeout, early refresh, the distributed fill lock.
+    ///
+    /// The computation must be `Send + 'static` (clone into it what it needs, as for
+    /// `tokio::spawn`): a refresh behind a stale value, or past the soft timeout, finishes in
+    /// a task of its own and stores its result. A hard timeout needs an error to return, so
+    /// it is [`try_get_or_set_with`](Cache::try_get_or_set_with)'s only (a compile error
+    /// here).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, ComputeOptions};
+    /// let cache = Cache::in_memory();
+    /// let options = ComputeOptions::new().ttl(Duration::from_secs(60)).stale(Duration::from_secs(3600));
+    /// let price: u32 = cache.get_or_set_with("price:7", &options, || async { 42 }).await;
+    /// assert_eq!(price, 42);
+    /// # }
+    /// ```
+    pub async fn get_or_set_with<T, F, Fut>(
+        &self,
+        key: &str,
+        options: &ComputeOptions,
+        compute: F,
+    ) -> T
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = T> + Send + 'static,
+    {
+        self.compute_direct(
+            "Cache::get_or_set_with",
+            key,
+            options.ttl,
+            &options.policy,
+            crate::private::Plain,
+            Spawn,
+            compute,
+        )
+        .await
+    }
+
+    /// [`try_get_or_set`](Cache::try_get_or_set) with [`ComputeOptions`]; the failure of a
+    /// refresh behind a stale value serves the stale value (fail-safe) instead of the `Err`.
+    /// With a [`hard_timeout`](ComputeOptions::hard_timeout), a computation that takes
+    /// longer returns `Err(E::from(Error::ComputeTimeout { .. }))` when there is no stale
+    /// value to serve.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, ComputeOptions};
+    /// let cache = Cache::in_memory();
+    /// let options = ComputeOptions::new().ttl(Duration::from_secs(60)).stale(Duration::from_secs(3600));
+    /// let rate = cache.try_get_or_set_with("rate", &options, || async { Ok::<u32, String>(42) }).await;
+    /// assert_eq!(rate, Ok(42));
+    /// # }
+    /// ```
+    pub async fn try_get_or_set_with<T, E, F, Fut, H>(
+        &self,
+        key: &str,
+        options: &ComputeOptions<H>,
+        compute: F,
+    ) -> Result<T, E>
+    where
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        E: Send + 'static,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        H: HardTimeoutFor<E>,
+    {
+        self.compute_direct(
+            "Cache::try_get_or_set_with",
+            key,
+            options.ttl,
+            &options.policy,
+            TryMode::<H>(PhantomData),
+            Spawn,
+            compute,
+        )
+        .await
+    }
+
+    /// The direct API's calls: a key the cache cannot use still gets a value.
+    #[allow(clippy::too_many_arguments)] // one private step
+    async fn compute_direct<O, M, F, Fut, D>(
         &self,
         function: &'static str,
         key: &str,
         ttl: Option<Duration>,
+        policy: &Policy,
         mode: M,
+        detach: D,
         compute: F,
-    ) -> O {
+    ) -> O
+    where
+        M: Mode<O>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = O>,
+        D: Detach<Fut>,
+    {
         match self.full_key(key) {
             Ok(full) => {
-                self.compute_through(function, full, &mut [], ttl, mode, compute())
-                    .await
+                self.compute_with(
+                    function,
+                    full,
+                    &mut [],
+                    ttl,
+                    policy,
+                    mode,
+                    detach,
+                    compute(),
+                )
+                .await
             }
             Err(e) => {
                 tracing::warn!(function, error = %e, "unusable key, computing without the cache");
@@ -105,7 +832,8 @@ impl Cache {
         }
     }
 
-    /// The one get-or-compute path, shared by `get_or_set` and generated code.
+    /// The get-or-compute path with the default policy.
+    #[allow(dead_code)] // the entry point other capabilities were built against
     pub(crate) async fn compute_through<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
         function: &'static str,
@@ -115,10 +843,45 @@ impl Cache {
         mode: M,
         compute: F,
     ) -> O {
+        self.compute_with(
+            function,
+            full,
+            tags,
+            ttl,
+            &Policy::DEFAULT,
+            mode,
+            Inline,
+            compute,
+        )
+        .await
+    }
+
+    // ---- the pipeline -----------------------------------------------------------------------
+
+    /// The one get-or-compute path, shared by the direct API and generated code.
+    #[allow(clippy::too_many_arguments)] // one private step, called from two places
+    pub(crate) async fn compute_with<O, M, F, D>(
+        &self,
+        function: &'static str,
+        full: String,
+        tags: &mut [String],
+        ttl: Option<Duration>,
+        policy: &Policy,
+        mode: M,
+        detach: D,
+        compute: F,
+    ) -> O
+    where
+        M: Mode<O>,
+        F: Future<Output = O>,
+        D: Detach<F>,
+    {
         let tag_keys = self.version_keys_in_place(tags);
+        // 1. read
         let mut known = None;
+        let mut stale = None;
         match self.shared.backend.get_with_versions(&full, tag_keys).await {
-            Ok((bytes, versions)) => {
+            Ok((bytes, versions)) if policy.reads_plainly() => {
                 match self
                     .decode_hit::<M::Stored>(
                         &full,
@@ -133,26 +896,300 @@ impl Cache {
                     Err(e) => self.compute_err(function, "get", &full, &e),
                 }
             }
+            Ok((bytes, versions)) => {
+                match self
+                    .read_entry::<M::Stored>(&full, bytes.as_deref(), tag_keys, &versions, policy)
+                    .await
+                {
+                    Ok(Found::Fresh {
+                        value,
+                        refresh: false,
+                    }) => return mode.restore(value),
+                    // 2. early refresh
+                    Ok(Found::Fresh {
+                        value,
+                        refresh: true,
+                    }) => {
+                        let fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
+                        return self
+                            .refresh_early(fill, (versions, bytes), value, mode, detach, compute)
+                            .await;
+                    }
+                    Ok(Found::Stale(value)) => {
+                        stale = Some(value);
+                        known = Some((versions, bytes));
+                    }
+                    Ok(Found::Miss) => known = Some((versions, bytes)),
+                    Err(e) => self.compute_err(function, "get", &full, &e),
+                }
+            }
             Err(e) => self.compute_err(function, "get", &full, &e),
         }
+        let seen = match &known {
+            Some((_, bytes)) => Seen::Read(bytes.clone()),
+            None => Seen::Unread,
+        };
+        let mut fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
+        if stale.is_some() {
+            fill.stale_seen = known.as_ref().and_then(|(_, b)| b.clone());
+        }
+
+        // 3. and 4.: one computation per key in the process; a stale value is served at
+        // once to everyone but the caller that starts the refresh.
+        if policy.lock != FillLock::None {
+            loop {
+                match self.flights().join(&full, &seen) {
+                    Joined::Lead(leader) => {
+                        fill.leader = Some(leader);
+                        break;
+                    }
+                    Joined::Landed(bytes) => {
+                        if let Some(value) = decode_shared::<M::Stored>(&bytes) {
+                            self.shared.stats.flight_wait();
+                            return mode.restore(value);
+                        }
+                        break;
+                    }
+                    Joined::Wait(rx) => {
+                        if let Some(value) = stale {
+                            self.shared.stats.stale_served();
+                            return mode.restore(value);
+                        }
+                        self.shared.stats.flight_wait();
+                        let bound = policy.hard_timeout.filter(|_| M::TIMES_OUT);
+                        match wait(rx, bound).await {
+                            Waited::Value(bytes) => match decode_shared::<M::Stored>(&bytes) {
+                                Some(value) => return mode.restore(value),
+                                None => break,
+                            },
+                            // The computation failed, panicked or was cancelled: take over
+                            // (one of the waiters leads the next flight).
+                            Waited::Failed => continue,
+                            Waited::TimedOut => {
+                                if let Some(out) = mode.timed_out(fill.timeout_error()) {
+                                    return out;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // 5. across processes
+        if policy.lock == FillLock::Distributed && known.is_some() {
+            let seen_bytes = known.as_ref().and_then(|(_, b)| b.as_deref());
+            match fill_lock::acquire(self, &full, seen_bytes, policy, stale.is_some()).await {
+                fill_lock::Acquired::Held(guard) => fill.fill_lock = Some(guard),
+                fill_lock::Acquired::Stale => {
+                    if let Some(value) = stale {
+                        self.shared.stats.stale_served();
+                        return mode.restore(value);
+                    }
+                }
+                fill_lock::Acquired::Arrived => {
+                    // Another process stored the value: read it as a waiter would.
+                    if let Ok(Some(bytes)) = self.shared.backend.get(&full).await {
+                        if let Ok(Lookup::Hit { value, .. }) = self
+                            .decode_hit::<M::Stored>(
+                                &full,
+                                Some(&bytes),
+                                None,
+                                codec::fingerprint::<M::Stored>(),
+                            )
+                            .await
+                        {
+                            self.shared.stats.flight_wait();
+                            if let Some(leader) = fill.leader.take() {
+                                leader.land(Some(bytes));
+                            }
+                            return mode.restore(value);
+                        }
+                    }
+                }
+                fill_lock::Acquired::TimedOut => self.shared.stats.lock_timeout(),
+            }
+        }
+
         // Invalidations that land while the value is computed win (DESIGN.md section 5). By
         // tag: the versions are read before computing, so the stored entry records an old
         // version and the next read misses. By key: the result is written only if the key
         // still holds what the read found, and an invalidation leaves a tombstone there.
-        let (versions, condition) = match known {
-            Some((v, seen)) => (
-                tags::current_versions(self, tag_keys, Some(v))
-                    .await
-                    .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
-                    .ok(),
-                WriteIf::Unchanged(seen),
-            ),
-            None => (None, WriteIf::Always),
+        if let Some((versions, seen_bytes)) = known {
+            fill.versions = tags::current_versions(self, tag_keys, Some(versions))
+                .await
+                .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
+                .ok();
+            fill.condition = WriteIf::Unchanged(seen_bytes);
+        }
+
+        // 6. compute
+        self.shared.stats.compute();
+        let mut job = Job {
+            fut: Caught(Box::pin(compute)),
+            fill,
+            mode,
         };
-        self.compute_and_record(
-            function, &full, tag_keys, versions, condition, ttl, mode, compute,
-        )
-        .await
+        match stale {
+            Some(stale) => {
+                // Wait for the refresh up to the soft timeout if it can go on without us,
+                // else (it borrows from this caller) up to the hard one.
+                let bound = if detach.can_detach() {
+                    Some(policy.soft_timeout.unwrap_or(Duration::ZERO))
+                } else {
+                    policy.hard_timeout
+                };
+                let bound = match (bound, policy.hard_timeout) {
+                    (Some(b), Some(h)) => Some(b.min(h)),
+                    (b, _) => b,
+                };
+                match within(bound, &mut job.fut).await {
+                    Some(out) => job.fill.settle(job.mode, out, Some(stale)).await,
+                    None => {
+                        self.shared.stats.stale_served();
+                        match detach.detach(job) {
+                            None => self.shared.stats.background_refresh(),
+                            Some(job) => {
+                                let Job { fut, fill, .. } = job;
+                                drop(fut);
+                                fill.fail::<M::Stored>().await;
+                            }
+                        }
+                        mode.restore(stale)
+                    }
+                }
+            }
+            None => {
+                let bound = policy.hard_timeout.filter(|_| M::TIMES_OUT);
+                match within(bound, &mut job.fut).await {
+                    Some(out) => job.fill.settle(job.mode, out, None).await,
+                    None => {
+                        let error = job.fill.timeout_error();
+                        if detach.detach(job).is_none() {
+                            self.shared.stats.background_refresh();
+                        }
+                        match mode.timed_out(error) {
+                            Some(out) => out,
+                            // `bound` is `None` for modes that cannot time out.
+                            None => unreachable!("a computation without a bound timed out"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A fresh hit that XFetch picked for an early refresh: one refresh per key, in the
+    /// background when it can be; the caller gets `value` (or, inline, the refreshed value).
+    async fn refresh_early<O, M, F, D>(
+        &self,
+        mut fill: Fill,
+        (versions, bytes): (Vec<Option<u64>>, Option<Bytes>),
+        value: M::Stored,
+        mode: M,
+        detach: D,
+        compute: F,
+    ) -> O
+    where
+        M: Mode<O>,
+        F: Future<Output = O>,
+        D: Detach<F>,
+    {
+        match self.flights().join(&fill.full, &Seen::Read(bytes.clone())) {
+            Joined::Lead(leader) => fill.leader = Some(leader),
+            _ => return mode.restore(value),
+        }
+        fill.versions = tags::current_versions(self, &fill.tag_keys, Some(versions))
+            .await
+            .ok();
+        fill.condition = WriteIf::Unchanged(bytes);
+        self.shared.stats.compute();
+        self.shared.stats.background_refresh();
+        let job = Job {
+            fut: Caught(Box::pin(compute)),
+            fill,
+            mode,
+        };
+        match detach.detach(job) {
+            None => mode.restore(value),
+            Some(mut job) => {
+                let bound = fill_bound(&job.fill.policy);
+                match within(bound, &mut job.fut).await {
+                    Some(out) => job.fill.settle(mode, out, Some(value)).await,
+                    None => mode.restore(value),
+                }
+            }
+        }
+    }
+
+    /// Decodes what a read found, telling a fresh value from one past its TTL but inside its
+    /// stale window, and deciding on an early refresh.
+    async fn read_entry<S: DeserializeOwned + 'static>(
+        &self,
+        full: &str,
+        bytes: Option<&[u8]>,
+        tag_keys: &[String],
+        versions: &[Option<u64>],
+        policy: &Policy,
+    ) -> crate::Result<Found<S>> {
+        let stats = &self.shared.stats;
+        let Some(bytes) = bytes.filter(|b| !codec::is_tombstone(b)) else {
+            stats.miss();
+            return Ok(Found::Miss);
+        };
+        let Ok(env) = codec::parse(bytes) else {
+            // Not an envelope (a counter, garbage): the plain path knows what to do.
+            return Ok(
+                match self
+                    .decode_hit::<S>(full, Some(bytes), Some((tag_keys, versions)), 0)
+                    .await?
+                {
+                    Lookup::Hit { value, .. } => Found::Fresh {
+                        value,
+                        refresh: false,
+                    },
+                    Lookup::Miss => Found::Miss,
+                },
+            );
+        };
+        if env.has_tags()
+            && !tags::still_valid(self, env.tags(), Some((tag_keys, versions))).await?
+        {
+            stats.miss();
+            return Ok(Found::Miss);
+        }
+        let now = codec::now_ms();
+        let expired = env.expires_at_ms != 0 && env.expires_at_ms <= now;
+        let in_stale_window = env.stale_until_ms > env.expires_at_ms;
+        // Past the TTL without a stale window written, the backend's TTL is authoritative, as
+        // on the plain path (`expire` and `touch` change only it); with one, the entry is
+        // stale, and a miss for a caller that does not serve stale values.
+        if expired && in_stale_window && policy.stale.is_none() {
+            stats.miss();
+            return Ok(Found::Miss);
+        }
+        let value = match env.value::<S>(codec::fingerprint::<S>()) {
+            Ok(value) => value,
+            Err(reason) => {
+                stats.decode_error();
+                stats.miss();
+                tracing::debug!(key = %crate::key::shorten_for_display(full), %reason, "cache value not decodable, treated as a miss");
+                return Ok(Found::Miss);
+            }
+        };
+        if expired && in_stale_window {
+            stats.miss();
+            return Ok(Found::Stale(value));
+        }
+        stats.hit();
+        let beta = policy.early_refresh_beta;
+        let refresh = beta > 0.0 && env.expires_at_ms != 0 && env.compute_us > 0 && {
+            let delta_ms = f64::from(env.compute_us) / 1000.0 * beta;
+            let left_ms = env.expires_at_ms.saturating_sub(now) as f64;
+            left_ms < delta_ms * MAX_NEG_LN
+                && delta_ms * -self.root_state::<XRng>().next().ln() >= left_ms
+        };
+        Ok(Found::Fresh { value, refresh })
     }
 
     /// Rendered tags turned into their version keys, in their own buffers.
@@ -163,69 +1200,265 @@ impl Cache {
         tags
     }
 
-    /// Runs `compute` and stores what `mode` keeps of its output, with the tag versions read
-    /// before it ran, if `condition` holds; without versions (the backend failed) nothing is
-    /// stored.
-    #[allow(clippy::too_many_arguments)] // one private step, called from two places
-    async fn compute_and_record<O, M: Mode<O>, F: Future<Output = O>>(
-        &self,
-        function: &'static str,
-        full: &str,
-        tag_keys: &[String],
-        versions: Option<Vec<u64>>,
-        condition: WriteIf,
-        ttl: Option<Duration>,
-        mode: M,
-        compute: F,
-    ) -> O {
-        self.shared.stats.compute();
-        let started = Instant::now();
-        let out = compute.await;
-        let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        if let (Some(versions), Some(value)) = (versions, mode.stored(&out)) {
-            let written = self
-                .write(
-                    full,
-                    value,
-                    self.ttl_or_default(ttl),
-                    (tag_keys, &versions),
-                    compute_us,
-                    codec::fingerprint::<M::Stored>(),
-                    condition,
-                )
-                .await;
-            if let Err(e) = written {
-                self.compute_err(function, "set", full, &e);
-            }
-        }
-        out
-    }
-
     /// Computes and stores unconditionally (the `_refresh` companions and `#[cache_put]`).
+    #[allow(clippy::too_many_arguments)] // one private step
     pub(crate) async fn compute_and_store<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
         function: &'static str,
         full: String,
         tags: &mut [String],
         ttl: Option<Duration>,
+        policy: &Policy,
         mode: M,
         compute: F,
     ) -> O {
         let tag_keys = self.version_keys_in_place(tags);
-        let versions = tags::current_versions(self, tag_keys, None)
+        let mut fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
+        fill.versions = tags::current_versions(self, tag_keys, None)
             .await
             .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
             .ok();
-        self.compute_and_record(
+        self.shared.stats.compute();
+        let out = compute.await;
+        fill.record(&mode, &out).await;
+        out
+    }
+}
+
+/// How long an inline caller waits for a refresh it runs.
+fn fill_bound(policy: &Policy) -> Option<Duration> {
+    policy.hard_timeout
+}
+
+/// `Result<T, E>` of the direct API, with or without a hard timeout.
+struct TryMode<H>(PhantomData<fn() -> H>);
+
+impl<H> Clone for TryMode<H> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<H> Copy for TryMode<H> {}
+
+impl<T, E, H> Mode<Result<T, E>> for TryMode<H>
+where
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    H: HardTimeoutFor<E>,
+{
+    type Stored = T;
+    const TIMES_OUT: bool = H::TIMES_OUT;
+    fn stored<'a>(&self, out: &'a Result<T, E>) -> Option<&'a T> {
+        out.as_ref().ok()
+    }
+    fn restore(&self, stored: T) -> Result<T, E> {
+        Ok(stored)
+    }
+    fn succeeded(&self, out: &Result<T, E>) -> bool {
+        out.is_ok()
+    }
+    fn timed_out(&self, error: Error) -> Option<Result<T, E>> {
+        H::error(error).map(Err)
+    }
+}
+
+// ---- recording a result ------------------------------------------------------------------------
+
+/// Everything needed to store a computed value, owned, so that it can move to a task of its
+/// own with the computation.
+pub(crate) struct Fill {
+    cache: Cache,
+    function: &'static str,
+    full: String,
+    tag_keys: Vec<String>,
+    /// The tag versions read before computing; `None` (the backend failed): nothing is
+    /// stored.
+    versions: Option<Vec<u64>>,
+    condition: WriteIf,
+    ttl: Option<Duration>,
+    policy: Policy,
+    started: Instant,
+    leader: Option<Leader>,
+    fill_lock: Option<fill_lock::Guard>,
+    /// The stale entry a refresh replaces, whose life a failure extends.
+    stale_seen: Option<Bytes>,
+}
+
+impl Fill {
+    fn new(
+        cache: &Cache,
+        function: &'static str,
+        full: &str,
+        tag_keys: &[String],
+        ttl: Option<Duration>,
+        policy: &Policy,
+    ) -> Fill {
+        Fill {
+            cache: cache.clone(),
             function,
-            &full,
-            tag_keys,
-            versions,
-            WriteIf::Always,
-            ttl,
-            mode,
-            compute,
-        )
-        .await
+            full: full.to_owned(),
+            tag_keys: tag_keys.to_vec(),
+            versions: None,
+            condition: WriteIf::Always,
+            ttl: cache.ttl_or_default(ttl),
+            policy: *policy,
+            started: Instant::now(),
+            leader: None,
+            fill_lock: None,
+            stale_seen: None,
+        }
+    }
+
+    fn timeout_error(&self) -> Error {
+        Error::ComputeTimeout {
+            key: crate::key::shorten_for_display(&self.full),
+            after: self.policy.hard_timeout.unwrap_or_default(),
+        }
+    }
+
+    /// The caller's output: `out`, or `fallback` (the stale value) if it failed.
+    async fn settle<O, M: Mode<O>>(
+        mut self,
+        mode: M,
+        out: Result<O, Panic>,
+        fallback: Option<M::Stored>,
+    ) -> O {
+        match out {
+            Ok(out) if mode.shared(&out).is_some() => {
+                self.record(&mode, &out).await;
+                out
+            }
+            failed => {
+                if fallback.is_some() && self.stale_seen.is_some() {
+                    self.cache.shared.stats.stale_served();
+                }
+                // Releases the fill lock, extends the stale value's life if there is one,
+                // and lands the flight as failed, so that a waiter takes over.
+                self.fail::<M::Stored>().await;
+                match (failed, fallback) {
+                    (_, Some(value)) => mode.restore(value),
+                    (Ok(out), None) => out,
+                    (Err(panic), None) => std::panic::resume_unwind(panic),
+                }
+            }
+        }
+    }
+
+    /// A computation that outlived its caller.
+    async fn settle_detached<O, M: Mode<O>>(mut self, mode: M, out: Result<O, Panic>) {
+        let encoded = match &out {
+            Ok(out) => self.encode(&mode, out),
+            Err(_) => None,
+        };
+        match (out, encoded) {
+            (_, Some((bytes, store))) => self.store(bytes, store).await,
+            (Ok(_), None) => self.fail::<M::Stored>().await,
+            (Err(_), None) => {
+                tracing::error!(function = self.function, key = %crate::key::shorten_for_display(&self.full), "a background computation panicked");
+                self.fail::<M::Stored>().await;
+            }
+        }
+    }
+
+    /// Stores what `mode` keeps of `out` and hands it to the waiters.
+    async fn record<O, M: Mode<O>>(&mut self, mode: &M, out: &O) {
+        // Encoded before any `.await`, so that the future holds no reference to `out` (whose
+        // type need not be `Sync`) when it moves to a task of its own.
+        let Some((bytes, store)) = self.encode(mode, out) else {
+            return;
+        };
+        self.store(bytes, store).await;
+    }
+
+    fn encode<O, M: Mode<O>>(&self, mode: &M, out: &O) -> Option<(Bytes, bool)> {
+        let compute_us = self.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let value = mode.shared(out)?;
+        let no_tags = Vec::new();
+        let encoded = self.cache.encode_entry(
+            &self.full,
+            value,
+            self.ttl,
+            self.policy.stale,
+            (&self.tag_keys, self.versions.as_ref().unwrap_or(&no_tags)),
+            compute_us,
+            codec::fingerprint::<M::Stored>(),
+        );
+        match encoded {
+            Ok(bytes) => Some((Bytes::from(bytes), mode.stored(out).is_some())),
+            Err(e) => {
+                self.cache.compute_err(self.function, "set", &self.full, &e);
+                None
+            }
+        }
+    }
+
+    async fn store(&mut self, bytes: Bytes, store: bool) {
+        let cache = &self.cache;
+        if self.versions.is_some() && store {
+            let ttl = match (self.ttl, self.policy.stale) {
+                (Some(ttl), Some(stale)) => Some(ttl.saturating_add(stale)),
+                (ttl, _) => ttl,
+            };
+            let condition = std::mem::replace(&mut self.condition, WriteIf::Always);
+            let written = match crate::limits::ttl(ttl) {
+                Ok(ttl) => {
+                    cache
+                        .write_encoded(&self.full, bytes.to_vec(), ttl, condition)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                cache.compute_err(self.function, "set", &self.full, &e);
+            }
+        }
+        if let Some(guard) = self.fill_lock.take() {
+            guard.release(cache).await;
+        }
+        if let Some(leader) = self.leader.take() {
+            leader.land(Some(bytes));
+        }
+    }
+
+    /// Fail-safe: the stale value a failed refresh leaves is served as fresh for the
+    /// throttle, so that the failing source is not called on every read.
+    async fn fail<S: Serialize + DeserializeOwned + 'static>(mut self) {
+        if let Some(guard) = self.fill_lock.take() {
+            guard.release(&self.cache).await;
+        }
+        let Some(seen) = self.stale_seen.take() else {
+            return;
+        };
+        let Ok(env) = codec::parse(&seen) else {
+            return;
+        };
+        let Ok(value) = env.value::<S>(env.fingerprint) else {
+            return;
+        };
+        let now = codec::now_ms();
+        let throttle = self.policy.fail_safe_throttle;
+        let fresh_until = now.saturating_add(throttle.as_millis() as u64);
+        let keep = Duration::from_millis(env.stale_until_ms.saturating_sub(fresh_until));
+        let (keys, versions): (Vec<String>, Vec<u64>) =
+            env.tags().map(|(k, v)| (k.to_owned(), v)).unzip();
+        let cache = &self.cache;
+        let Ok(bytes) = cache.encode_entry(
+            &self.full,
+            &value,
+            Some(throttle),
+            Some(keep.max(Duration::from_millis(1))),
+            (&keys, &versions),
+            env.compute_us,
+            env.fingerprint,
+        ) else {
+            return;
+        };
+        let ttl = throttle.saturating_add(keep);
+        let written = cache
+            .write_encoded(&self.full, bytes, Some(ttl), WriteIf::Unchanged(Some(seen)))
+            .await;
+        if let Err(e) = written {
+            cache.compute_err(self.function, "fail-safe", &self.full, &e);
+        }
     }
 }

@@ -137,6 +137,15 @@ pub enum Error {
         /// The configured limit, in bytes.
         limit: usize,
     },
+    /// A computation of get-or-compute ran past its hard timeout (`hard_timeout`), and no
+    /// stale value could be served instead.
+    #[error("computing the value of `{key}` took longer than its hard timeout of {after:?}")]
+    ComputeTimeout {
+        /// The key being computed.
+        key: String,
+        /// The hard timeout.
+        after: Duration,
+    },
 }
 
 impl Error {

@@ -45,6 +45,7 @@ pub mod __private {
 
 pub use backend::KeyTtl;
 pub use cache::{install, installed, Cache, Lookup, Source};
+pub use compute::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout};
 pub use config::CacheBuilder;
 pub use error::{Error, Result};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};

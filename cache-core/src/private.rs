@@ -14,6 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::cache::{installed, Cache};
+pub use crate::compute::{Detach, Inline, Spawn};
+use crate::compute::{FillLock, Policy};
 use crate::error::Result;
 pub use crate::key::KeyBuf;
 
@@ -22,6 +24,14 @@ pub use crate::key::KeyBuf;
 pub struct Spec {
     function: &'static str,
     ttl: Option<Duration>,
+    policy: Policy,
+}
+
+const fn millis(ms: Option<u64>) -> Option<Duration> {
+    match ms {
+        Some(ms) => Some(Duration::from_millis(ms)),
+        None => None,
+    }
 }
 
 impl Spec {
@@ -29,11 +39,31 @@ impl Spec {
     pub const fn new(function: &'static str, ttl_ms: Option<u64>) -> Spec {
         Spec {
             function,
-            ttl: match ttl_ms {
-                Some(ms) => Some(Duration::from_millis(ms)),
-                None => None,
-            },
+            ttl: millis(ttl_ms),
+            policy: Policy::DEFAULT,
         }
+    }
+
+    /// The `stale`, `soft_timeout` and `hard_timeout` attributes (milliseconds), `refresh =
+    /// "early"`, and `lock` (0: none, 1: local, 2: distributed).
+    pub const fn policy(
+        mut self,
+        stale_ms: Option<u64>,
+        soft_timeout_ms: Option<u64>,
+        hard_timeout_ms: Option<u64>,
+        early_refresh: bool,
+        lock: u8,
+    ) -> Spec {
+        self.policy.stale = millis(stale_ms);
+        self.policy.soft_timeout = millis(soft_timeout_ms);
+        self.policy.hard_timeout = millis(hard_timeout_ms);
+        self.policy.early_refresh_beta = if early_refresh { 1.0 } else { 0.0 };
+        self.policy.lock = match lock {
+            0 => FillLock::None,
+            2 => FillLock::Distributed,
+            _ => FillLock::Local,
+        };
+        self
     }
 }
 
@@ -57,11 +87,23 @@ pub fn global() -> CacheRef<'static> {
 }
 
 /// How a return type maps to what is stored.
-pub trait Mode<O>: Copy {
+pub trait Mode<O>: Copy + Send + Sync + 'static {
     /// What is serialized.
     type Stored: Serialize + DeserializeOwned + Send + Sync + 'static;
     /// The part of `out` to store, if it is to be stored.
     fn stored<'a>(&self, out: &'a O) -> Option<&'a Self::Stored>;
+    /// The part of `out` that calls waiting for the same computation can be given (they
+    /// rebuild it with [`restore`](Mode::restore)); by default what is stored.
+    fn shared<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
+        self.stored(out)
+    }
+    /// The output to return when the computation ran past its hard timeout, if this return
+    /// type can say so ([`Timed`]).
+    fn timed_out(&self, _error: crate::Error) -> Option<O> {
+        None
+    }
+    /// Whether [`timed_out`](Mode::timed_out) gives an output (a hard timeout applies).
+    const TIMES_OUT: bool = false;
     /// The output rebuilt from a stored value.
     fn restore(&self, stored: Self::Stored) -> O;
     /// Whether `out` counts as success (for `#[cache_evict]`).
@@ -96,6 +138,9 @@ impl<T: Serialize + DeserializeOwned + Send + Sync + 'static> Mode<Option<T>> fo
     type Stored = Option<T>;
     fn stored<'a>(&self, out: &'a Option<T>) -> Option<&'a Option<T>> {
         (out.is_some() || self.cache_none).then_some(out)
+    }
+    fn shared<'a>(&self, out: &'a Option<T>) -> Option<&'a Option<T>> {
+        Some(out) // a `None` not stored is still the answer for the calls waiting for it
     }
     fn restore(&self, stored: Option<T>) -> Option<T> {
         stored
@@ -143,6 +188,45 @@ where
     }
 }
 
+/// `Result<T, E>` with `hard_timeout`: `M`'s choices, and a timeout is an `Err` made from
+/// [`Error::ComputeTimeout`](crate::Error::ComputeTimeout).
+#[derive(Debug, Clone, Copy)]
+pub struct Timed<M>(pub M);
+
+/// The bound `hard_timeout` puts on a function's error type.
+#[diagnostic::on_unimplemented(
+    message = "`hard_timeout` needs `{Self}: From<cache_core::Error>`, to return a timeout as an error",
+    label = "the error type of this function",
+    note = "implement `From<cache_core::Error>` for `{Self}`, or remove `hard_timeout`"
+)]
+pub trait TimeoutError: From<crate::Error> {}
+
+impl<E: From<crate::Error>> TimeoutError for E {}
+
+impl<T, E, M> Mode<Result<T, E>> for Timed<M>
+where
+    M: Mode<Result<T, E>>,
+    E: TimeoutError,
+{
+    type Stored = M::Stored;
+    const TIMES_OUT: bool = true;
+    fn stored<'a>(&self, out: &'a Result<T, E>) -> Option<&'a Self::Stored> {
+        self.0.stored(out)
+    }
+    fn shared<'a>(&self, out: &'a Result<T, E>) -> Option<&'a Self::Stored> {
+        self.0.shared(out)
+    }
+    fn restore(&self, stored: Self::Stored) -> Result<T, E> {
+        self.0.restore(stored)
+    }
+    fn succeeded(&self, out: &Result<T, E>) -> bool {
+        self.0.succeeded(out)
+    }
+    fn timed_out(&self, error: crate::Error) -> Option<Result<T, E>> {
+        Some(Err(E::from(error)))
+    }
+}
+
 /// The `#[cached]` wrapper: the stored value, or `compute`'s (stored per `mode`).
 pub async fn cached<O, M: Mode<O>, F: Future<Output = O>>(
     cache: CacheRef<'_>,
@@ -152,11 +236,35 @@ pub async fn cached<O, M: Mode<O>, F: Future<Output = O>>(
     tags: &mut [String],
     compute: F,
 ) -> O {
+    cached_with(cache, spec, mode, Inline, key, tags, compute).await
+}
+
+/// [`cached`] where background work (stale refreshes, computations past a soft timeout)
+/// runs as `detach` allows: [`Spawn`] for functions whose body owns everything it uses,
+/// [`Inline`] for the others.
+pub async fn cached_with<O, M: Mode<O>, F: Future<Output = O>, D: Detach<F>>(
+    cache: CacheRef<'_>,
+    spec: &'static Spec,
+    mode: M,
+    detach: D,
+    key: KeyBuf,
+    tags: &mut [String],
+    compute: F,
+) -> O {
     match cache {
         Some(cache) => {
             let full = cache.full_key_of(key);
             cache
-                .compute_through(spec.function, full, tags, spec.ttl, mode, compute)
+                .compute_with(
+                    spec.function,
+                    full,
+                    tags,
+                    spec.ttl,
+                    &spec.policy,
+                    mode,
+                    detach,
+                    compute,
+                )
                 .await
         }
         None => compute.await,
@@ -176,7 +284,15 @@ pub async fn refresh<O, M: Mode<O>, F: Future<Output = O>>(
         Some(cache) => {
             let full = cache.full_key_of(key);
             cache
-                .compute_and_store(spec.function, full, tags, spec.ttl, mode, compute)
+                .compute_and_store(
+                    spec.function,
+                    full,
+                    tags,
+                    spec.ttl,
+                    &spec.policy,
+                    mode,
+                    compute,
+                )
                 .await
         }
         None => compute.await,

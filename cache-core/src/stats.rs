@@ -12,6 +12,10 @@ pub(crate) struct Stats {
     encode_errors: AtomicU64,
     computes: AtomicU64,
     superseded: AtomicU64,
+    stale_served: AtomicU64,
+    flight_waits: AtomicU64,
+    background_refreshes: AtomicU64,
+    lock_timeouts: AtomicU64,
 }
 
 /// A snapshot of a cache's counters, shared by every handle cloned, scoped or tenanted from
@@ -45,6 +49,17 @@ pub struct StatsSnapshot {
     /// while they were computed: it was invalidated (then the value may be older than the
     /// invalidation), or another writer stored a value first.
     pub superseded: u64,
+    /// Stale values served by get-or-compute (`stale` option): while a refresh ran, or
+    /// because it failed, panicked, timed out, or the backend was unavailable.
+    pub stale_served: u64,
+    /// Calls that waited for the computation another call of the same key was running
+    /// (single-flight in the process, or the distributed fill lock), instead of computing.
+    pub flight_waits: u64,
+    /// Refreshes started for a caller that did not wait for them: behind a stale value, past
+    /// a soft timeout, or ahead of expiry (`refresh = "early"`).
+    pub background_refreshes: u64,
+    /// Distributed fill locks not had within their wait: the value was computed anyway.
+    pub lock_timeouts: u64,
 }
 
 impl StatsSnapshot {
@@ -100,6 +115,19 @@ impl Stats {
         bump(&self.superseded);
     }
 
+    pub(crate) fn stale_served(&self) {
+        bump(&self.stale_served);
+    }
+    pub(crate) fn flight_wait(&self) {
+        bump(&self.flight_waits);
+    }
+    pub(crate) fn background_refresh(&self) {
+        bump(&self.background_refreshes);
+    }
+    pub(crate) fn lock_timeout(&self) {
+        bump(&self.lock_timeouts);
+    }
+
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         StatsSnapshot {
@@ -111,6 +139,10 @@ impl Stats {
             encode_errors: get(&self.encode_errors),
             computes: get(&self.computes),
             superseded: get(&self.superseded),
+            stale_served: get(&self.stale_served),
+            flight_waits: get(&self.flight_waits),
+            background_refreshes: get(&self.background_refreshes),
+            lock_timeouts: get(&self.lock_timeouts),
         }
     }
 }

@@ -45,6 +45,11 @@ impl Kind {
                 "cache_none",
                 "cache_err",
                 "crate",
+                "stale",
+                "refresh",
+                "lock",
+                "soft_timeout",
+                "hard_timeout",
             ],
             Kind::Evict => &["key", "tags", "cache", "crate"],
             Kind::Put => &[
@@ -80,6 +85,25 @@ pub struct Args {
     pub cache_none: Option<Span>,
     pub cache_err: Option<Span>,
     pub krate: Option<syn::Path>,
+    /// `stale`, `soft_timeout`, `hard_timeout` in milliseconds, with their spans.
+    pub stale_ms: Option<u64>,
+    pub soft_timeout_ms: Option<u64>,
+    pub hard_timeout: Option<(u64, Span)>,
+    /// `refresh = "early"`.
+    pub early_refresh: bool,
+    /// `lock`: 0 none, 1 local, 2 distributed.
+    pub lock: Option<u8>,
+}
+
+impl Args {
+    /// Whether any stampede or staleness attribute is given.
+    pub fn has_policy(&self) -> bool {
+        self.stale_ms.is_some()
+            || self.soft_timeout_ms.is_some()
+            || self.hard_timeout.is_some()
+            || self.early_refresh
+            || self.lock.is_some()
+    }
 }
 
 /// `name` or `name = value`.
@@ -158,6 +182,23 @@ pub fn parse(kind: Kind, tokens: TokenStream, errors: &mut Errors) -> Args {
                     "cache" => args.cache = Some(value),
                     "skip" => args.skip = skip(value, errors),
                     "crate" => args.krate = crate_path(value, errors),
+                    "stale" => args.stale_ms = duration("stale", value, errors),
+                    "soft_timeout" => {
+                        args.soft_timeout_ms = duration("soft_timeout", value, errors)
+                    }
+                    "hard_timeout" => {
+                        let span = value.span();
+                        args.hard_timeout =
+                            duration("hard_timeout", value, errors).map(|ms| (ms, span));
+                    }
+                    "refresh" => {
+                        args.early_refresh = choice("refresh", &value, &["early"], errors).is_some()
+                    }
+                    "lock" => {
+                        args.lock =
+                            choice("lock", &value, &["none", "local", "distributed"], errors)
+                                .map(|i| i as u8)
+                    }
                     _ => unreachable!("`{name_str}` is in the accepted list but not handled"),
                 }
             }
@@ -189,6 +230,11 @@ fn example(name: &str) -> &'static str {
         "cache" => "`cache = CACHE` or `cache = self.cache`",
         "skip" => "`skip = [param, ...]`",
         "crate" => "`crate = \"path::to::cache_core\"`",
+        "stale" => "`stale = \"1h\"`",
+        "soft_timeout" => "`soft_timeout = \"100ms\"`",
+        "hard_timeout" => "`hard_timeout = \"2s\"`",
+        "refresh" => "`refresh = \"early\"`",
+        "lock" => "`lock = \"local\"`, `lock = \"distributed\"` or `lock = \"none\"`",
         _ => "`name = value`",
     }
 }
@@ -346,6 +392,62 @@ fn ttl(value: Expr, errors: &mut Errors) -> Option<u64> {
     }
 }
 
+const DURATION_EXPECTED: &str = "expected a duration such as \"100ms\", \"2s\", \"1h\"";
+
+/// `stale`, `soft_timeout`, `hard_timeout`: a duration in a string, greater than zero.
+fn duration(what: &str, value: Expr, errors: &mut Errors) -> Option<u64> {
+    let Some(lit) = string_literal(&value) else {
+        errors.spanned(
+            &value,
+            format_args!("invalid `{what}`: {DURATION_EXPECTED}, in a string"),
+        );
+        return None;
+    };
+    let text = lit.value();
+    match humantime::parse_duration(&text) {
+        Ok(d) if d.is_zero() => {
+            errors.spanned(
+                lit,
+                format_args!(
+                    "invalid `{what}` of zero: it must be greater than zero; {DURATION_EXPECTED}"
+                ),
+            );
+            None
+        }
+        Ok(d) => Some(round_up_to_millis(d)),
+        Err(_) => {
+            errors.spanned(
+                lit,
+                format_args!("invalid `{what}` {text:?}: {DURATION_EXPECTED}"),
+            );
+            None
+        }
+    }
+}
+
+/// A string naming one of `choices`; its index.
+fn choice(what: &str, value: &Expr, choices: &[&str], errors: &mut Errors) -> Option<usize> {
+    let expected = suggest::list(choices.iter().copied());
+    let Some(lit) = string_literal(value) else {
+        errors.spanned(
+            value,
+            format_args!("`{what}` expects a string, one of {expected}"),
+        );
+        return None;
+    };
+    let text = lit.value();
+    match choices.iter().position(|c| *c == text) {
+        Some(i) => Some(i),
+        None => {
+            errors.spanned(
+                lit,
+                format_args!("invalid `{what}` {text:?}; expected one of {expected}"),
+            );
+            None
+        }
+    }
+}
+
 /// A sub-millisecond remainder rounds up: `"1us"` must not become "no expiry".
 fn round_up_to_millis(duration: Duration) -> u64 {
     let millis = duration.as_millis();
@@ -466,7 +568,7 @@ mod tests {
     fn unknown_and_duplicate() {
         let messages = messages(
             Kind::Cached,
-            quote!(tll = 5, stale = "1m", key = "a", key = "b"),
+            quote!(tll = 5, expiry = "1m", key = "a", key = "b"),
         );
         assert_eq!(messages.len(), 3, "{messages:?}");
         assert!(messages[0].contains("did you mean `ttl`?"), "{messages:?}");

@@ -104,11 +104,26 @@ impl Context<'_> {
         let mode = self.mode();
         let compute = self.call(&uncached_name);
         let helper_span = return_span(&func.sig);
-        let cached = call_helper(
-            quote!(#private::cached),
-            quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #compute),
-            helper_span,
-        );
+        let cached = if self.args.has_policy() {
+            // A body that owns everything it uses can finish without its caller (a refresh
+            // behind a stale value, past a timeout); one that borrows is driven by it.
+            let detach = if self.owns_its_arguments() {
+                quote!(#private::Spawn)
+            } else {
+                quote!(#private::Inline)
+            };
+            call_helper(
+                quote!(#private::cached_with),
+                quote!(#cache, &__CACHE_SPEC, #mode, #detach, #key, &mut #tags, #compute),
+                helper_span,
+            )
+        } else {
+            call_helper(
+                quote!(#private::cached),
+                quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #compute),
+                helper_span,
+            )
+        };
         let refresh = call_helper(
             quote!(#private::refresh),
             quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #compute),
@@ -264,12 +279,47 @@ impl Context<'_> {
             Some(ms) => quote!(::core::option::Option::Some(#ms)),
             None => quote!(::core::option::Option::None),
         };
+        let policy = if self.args.has_policy() {
+            let ms = |v: Option<u64>| match v {
+                Some(ms) => quote!(::core::option::Option::Some(#ms)),
+                None => quote!(::core::option::Option::None),
+            };
+            let stale = ms(self.args.stale_ms);
+            let soft = ms(self.args.soft_timeout_ms);
+            let hard = ms(self.args.hard_timeout.map(|(ms, _)| ms));
+            let early = self.args.early_refresh;
+            let lock = self.args.lock.unwrap_or(1);
+            quote!(.policy(#stale, #soft, #hard, #early, #lock))
+        } else {
+            quote!()
+        };
         quote! {
             static __CACHE_SPEC: #private::Spec = #private::Spec::new(
                 ::core::concat!(::core::module_path!(), "::", #name),
                 #ttl,
-            );
+            )#policy;
         }
+    }
+
+    /// Whether the body's future can be `'static`: no receiver, no generic or lifetime
+    /// parameter, no reference or lifetime in a parameter's type. (A body that is not
+    /// `Send` then fails to compile with `stale`, `soft_timeout`, `hard_timeout` or
+    /// `refresh`, which is documented.)
+    fn owns_its_arguments(&self) -> bool {
+        let sig = &self.func.sig;
+        if self.info.receiver.is_some()
+            || sig
+                .generics
+                .params
+                .iter()
+                .any(|p| !matches!(p, GenericParam::Const(_)))
+        {
+            return false;
+        }
+        sig.inputs.iter().all(|input| match input {
+            FnArg::Typed(typed) => !borrows(typed.ty.to_token_stream()),
+            FnArg::Receiver(_) => false,
+        })
     }
 
     fn cache_ref(&self) -> TokenStream {
@@ -294,8 +344,18 @@ impl Context<'_> {
                 let cache_none = self.args.cache_none.is_some();
                 quote!(#private::OptionMode { cache_none: #cache_none })
             }
-            ModeKind::Result if self.args.cache_err.is_some() => quote!(#private::ResultErrMode),
-            ModeKind::Result => quote!(#private::ResultMode),
+            ModeKind::Result => {
+                let mode = if self.args.cache_err.is_some() {
+                    quote!(#private::ResultErrMode)
+                } else {
+                    quote!(#private::ResultMode)
+                };
+                if self.args.hard_timeout.is_some() {
+                    quote!(#private::Timed(#mode))
+                } else {
+                    mode
+                }
+            }
         }
     }
 
@@ -553,6 +613,18 @@ fn plain_signature(sig: &Signature) -> Signature {
         }
     }
     sig
+}
+
+/// Whether a type mentions a reference, a lifetime, `impl` or `dyn` (which may hide one).
+fn borrows(tokens: TokenStream) -> bool {
+    tokens.into_iter().any(|tree| match tree {
+        proc_macro2::TokenTree::Punct(p) => p.as_char() == '&' || p.as_char() == '\'',
+        proc_macro2::TokenTree::Ident(ident) => {
+            ident == "impl" || ident == "dyn" || ident == "Self"
+        }
+        proc_macro2::TokenTree::Group(group) => borrows(group.stream()),
+        proc_macro2::TokenTree::Literal(_) => false,
+    })
 }
 
 fn idents_in(tokens: TokenStream) -> Vec<Ident> {

@@ -59,6 +59,16 @@ use crate::attr::Kind;
 /// | `cache_none` | also cache `None` (by default only `Some` is cached) |
 /// | `cache_err` | also cache `Err` (by default only `Ok` is cached; requires `E: Serialize + DeserializeOwned`) |
 /// | `crate = "path"` | where `cache_core` is, for crates that re-export it |
+/// | `stale = "1h"` | keep a value this long past its TTL: served at once while one refresh runs, and whenever the refresh fails (fail-safe) |
+/// | `refresh = "early"` | probabilistic early refresh (XFetch) ahead of expiry |
+/// | `lock = "local"` | stampede protection: `"local"` (default, single-flight in the process), `"distributed"` (plus a fill lock in Redis across processes) or `"none"` |
+/// | `soft_timeout = "100ms"` | with `stale`: how long a caller waits for a refresh before it is served the stale value |
+/// | `hard_timeout = "2s"` | bound on any wait for the body; `Result<T, E>` with `E: From<cache_core::Error>` only (a timeout is an `Err`) |
+///
+/// With `stale`, `soft_timeout`, `hard_timeout`, `refresh` or `lock`, a function whose
+/// parameters are all owned (no reference, lifetime, generic or receiver) finishes its
+/// refreshes in a task of its own, so its body must be `Send`; other functions are driven by
+/// their caller (see the README, "Stampedes and staleness").
 ///
 /// # Key templates
 ///

@@ -113,6 +113,21 @@ pub fn check(kind: Kind, args: &Args, func: &ItemFn, errors: &mut Errors) -> FnI
         }
     }
 
+    if let Some((_, span)) = args.hard_timeout {
+        if mode != ModeKind::Result {
+            errors.at(
+                span,
+                "`hard_timeout` only applies to functions returning `Result<T, E>` with `E: From<cache_core::Error>`: a computation cut off must return an error; use `soft_timeout` with `stale` to bound the wait of other functions",
+            );
+        }
+    }
+    if let (Some(_), None) = (args.soft_timeout_ms, args.stale_ms) {
+        errors.at(
+            Span::call_site(),
+            "`soft_timeout` needs `stale = \"...\"`: it bounds the wait for a refresh when a stale value can be served instead",
+        );
+    }
+
     let info = FnInfo {
         in_impl: receiver.is_some() || mentions_self(sig),
         receiver,

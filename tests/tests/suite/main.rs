@@ -6,6 +6,7 @@ mod harness;
 mod invalidation;
 mod limits;
 mod macros;
+mod stampede;
 mod tags;
 mod tls;
 mod topology;

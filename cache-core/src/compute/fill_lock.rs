@@ -1,0 +1,132 @@
+//! The distributed fill lock (`lock = "distributed"`): across processes, one computes a
+//! missing key while the others wait for its value.
+//!
+//! A lease in Redis, `<prefix>~fill:<key>`, taken with `SET NX PX` by a random 128-bit owner
+//! and released by compare-and-delete after the value is stored. A process that does not get
+//! it serves its stale value if it has one; otherwise it looks again, one round trip per look
+//! (value arrived? lock free?), backing off from 2 ms to 50 ms, until the value arrives, the
+//! lock frees (its holder failed, or died and its lease ran out: then this process takes it),
+//! or the lock wait passes: then it computes anyway and counts a lock timeout (availability
+//! over strictness).
+//!
+//! The memory backend lives in one process, where single-flight already is the whole story.
+
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use redis::Script;
+
+use super::Policy;
+use crate::backend::Backend;
+use crate::cache::Cache;
+
+static LOOK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("../scripts/tombstone.lua"),
+        include_str!("../scripts/fill_lock.lua")
+    ))
+});
+static UNLOCK: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("../scripts/fill_unlock.lua")));
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
+
+/// A fill lock held by this process (nothing to release on the memory backend).
+#[derive(Debug)]
+pub(crate) struct Guard {
+    held: Option<(String, String)>,
+}
+
+impl Guard {
+    /// Releases the lock if this process still owns it. A failure is left to the lease.
+    pub(crate) async fn release(self, cache: &Cache) {
+        let (Some((key, owner)), Backend::Redis(redis)) = (self.held, cache.backend_ref()) else {
+            return;
+        };
+        let mut invocation = UNLOCK.key(&key);
+        invocation.arg(&owner);
+        if let Err(e) = redis.run_script::<u8>("fill unlock", &invocation).await {
+            tracing::debug!(error = %e, "fill lock not released; its lease will expire");
+        }
+    }
+}
+
+pub(crate) enum Acquired {
+    /// This process computes.
+    Held(Guard),
+    /// Another holds the lock and the caller has a stale value to serve.
+    Stale,
+    /// The value was stored by another process meanwhile.
+    Arrived,
+    /// Not had within the lock wait (or Redis failed): compute anyway.
+    TimedOut,
+}
+
+/// The fill lock of `full`, or what to do instead. `seen` is what the caller's read found.
+pub(crate) async fn acquire(
+    cache: &Cache,
+    full: &str,
+    seen: Option<&[u8]>,
+    policy: &Policy,
+    has_stale: bool,
+) -> Acquired {
+    let Backend::Redis(redis) = cache.backend_ref() else {
+        return Acquired::Held(Guard { held: None });
+    };
+    let prefix = &cache.scope.prefix;
+    let lock_key = format!(
+        "{prefix}~fill:{}",
+        full.strip_prefix(prefix.as_str()).unwrap_or(full)
+    );
+    let owner = owner_token();
+    let seen_digest = seen.map_or_else(String::new, |s| {
+        crate::key::lower_hex(&sha1_smol::Sha1::from(s).digest().bytes())
+    });
+    let lease = policy.lock_lease.as_millis().clamp(1, u64::MAX as u128) as u64;
+    let deadline = Instant::now() + policy.lock_wait;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let mut invocation = LOOK.key(full);
+        invocation
+            .key(&lock_key)
+            .arg(&owner)
+            .arg(lease)
+            .arg(&seen_digest);
+        match redis.run_script::<u8>("fill lock", &invocation).await {
+            Ok(2) => {
+                return Acquired::Held(Guard {
+                    held: Some((lock_key, owner)),
+                })
+            }
+            Ok(1) => return Acquired::Arrived,
+            Ok(_) if has_stale => return Acquired::Stale,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "fill lock unavailable; computing without it");
+                return Acquired::TimedOut;
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Acquired::TimedOut;
+        }
+        tokio::time::sleep(backoff.min(deadline - now)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// 128 random bits, hex: the owner of one lock acquisition.
+fn owner_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::collections::hash_map::RandomState::new();
+    let mut words = [0u64; 2];
+    for (i, word) in words.iter_mut().enumerate() {
+        let mut h = state.build_hasher();
+        h.write_u64(crate::codec::now_us());
+        h.write_usize(i);
+        h.write_u64(std::process::id().into());
+        *word = h.finish();
+    }
+    format!("{:016x}{:016x}", words[0], words[1])
+}
