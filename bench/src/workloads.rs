@@ -28,6 +28,10 @@ pub const TTL: Duration = Duration::from_secs(15 * 60);
 const ORGS: u64 = 100;
 /// Miss workloads use ids from here up, never used by the populated data.
 const FIRST_MISS_ID: u64 = 1_000_000_000;
+/// The computation of the cold-stampede workloads: a slow source.
+const SLOW: Duration = Duration::from_millis(50);
+/// Concurrent callers of one cold key in the stampede workload.
+const STAMPEDE: usize = 1000;
 
 /// The cached value: about 100 bytes of JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -166,6 +170,7 @@ impl Ctx {
         for_each_id(move |id| async move {
             ours::user_refresh(&self.ours, id).await;
             ours::tagged_user_refresh(&self.ours, id % ORGS, id).await;
+            ours::stale_user_populate(&self.ours, id).await;
             ok(theirs::user(id).await, "populating the cached crate");
             self.moka.insert(id, User::load(id)).await;
         })
@@ -224,6 +229,43 @@ mod ours {
     #[cache_core::cached(key = "tmiss:<org>:<id>", ttl = 900, tags = ["org:<org>"], cache = cache, skip = [cache])]
     pub async fn tagged_miss(cache: &Cache, org: u64, id: u64) -> User {
         in_org(User::load(id), org)
+    }
+
+    /// A slow source, for the stampede of cold callers.
+    #[cache_core::cached(key = "slow:<id>", ttl = 900, cache = cache, skip = [cache])]
+    pub async fn slow(cache: &Cache, id: u64) -> User {
+        tokio::time::sleep(super::SLOW).await;
+        User::load(id)
+    }
+
+    /// Entries past their TTL inside an hour of stale window; a failed refresh keeps them
+    /// stale (a 1 ms fail-safe throttle), so each read serves a stale value.
+    pub fn stale_options() -> cache_core::ComputeOptions {
+        use std::time::Duration;
+        cache_core::ComputeOptions::new()
+            .ttl(Duration::from_millis(1))
+            .stale(Duration::from_secs(3600))
+            .fail_safe_throttle(Duration::from_millis(1))
+    }
+
+    pub async fn stale_user_populate(cache: &Cache, id: u64) {
+        let user = cache
+            .try_get_or_set_with(
+                &format!("stale:{id}"),
+                &stale_options(),
+                move || async move { Ok::<User, String>(User::load(id)) },
+            )
+            .await;
+        super::check(&super::ok(user, "populating stale users"), id);
+    }
+
+    /// A stale user, the source failing.
+    pub async fn stale_user(cache: &Cache, id: u64) -> Result<User, String> {
+        cache
+            .try_get_or_set_with(&format!("stale:{id}"), &stale_options(), || async {
+                Err::<User, String>("source down".to_owned())
+            })
+            .await
     }
 }
 
@@ -328,6 +370,7 @@ pub fn workloads() -> Vec<Workload> {
         w("raw GET c=1", None, Unchecked, |cx| Box::pin(raw_get(cx, 1))),
         w("ours hit c=1", Some("raw GET c=1"), Hits, |cx| Box::pin(ours_hit(cx, 1))),
         w("cached crate hit c=1", None, Hits, |cx| Box::pin(theirs_hit(cx, 1))),
+        w("ours stale serve, source failing, c=1", Some("ours hit c=1"), Unchecked, |cx| Box::pin(ours_stale_serve(cx, 1))),
         w("raw GET c=64", None, Unchecked, |cx| Box::pin(raw_get(cx, 64))),
         w("ours hit c=64", Some("raw GET c=64"), Hits, |cx| Box::pin(ours_hit(cx, 64))),
         w("cached crate hit c=64", None, Hits, |cx| Box::pin(theirs_hit(cx, 64))),
@@ -343,6 +386,8 @@ pub fn workloads() -> Vec<Workload> {
         w("ours delete+miss c=1", Some("raw delete+miss c=1"), Misses, |cx| Box::pin(ours_delete_miss(cx, 1))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
         w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
+        w("one 50 ms computation", None, Unchecked, |cx| Box::pin(one_slow_computation(cx))),
+        w("ours 1000 cold callers of one key", Some("one 50 ms computation"), Misses, |cx| Box::pin(ours_cold_stampede(cx))),
     ]
 }
 
@@ -377,6 +422,16 @@ pub fn targets() -> Vec<Target> {
         t("ours hit c=64", "cached crate hit c=64", OpsAtLeast(1.0)),
         t("ours hit c=1", "raw GET c=1", P50AtMost(1.1)),
         t("ours tagged miss c=1", "raw miss c=1", OpsAtLeast(0.9)),
+        t(
+            "ours stale serve, source failing, c=1",
+            "ours hit c=1",
+            P50AtMost(1.2),
+        ),
+        t(
+            "ours 1000 cold callers of one key",
+            "one 50 ms computation",
+            P50AtMost(1.2),
+        ),
     ]
 }
 
@@ -531,6 +586,42 @@ async fn ours_tagged_miss(cx: &'static Ctx, concurrency: usize) -> Round {
     measure(&cx.plan, concurrency, move |_| async move {
         let id = cx.miss_id();
         check(&ours::tagged_miss(&cx.ours, id % ORGS, id).await, id);
+    })
+    .await
+}
+
+/// Reads of users past their TTL while the source fails: the stale value is served at once
+/// (a refresh is started in the background and fails, keeping it stale).
+async fn ours_stale_serve(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        check(&ok(ours::stale_user(&cx.ours, id).await, "stale serve"), id);
+    })
+    .await
+}
+
+/// What one caller of a cold key waits at best: the source's time.
+async fn one_slow_computation(cx: &'static Ctx) -> Round {
+    measure(&cx.plan, 1, move |_| async move {
+        let id = cx.miss_id();
+        tokio::time::sleep(SLOW).await;
+        check(&User::load(id), id);
+    })
+    .await
+}
+
+/// 1,000 concurrent callers of one cold key (each its own task): single-flight runs the
+/// 50 ms computation once and hands its value to the 999 others; the operation ends when all
+/// have their value.
+async fn ours_cold_stampede(cx: &'static Ctx) -> Round {
+    measure(&cx.plan, 1, move |_| async move {
+        let id = cx.miss_id();
+        let callers: Vec<_> = (0..STAMPEDE)
+            .map(|_| tokio::spawn(async move { ours::slow(&cx.ours, id).await }))
+            .collect();
+        for caller in callers {
+            check(&ok(caller.await, "a cold caller"), id);
+        }
     })
     .await
 }

@@ -450,7 +450,8 @@ struct Flights {
     by_key: Mutex<HashMap<String, Arc<Flight>>>,
 }
 
-/// How long a landed value answers callers that read what its leader read.
+/// Landed flights are kept this long for callers whose read ended before the landing but
+/// who join after it (the moment between a caller's read and its join); swept after.
 const LINGER: Duration = Duration::from_secs(1);
 /// Landed flights are swept when the map grows past this.
 const SWEEP_ABOVE: usize = 256;
@@ -466,14 +467,15 @@ impl Flights {
         self.by_key.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn join(self: &Arc<Self>, key: &str, seen: &Seen) -> Joined {
+    /// Joins the flight of `key` if it started from what this caller's read found (`seen`,
+    /// read by `read_at`): waits for it while it runs, takes its value if it landed after
+    /// that read (so the read could not have seen it); else leads a new one.
+    fn join(self: &Arc<Self>, key: &str, seen: &Seen, read_at: Instant) -> Joined {
         let mut map = self.lock();
         if let Some(flight) = map.get(key).filter(|f| f.seen == *seen) {
             match &*flight.tx.borrow() {
                 Landing::Running => return Joined::Wait(flight.tx.subscribe()),
-                Landing::Value(bytes, at) if at.elapsed() < LINGER => {
-                    return Joined::Landed(bytes.clone())
-                }
+                Landing::Value(bytes, at) if read_at < *at => return Joined::Landed(bytes.clone()),
                 _ => {}
             }
         }
@@ -925,6 +927,7 @@ impl Cache {
             }
             Err(e) => self.compute_err(function, "get", &full, &e),
         }
+        let read_at = Instant::now();
         let seen = match &known {
             Some((_, bytes)) => Seen::Read(bytes.clone()),
             None => Seen::Unread,
@@ -938,7 +941,7 @@ impl Cache {
         // once to everyone but the caller that starts the refresh.
         if policy.lock != FillLock::None {
             loop {
-                match self.flights().join(&full, &seen) {
+                match self.flights().join(&full, &seen, read_at) {
                     Joined::Lead(leader) => {
                         fill.leader = Some(leader);
                         break;
@@ -1095,7 +1098,11 @@ impl Cache {
         F: Future<Output = O>,
         D: Detach<F>,
     {
-        match self.flights().join(&fill.full, &Seen::Read(bytes.clone())) {
+        let read_at = Instant::now();
+        match self
+            .flights()
+            .join(&fill.full, &Seen::Read(bytes.clone()), read_at)
+        {
             Joined::Lead(leader) => fill.leader = Some(leader),
             _ => return mode.restore(value),
         }
