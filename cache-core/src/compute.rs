@@ -913,9 +913,15 @@ impl Cache {
                         refresh: true,
                     }) => {
                         let fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
-                        return self
-                            .refresh_early(fill, (versions, bytes), value, mode, detach, compute)
-                            .await;
+                        return Box::pin(self.refresh_early(
+                            fill,
+                            (versions, bytes),
+                            value,
+                            mode,
+                            detach,
+                            compute,
+                        ))
+                        .await;
                     }
                     Ok(Found::Stale(value)) => {
                         stale = Some(value);
@@ -927,6 +933,35 @@ impl Cache {
             }
             Err(e) => self.compute_err(function, "get", &full, &e),
         }
+        // Boxed: the rest is the miss path's, and its state (flights, the fill, the
+        // computation) stays out of the future every hit builds.
+        Box::pin(self.compute_cold(
+            function, full, tag_keys, ttl, policy, mode, detach, compute, known, stale,
+        ))
+        .await
+    }
+
+    /// Steps 3 to 6, after a read that found no fresh value (`known`: what it found, `None`
+    /// if it failed; `stale`: a stale value to serve).
+    #[allow(clippy::too_many_arguments)] // one private step
+    async fn compute_cold<O, M, F, D>(
+        &self,
+        function: &'static str,
+        full: String,
+        tag_keys: &[String],
+        ttl: Option<Duration>,
+        policy: &Policy,
+        mode: M,
+        detach: D,
+        compute: F,
+        known: Option<(Vec<Option<u64>>, Option<Bytes>)>,
+        stale: Option<M::Stored>,
+    ) -> O
+    where
+        M: Mode<O>,
+        F: Future<Output = O>,
+        D: Detach<F>,
+    {
         let read_at = Instant::now();
         let seen = match &known {
             Some((_, bytes)) => Seen::Read(bytes.clone()),

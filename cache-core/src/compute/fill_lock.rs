@@ -3,11 +3,11 @@
 //!
 //! A lease in Redis, `<prefix>~fill:<key>`, taken with `SET NX PX` by a random 128-bit owner
 //! and released by compare-and-delete after the value is stored. A process that does not get
-//! it serves its stale value if it has one; otherwise it looks again, one round trip per look
-//! (value arrived? lock free?), backing off from 2 ms to 50 ms, until the value arrives, the
-//! lock frees (its holder failed, or died and its lease ran out: then this process takes it),
-//! or the lock wait passes: then it computes anyway and counts a lock timeout (availability
-//! over strictness).
+//! it serves its stale value if it has one; otherwise it looks again, backing off from 2 ms to
+//! 50 ms (each look a `GET` of the value, then a `SET NX` of the lock: single-key commands, so
+//! a cluster routes each by its own slot), until the value arrives, the lock frees (its
+//! holder failed, or died and its lease ran out: then this process takes it), or the lock wait
+//! passes: then it computes anyway and counts a lock timeout (availability over strictness).
 //!
 //! The memory backend lives in one process, where single-flight already is the whole story.
 
@@ -19,13 +19,8 @@ use redis::Script;
 use super::Policy;
 use crate::backend::Backend;
 use crate::cache::Cache;
+use crate::codec;
 
-static LOOK: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
-        include_str!("../scripts/tombstone.lua"),
-        include_str!("../scripts/fill_lock.lua")
-    ))
-});
 static UNLOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/fill_unlock.lua")));
 
@@ -80,33 +75,41 @@ pub(crate) async fn acquire(
         full.strip_prefix(prefix.as_str()).unwrap_or(full)
     );
     let owner = owner_token();
-    let seen_digest = seen.map_or_else(String::new, |s| {
-        crate::key::lower_hex(&sha1_smol::Sha1::from(s).digest().bytes())
-    });
-    let lease = policy.lock_lease.as_millis().clamp(1, u64::MAX as u128) as u64;
+    let lease = crate::limits::millis(policy.lock_lease);
     let deadline = Instant::now() + policy.lock_wait;
     let mut backoff = FIRST_BACKOFF;
+    let mut first = true;
     loop {
-        let mut invocation = LOOK.key(full);
-        invocation
-            .key(&lock_key)
+        if !first {
+            // Has the value arrived (something else than what the read found, and not a
+            // tombstone)?
+            let mut get = redis::cmd("GET");
+            get.arg(full);
+            match redis.run::<Option<Vec<u8>>>("GET", get).await {
+                Ok(Some(now)) if !codec::is_tombstone(&now) && seen != Some(&now[..]) => {
+                    return Acquired::Arrived
+                }
+                Ok(_) => {}
+                Err(e) => return unavailable(e),
+            }
+        }
+        let mut set = redis::cmd("SET");
+        set.arg(&lock_key)
             .arg(&owner)
-            .arg(lease)
-            .arg(&seen_digest);
-        match redis.run_script::<u8>("fill lock", &invocation).await {
-            Ok(2) => {
+            .arg("NX")
+            .arg("PX")
+            .arg(lease);
+        match redis.run::<Option<String>>("SET NX (fill lock)", set).await {
+            Ok(Some(_)) => {
                 return Acquired::Held(Guard {
                     held: Some((lock_key, owner)),
                 })
             }
-            Ok(1) => return Acquired::Arrived,
-            Ok(_) if has_stale => return Acquired::Stale,
-            Ok(_) => {}
-            Err(e) => {
-                tracing::debug!(error = %e, "fill lock unavailable; computing without it");
-                return Acquired::TimedOut;
-            }
+            Ok(None) if has_stale => return Acquired::Stale,
+            Ok(None) => {}
+            Err(e) => return unavailable(e),
         }
+        first = false;
         let now = Instant::now();
         if now >= deadline {
             return Acquired::TimedOut;
@@ -114,6 +117,11 @@ pub(crate) async fn acquire(
         tokio::time::sleep(backoff.min(deadline - now)).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+fn unavailable(e: crate::Error) -> Acquired {
+    tracing::debug!(error = %e, "fill lock unavailable; computing without it");
+    Acquired::TimedOut
 }
 
 /// 128 random bits, hex: the owner of one lock acquisition.
