@@ -146,6 +146,17 @@ pub enum Error {
         /// The hard timeout.
         after: Duration,
     },
+    /// A rate-limited request costs more than the limiter's limit (GCRA: its burst), so it
+    /// could never be admitted; see [`RateLimiter::check_n`](crate::RateLimiter::check_n).
+    #[error(
+        "a cost of {cost} is above the rate limit of {limit}: such a request is never admitted"
+    )]
+    CostAboveLimit {
+        /// The cost asked.
+        cost: u64,
+        /// The most a request may cost.
+        limit: u64,
+    },
 }
 
 impl Error {

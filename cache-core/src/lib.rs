@@ -32,6 +32,7 @@ mod config;
 mod error;
 mod key;
 mod limits;
+pub mod rate_limit;
 mod stats;
 mod tags;
 
@@ -50,6 +51,7 @@ pub use config::CacheBuilder;
 pub use error::{Error, Result};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
+pub use rate_limit::{Decision, RateLimit, RateLimiter};
 pub use stats::StatsSnapshot;
 
 #[cfg(feature = "macros")]

@@ -7,6 +7,7 @@ mod invalidation;
 mod limits;
 mod macros;
 mod stampede;
+mod rate_limit;
 mod tags;
 mod tls;
 mod topology;
