@@ -507,8 +507,6 @@ async fn bad_configurations_are_typed_errors() {
         RateLimit::sliding_log(0, Duration::from_secs(1)),
         RateLimit::sliding_log(10_000_000, Duration::from_secs(1)),
         RateLimit::sliding_window(10, Duration::ZERO),
-        RateLimit::sliding_window(10, Duration::from_micros(999)),
-        RateLimit::gcra(10, Duration::MAX),
         RateLimit::gcra(10, Duration::from_secs(1)).burst(0),
         RateLimit::gcra(1, Duration::from_secs(365 * 86_400)).burst(1 << 40),
         RateLimit::sliding_log(10, Duration::from_secs(1)).name("has space"),
@@ -518,6 +516,22 @@ async fn bad_configurations_are_typed_errors() {
         let e = limiter.check("a").await.expect_err("refused");
         assert!(matches!(e, Error::Config { .. }), "{config:?}: {e}");
         assert!(limiter.reconfigure(config).is_err());
+    }
+}
+
+/// Windows follow the cache's rule for durations: a fraction of a millisecond rounds up,
+/// `Duration::MAX` is clamped to `MAX_TTL`, neither is an error.
+#[tokio::test]
+async fn windows_round_up_and_clamp() {
+    for (backend, cache) in tests::backends().await {
+        for config in all(2, Duration::from_micros(1))
+            .into_iter()
+            .chain(all(2, Duration::MAX))
+        {
+            let limiter = cache.rate_limiter(config.clone());
+            let d = limiter.check("a").await.expect("a usable window");
+            assert!(d.allowed, "{backend} {config:?}");
+        }
     }
 }
 
