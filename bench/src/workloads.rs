@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use cache_core::Cache;
+use cache_core::rate_limit::Algorithm;
+use cache_core::{Cache, RateLimit, RateLimiter};
 use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 
@@ -384,6 +385,10 @@ pub fn workloads() -> Vec<Workload> {
         w("cached crate miss c=1", None, Misses, |cx| Box::pin(theirs_miss(cx, 1))),
         w("raw delete+miss c=1", None, Unchecked, |cx| Box::pin(raw_delete_miss(cx, 1))),
         w("ours delete+miss c=1", Some("raw delete+miss c=1"), Misses, |cx| Box::pin(ours_delete_miss(cx, 1))),
+        w("raw EVALSHA trivial c=64", None, Unchecked, |cx| Box::pin(raw_evalsha(cx, 64))),
+        w("ours limit sliding log c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::SlidingLog))),
+        w("ours limit sliding window c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::SlidingWindow))),
+        w("ours limit gcra c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::Gcra))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
         w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
         w("one 50 ms computation", None, Unchecked, |cx| Box::pin(one_slow_computation(cx))),
@@ -431,6 +436,21 @@ pub fn targets() -> Vec<Target> {
             "ours 1000 cold callers of one key",
             "one 50 ms computation",
             P50AtMost(1.2),
+        ),
+        t(
+            "ours limit sliding log c=64",
+            "raw EVALSHA trivial c=64",
+            OpsAtLeast(0.8),
+        ),
+        t(
+            "ours limit sliding window c=64",
+            "raw EVALSHA trivial c=64",
+            OpsAtLeast(0.8),
+        ),
+        t(
+            "ours limit gcra c=64",
+            "raw EVALSHA trivial c=64",
+            OpsAtLeast(0.8),
         ),
     ]
 }
@@ -600,6 +620,22 @@ async fn ours_stale_serve(cx: &'static Ctx, concurrency: usize) -> Round {
     .await
 }
 
+/// The trivial script the limiters are measured against: one key, one argument, `return 1`.
+static TRIVIAL: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new("return 1"));
+
+/// Raw redis-rs: `EVALSHA` of a trivial script, on ids spread as the limiter rows spread them.
+async fn raw_evalsha(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let mut conn = cx.raw.clone();
+        let mut invocation = TRIVIAL.key(cx.raw_key("rl", i % KEYS));
+        invocation.arg(1);
+        let one: i64 = ok(invocation.invoke_async(&mut conn).await, "raw EVALSHA");
+        assert_eq!(one, 1);
+    })
+    .await
+}
+
 /// What one caller of a cold key waits at best: the source's time.
 async fn one_slow_computation(cx: &'static Ctx) -> Round {
     measure(&cx.plan, 1, move |_| async move {
@@ -622,6 +658,38 @@ async fn ours_cold_stampede(cx: &'static Ctx) -> Round {
         for caller in callers {
             check(&ok(caller.await, "a cold caller"), id);
         }
+    })
+    .await
+}
+
+/// One limiter per algorithm, made once: 1,000 per second per id, over `KEYS` ids, so every
+/// check is decided by the script in full (admitted, counted, expiry set).
+fn limiter(cx: &'static Ctx, algorithm: Algorithm) -> &'static RateLimiter {
+    static LIMITERS: OnceLock<[RateLimiter; 3]> = OnceLock::new();
+    let [log, window, gcra] = LIMITERS.get_or_init(|| {
+        let second = Duration::from_secs(1);
+        [
+            cx.ours
+                .rate_limiter(RateLimit::sliding_log(1_000, second).name("bench")),
+            cx.ours
+                .rate_limiter(RateLimit::sliding_window(1_000, second).name("bench")),
+            cx.ours
+                .rate_limiter(RateLimit::gcra(1_000, second).name("bench")),
+        ]
+    });
+    match algorithm {
+        Algorithm::SlidingLog => log,
+        Algorithm::SlidingWindow => window,
+        _ => gcra,
+    }
+}
+
+/// `RateLimiter::check`: one `EVALSHA` of the algorithm's script.
+async fn ours_limit(cx: &'static Ctx, concurrency: usize, algorithm: Algorithm) -> Round {
+    let limiter = limiter(cx, algorithm);
+    measure(&cx.plan, concurrency, move |i| async move {
+        let d = ok(limiter.check(i % KEYS).await, "rate limit check");
+        assert!(d.allowed && d.limit == 1_000, "{d:?}");
     })
     .await
 }

@@ -29,11 +29,7 @@ fn all(limit: u64, window: Duration) -> [RateLimit; 3] {
 
 /// The server's time, in microseconds.
 async fn server_time() -> u64 {
-    let mut con = tests::shared_server()
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
+    let mut con = raw().await;
     let (s, us): (u64, u64) = redis::cmd("TIME")
         .query_async(&mut con)
         .await
@@ -57,15 +53,12 @@ async fn until_server_time(at: u64) {
     }
 }
 
-async fn raw() -> redis::aio::MultiplexedConnection {
-    tests::shared_server()
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects")
+/// A connection to where `tests::redis_cache()` keeps its keys, whatever the topology.
+async fn raw() -> tests::RawConnection {
+    tests::raw_connection().await
 }
 
-/// Keys of the limiters of `cache` on the shared server.
+/// Keys of the limiters of `cache` (on a cluster, `KEYS` is asked of every primary).
 async fn limiter_keys(cache: &Cache) -> Vec<String> {
     let mut con = raw().await;
     let pattern = format!("{}~rl:*", cache.key_prefix());
@@ -462,6 +455,62 @@ async fn every_key_has_a_ttl() {
             .await
             .expect("PTTL");
         assert!(pttl > 0 && pttl <= 60_000, "{key}: PTTL {pttl}");
+    }
+}
+
+/// Each check is one round trip: on a server of its own, after `CONFIG RESETSTAT`, 50 checks
+/// of an algorithm show as 50 `EVALSHA` calls in `INFO commandstats`, and the client sent no
+/// other command (the script's own calls, `TIME`, `ZADD`, ..., are counted apart, as
+/// executed inside it).
+#[tokio::test]
+async fn one_round_trip_each_per_commandstats() {
+    let server = tests::RedisServer::start();
+    let cache = tests::redis_cache_at(&server.url());
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    for config in all(1_000, Duration::from_secs(60)) {
+        let algorithm = config.algorithm();
+        let limiter = cache.rate_limiter(config);
+        limiter.check("warm").await.expect("loads the script");
+        let () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut con)
+            .await
+            .expect("RESETSTAT");
+        for i in 0..50u32 {
+            limiter.check(i % 7).await.expect("decides");
+        }
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut con)
+            .await
+            .expect("INFO");
+        let calls = |command: &str| -> u64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        assert_eq!(calls("evalsha"), 50, "{algorithm:?}: {info}");
+        for other in [
+            "eval",
+            "script|load",
+            "get",
+            "set",
+            "del",
+            "unlink",
+            "multi",
+        ] {
+            let inside = match (algorithm, other) {
+                (Algorithm::Gcra, "get" | "set") => 50,
+                _ => 0,
+            };
+            assert_eq!(calls(other), inside, "{algorithm:?} `{other}`: {info}");
+        }
     }
 }
 
