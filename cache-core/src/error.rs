@@ -157,6 +157,17 @@ pub enum Error {
         /// The most a request may cost.
         limit: u64,
     },
+    /// A compare-and-set loop gave up: other writers changed the value on every attempt
+    /// (for example [`Sessions::modify`](crate::Sessions::modify)).
+    #[error(
+        "`{operation}` gave up after {attempts} attempts: other writers kept changing the value"
+    )]
+    Contention {
+        /// The operation.
+        operation: &'static str,
+        /// How many attempts were made.
+        attempts: u32,
+    },
 }
 
 impl Error {

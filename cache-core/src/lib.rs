@@ -33,6 +33,7 @@ mod error;
 mod key;
 mod limits;
 pub mod rate_limit;
+mod session;
 mod stats;
 mod tags;
 
@@ -52,6 +53,9 @@ pub use error::{Error, Result};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
 pub use rate_limit::{Decision, RateLimit, RateLimiter};
+#[cfg(feature = "tower-sessions")]
+pub use session::TowerSessionStore;
+pub use session::{AsSessionId, SessionId, Sessions};
 pub use stats::StatsSnapshot;
 
 #[cfg(feature = "macros")]

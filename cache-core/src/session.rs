@@ -1,0 +1,1626 @@
+//! Sessions: typed records under random ids, with a sliding idle timeout, an absolute
+//! lifetime no activity extends, and an index of each user's sessions for "log out
+//! everywhere".
+//!
+//! On Redis a record is a hash (`d` data, `u` user, `c` created-at, `x` absolute deadline,
+//! `v` version) under `<scope>~session:<id>`, whose TTL is always `min(idle timeout,
+//! deadline - now)` by the server's clock, so Redis itself drops it; reads slide the TTL with
+//! a `PEXPIRE` inside the read's script (one round trip, the record is not rewritten). A
+//! user's index is a sorted set `<scope>~session-user:<user>` of ids scored by their
+//! deadline: entries past it are dropped on every write, the set expires with its last
+//! deadline, and each write checks a random sample of its ids for records gone earlier (idle,
+//! deleted), so it tracks the live sessions instead of growing with expired ones.
+//!
+//! Every operation touches one key per command, so nothing needs keys in one hash slot;
+//! where an operation spans a record and an index, the index is written first, so a live
+//! session is never missing from its user's index.
+//!
+//! The embedded backend keeps the same records and indexes in per-root state, with its own
+//! monotonic clock.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::Script;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::backend::redis::RedisBackend;
+use crate::backend::Backend;
+use crate::cache::Cache;
+use crate::error::{Error, Result};
+use crate::key::{self, KeyBuf};
+use crate::limits;
+
+/// Raw bytes of an id: 128 bits from the operating system's random number generator.
+const ID_BYTES: usize = 16;
+/// Length of an id in its text form (URL-safe base64 without padding).
+const ID_LEN: usize = 22;
+/// Ids of a user's index checked for a record on each write of the index, once it holds
+/// more than [`SWEEP_ABOVE`] ids.
+const SWEEP_SAMPLE: usize = 16;
+const SWEEP_ABOVE: usize = 8;
+/// Attempts of [`Sessions::modify`] before it reports [`Error::Contention`].
+const MODIFY_ATTEMPTS: u32 = 64;
+/// Commands per pipeline when a user's sessions are checked or deleted in bulk.
+const BATCH: usize = 512;
+
+macro_rules! session_script {
+    ($name:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("scripts/session_prelude.lua"),
+                include_str!(concat!("scripts/", $name, ".lua"))
+            ))
+        })
+    };
+}
+
+static GET: LazyLock<Script> = session_script!("session_get");
+static CREATE: LazyLock<Script> = session_script!("session_create");
+static UPDATE: LazyLock<Script> = session_script!("session_update");
+static TAKE: LazyLock<Script> = session_script!("session_take");
+static DELETE: LazyLock<Script> = session_script!("session_delete");
+static INDEX: LazyLock<Script> = session_script!("session_index");
+
+// ---- ids ----------------------------------------------------------------------------------
+
+/// A session id: 128 bits from the operating system's random number generator, written as
+/// 22 characters of URL-safe base64 (`A-Z a-z 0-9 - _`), safe in cookies, headers and URLs.
+///
+/// Parsing accepts exactly what `Display` writes; anything else (wrong length, another
+/// character, a non-canonical last character) is [`Error::InvalidKey`]. The session
+/// operations also take the text of an id directly (see [`AsSessionId`]), and treat a
+/// malformed one as an unknown session, without a call to the backend.
+///
+/// ```
+/// use cache_core::SessionId;
+/// let id: SessionId = "AAECAwQFBgcICQoLDA0ODw".parse()?;
+/// assert_eq!(id.to_string(), "AAECAwQFBgcICQoLDA0ODw");
+/// assert_eq!(id.as_bytes(), &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15]);
+/// assert!("not an id".parse::<SessionId>().is_err());
+/// # Ok::<(), cache_core::Error>(())
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId([u8; ID_BYTES]);
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn b64_value(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
+    }
+}
+
+impl SessionId {
+    /// A fresh id from the operating system's random number generator.
+    fn random() -> Result<SessionId> {
+        let mut bytes = [0u8; ID_BYTES];
+        getrandom::fill(&mut bytes).map_err(|e| Error::Config {
+            setting: "session id",
+            reason: format!("the operating system's random number generator failed: {e}"),
+        })?;
+        Ok(SessionId(bytes))
+    }
+
+    /// An id of these 16 bytes (for ids made elsewhere, such as `tower-sessions`' own).
+    ///
+    /// ```
+    /// let id = cache_core::SessionId::from_bytes([7; 16]);
+    /// assert_eq!(id.as_bytes(), &[7; 16]);
+    /// ```
+    pub fn from_bytes(bytes: [u8; 16]) -> SessionId {
+        SessionId(bytes)
+    }
+
+    /// The 16 bytes of the id.
+    ///
+    /// ```
+    /// let id = cache_core::SessionId::from_bytes([1; 16]);
+    /// assert_eq!(id.as_bytes().len(), 16);
+    /// ```
+    pub fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    fn encode(&self) -> [u8; ID_LEN] {
+        let mut out = [0u8; ID_LEN];
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        let mut n = 0;
+        for &b in &self.0 {
+            acc = (acc << 8) | u32::from(b);
+            bits += 8;
+            while bits >= 6 {
+                bits -= 6;
+                out[n] = B64[((acc >> bits) & 63) as usize];
+                n += 1;
+            }
+        }
+        // 128 = 21 * 6 + 2: the last character holds two bits, then zeros.
+        out[n] = B64[((acc << (6 - bits)) & 63) as usize];
+        out
+    }
+
+    fn decode(text: &str) -> Option<SessionId> {
+        let text = text.as_bytes();
+        if text.len() != ID_LEN {
+            return None;
+        }
+        let mut out = [0u8; ID_BYTES];
+        let mut acc: u32 = 0;
+        let mut bits = 0;
+        let mut n = 0;
+        for &c in &text[..ID_LEN - 1] {
+            acc = (acc << 6) | u32::from(b64_value(c)?);
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out[n] = (acc >> bits) as u8;
+                n += 1;
+            }
+        }
+        let last = b64_value(text[ID_LEN - 1])?;
+        // Two bits of data; the four others must be zero, so each id has one spelling.
+        if last & 0x0f != 0 {
+            return None;
+        }
+        out[n] = ((acc << 2) | u32::from(last >> 4)) as u8;
+        Some(SessionId(out))
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.encode();
+        // The alphabet is ASCII.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
+    }
+}
+
+/// Shows only the first characters: a full id in a log line is a credential.
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.encode();
+        let head = std::str::from_utf8(&text[..4]).map_err(|_| fmt::Error)?;
+        write!(f, "SessionId({head}…)")
+    }
+}
+
+impl FromStr for SessionId {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<SessionId> {
+        SessionId::decode(s).ok_or_else(|| Error::invalid_key(s, "not a session id"))
+    }
+}
+
+impl Serialize for SessionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for SessionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        SessionId::decode(&text).ok_or_else(|| serde::de::Error::custom("not a session id"))
+    }
+}
+
+/// What the session operations take as an id: a [`SessionId`], or its text as it came in
+/// (a cookie, a header), which is checked first: malformed text is an unknown session, with
+/// no call to the backend.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// let sessions = cache_core::Cache::in_memory().sessions();
+/// let id = sessions.create(None, &1u8).await?;
+/// let cookie: String = id.to_string();
+/// assert_eq!(sessions.get::<u8>(cookie.as_str()).await?, Some(1));
+/// assert_eq!(sessions.get::<u8>("../../etc/passwd").await?, None);
+/// # Ok(()) }
+/// ```
+pub trait AsSessionId {
+    /// The id, or `None` if this is not one.
+    fn session_id(&self) -> Option<SessionId>;
+}
+
+impl AsSessionId for SessionId {
+    fn session_id(&self) -> Option<SessionId> {
+        Some(*self)
+    }
+}
+
+impl AsSessionId for str {
+    fn session_id(&self) -> Option<SessionId> {
+        SessionId::decode(self)
+    }
+}
+
+impl AsSessionId for String {
+    fn session_id(&self) -> Option<SessionId> {
+        SessionId::decode(self)
+    }
+}
+
+impl<T: AsSessionId + ?Sized> AsSessionId for &T {
+    fn session_id(&self) -> Option<SessionId> {
+        (**self).session_id()
+    }
+}
+
+// ---- the store ----------------------------------------------------------------------------
+
+/// The session store of a cache scope, from [`Cache::sessions`]: cheap to clone, settings by
+/// builder methods.
+///
+/// - **Ids**: [`SessionId`], 128 random bits from the operating system.
+/// - **Idle timeout** (default 30 minutes): a session not read, touched or updated for this
+///   long is gone. [`get`](Sessions::get), [`touch`](Sessions::touch) and
+///   [`update`](Sessions::update) slide it in the same round trip, with a `PEXPIRE` (the
+///   record is not rewritten), and only when that adds at least the
+///   [`slide_threshold`](Sessions::slide_threshold), so most reads write nothing.
+/// - **Maximum lifetime** (default 24 hours): counted from creation, never extended; the
+///   session is gone then however active it is (a [`rotate`](Sessions::rotate) keeps it).
+/// - **Users**: a session created for a user is listed by
+///   [`list_for_user`](Sessions::list_for_user) and ended by
+///   [`delete_for_user`](Sessions::delete_for_user) ("log out everywhere").
+/// - **Concurrent writes**: [`update`](Sessions::update) replaces the data, last writer wins;
+///   [`modify`](Sessions::modify) is a compare-and-set loop, so concurrent modifications of
+///   different fields are all kept.
+/// - **Redis unreachable: fail closed.** Every operation returns the error
+///   ([`Error::is_unavailable`]); nothing falls back to a local copy, so a session deleted
+///   elsewhere can never be read back.
+/// - Sessions live under the handle's scope: a tenant's sessions are invisible to another.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// use std::time::Duration;
+/// #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
+/// struct Login { name: String, admin: bool }
+///
+/// let cache = cache_core::Cache::in_memory();
+/// let sessions = cache.sessions()
+///     .idle_timeout(Duration::from_secs(1800))
+///     .max_lifetime(Duration::from_secs(86_400));
+/// let id = sessions.create(Some("user-7"), &Login { name: "ann".into(), admin: false }).await?;
+/// let login: Option<Login> = sessions.get(&id).await?; // slides the idle timeout
+/// assert_eq!(login.map(|l| l.name), Some("ann".to_owned()));
+///
+/// let id = sessions.rotate(&id).await?.expect("still there"); // a privilege change: new id
+/// assert!(sessions.update(&id, &Login { name: "ann".into(), admin: true }).await?);
+/// assert_eq!(sessions.list_for_user("user-7").await?, vec![id]);
+/// assert_eq!(sessions.delete_for_user("user-7").await?, 1); // log out everywhere
+/// assert!(!sessions.exists(&id).await?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Sessions {
+    cache: Cache,
+    idle: Duration,
+    max: Duration,
+    step: Option<Duration>,
+}
+
+impl Cache {
+    /// The session store of this handle's scope (namespace and tenant); see [`Sessions`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let id = cache.sessions().create(None, &"cart").await?;
+    /// assert!(cache.sessions().exists(&id).await?);
+    /// assert!(!cache.tenant("acme").sessions().exists(&id).await?); // another scope
+    /// # Ok(()) }
+    /// ```
+    pub fn sessions(&self) -> Sessions {
+        Sessions {
+            cache: self.clone(),
+            idle: Duration::from_secs(30 * 60),
+            max: Duration::from_secs(24 * 3600),
+            step: None,
+        }
+    }
+}
+
+/// Settings in milliseconds, checked.
+#[derive(Clone, Copy)]
+struct Times {
+    idle: u64,
+    max: u64,
+    step: u64,
+}
+
+impl Sessions {
+    /// How long a session lives without activity (default 30 minutes). Zero is
+    /// [`Error::Config`] on the next operation; above [`MAX_TTL`](crate::MAX_TTL), clamped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let sessions = cache_core::Cache::in_memory().sessions().idle_timeout(Duration::from_secs(600));
+    /// assert_eq!(sessions.idle(), Duration::from_secs(600));
+    /// ```
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle = timeout;
+        self
+    }
+
+    /// The absolute lifetime of a session from its creation, which no activity extends
+    /// (default 24 hours). Zero is [`Error::Config`] on the next operation; above
+    /// [`MAX_TTL`](crate::MAX_TTL), clamped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let sessions = cache_core::Cache::in_memory().sessions().max_lifetime(Duration::from_secs(3600));
+    /// assert_eq!(sessions.lifetime(), Duration::from_secs(3600));
+    /// ```
+    pub fn max_lifetime(mut self, lifetime: Duration) -> Self {
+        self.max = lifetime;
+        self
+    }
+
+    /// Reads slide the idle timeout only when that adds at least this much (default: a tenth
+    /// of the idle timeout, at most one minute). A session may so end up to this much before
+    /// a full idle timeout after its last read; in exchange, most reads write nothing (no
+    /// `PEXPIRE` sent to replicas and the AOF). Zero slides on every read.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let sessions = cache_core::Cache::in_memory().sessions().slide_threshold(Duration::ZERO);
+    /// # let _ = sessions;
+    /// ```
+    pub fn slide_threshold(mut self, threshold: Duration) -> Self {
+        self.step = Some(threshold);
+        self
+    }
+
+    /// The idle timeout.
+    ///
+    /// ```
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// assert_eq!(sessions.idle(), std::time::Duration::from_secs(1800));
+    /// ```
+    pub fn idle(&self) -> Duration {
+        self.idle
+    }
+
+    /// The maximum lifetime.
+    ///
+    /// ```
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// assert_eq!(sessions.lifetime(), std::time::Duration::from_secs(86_400));
+    /// ```
+    pub fn lifetime(&self) -> Duration {
+        self.max
+    }
+
+    fn times(&self) -> Result<Times> {
+        // The crate's one rule for durations: whole milliseconds rounded up, zero refused,
+        // above `MAX_TTL` clamped.
+        let idle = limits::setting("sessions idle_timeout", self.idle)?;
+        let max = limits::setting("sessions max_lifetime", self.max)?;
+        let step = match self.step {
+            Some(step) => step.min(limits::MAX_TTL).as_millis() as u64,
+            None => (limits::millis(idle) / 10).min(60_000),
+        };
+        Ok(Times {
+            idle: limits::millis(idle),
+            max: limits::millis(max),
+            step,
+        })
+    }
+
+    fn record_key(&self, id: &SessionId) -> String {
+        let prefix = &self.cache.scope.prefix;
+        let mut k = String::with_capacity(prefix.len() + 9 + ID_LEN);
+        k.push_str(prefix);
+        k.push_str("~session:");
+        k.push_str(std::str::from_utf8(&id.encode()).unwrap_or_default());
+        k
+    }
+
+    fn index_key(&self, user: &str) -> Result<String> {
+        if user.is_empty() {
+            return Err(Error::invalid_key(user, "a session's user cannot be empty"));
+        }
+        let mut part = KeyBuf::new();
+        part.part(user);
+        Ok(format!(
+            "{}~session-user:{}",
+            self.cache.scope.prefix,
+            part.as_str()
+        ))
+    }
+
+    fn encode<T: Serialize>(&self, id: Option<&SessionId>, data: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(data).map_err(|source| Error::Encode {
+            key: match id {
+                Some(id) => key::shorten_for_display(&self.record_key(id)),
+                None => format!("{}~session:<new>", self.cache.scope.prefix),
+            },
+            source,
+        })
+    }
+
+    /// Data that no longer decodes as `T` (a deploy changed the type) reads as no session:
+    /// the user logs in again, and the log says why.
+    fn decode<T: DeserializeOwned>(&self, id: &SessionId, bytes: &[u8]) -> Option<T> {
+        match serde_json::from_slice(bytes) {
+            Ok(v) => Some(v),
+            Err(e) => {
+                tracing::warn!(session = ?id, error = %e, type_name = std::any::type_name::<T>(),
+                    "session data does not decode as the requested type: treated as no session");
+                None
+            }
+        }
+    }
+
+    fn redis(&self) -> Option<&RedisBackend> {
+        match &self.cache.shared.backend {
+            Backend::Redis(r) => Some(r),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    fn memory(&self) -> std::sync::Arc<MemSessions> {
+        self.cache.root_state::<MemSessions>()
+    }
+
+    /// Starts a session holding `data`, for `user` if given (listed by
+    /// [`list_for_user`](Sessions::list_for_user)), and returns its new id. An empty user is
+    /// [`Error::InvalidKey`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let anonymous = sessions.create(None, &vec!["cart item"]).await?;
+    /// let ann = sessions.create(Some("ann"), &()).await?;
+    /// assert_ne!(anonymous, ann);
+    /// assert_eq!(sessions.list_for_user("ann").await?, vec![ann]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn create<T: Serialize>(&self, user: Option<&str>, data: &T) -> Result<SessionId> {
+        let times = self.times()?;
+        let bytes = self.encode(None, data)?;
+        let index = user.map(|u| self.index_key(u)).transpose()?;
+        let user = user.unwrap_or("");
+        let record = Record {
+            data: bytes,
+            user: user.to_owned(),
+            created: 0,
+            deadline: 0,
+            version: 1,
+        };
+        // A collision of 128 random bits does not happen; the loop is there so that it would
+        // never hand out someone else's session.
+        for _ in 0..4 {
+            let id = SessionId::random()?;
+            if self.insert(&id, &record, index.as_deref(), times).await? {
+                return Ok(id);
+            }
+        }
+        Err(Error::Config {
+            setting: "session id",
+            reason: "four random ids in a row were taken: the random number generator is broken"
+                .to_owned(),
+        })
+    }
+
+    /// Writes a new record under `id` (false if the id is taken), indexing it first.
+    async fn insert(
+        &self,
+        id: &SessionId,
+        record: &Record,
+        index: Option<&str>,
+        times: Times,
+    ) -> Result<bool> {
+        let key = self.record_key(id);
+        let Some(redis) = self.redis() else {
+            let mem = self.memory();
+            return Ok(mem.insert(key, id, record, index, times));
+        };
+        let mut deadline = record.deadline;
+        if let Some(index) = index {
+            deadline = self.index_add(redis, index, id, deadline, times).await?;
+        }
+        let mut invocation = CREATE.key(&key);
+        invocation
+            .arg(&record.data[..])
+            .arg(&record.user)
+            .arg(deadline)
+            .arg(times.idle)
+            .arg(record.created)
+            .arg(record.version)
+            .arg(times.max);
+        let created: i64 = redis.run_script("session create", &invocation).await?;
+        if created != 1 {
+            if let Some(index) = index {
+                // Taken by another session (which has its own entry), or already past its
+                // deadline: this entry is not one.
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(index).arg(id.to_string());
+                redis.run::<i64>("session index remove", cmd).await?;
+            }
+        }
+        Ok(created == 1)
+    }
+
+    /// Adds `id` to a user's index (with `deadline`, or now + max when 0) and returns the
+    /// deadline; drops the sampled ids whose record is gone.
+    async fn index_add(
+        &self,
+        redis: &RedisBackend,
+        index: &str,
+        id: &SessionId,
+        deadline: u64,
+        times: Times,
+    ) -> Result<u64> {
+        let mut invocation = INDEX.key(index);
+        invocation
+            .arg(id.to_string())
+            .arg(times.max)
+            .arg(deadline)
+            .arg(SWEEP_SAMPLE)
+            .arg(SWEEP_ABOVE);
+        let (deadline, sample): (u64, Vec<String>) =
+            redis.run_script("session index", &invocation).await?;
+        let sample: Vec<SessionId> = sample
+            .iter()
+            .filter_map(|s| SessionId::decode(s))
+            .filter(|s| s != id)
+            .collect();
+        if !sample.is_empty() {
+            self.keep_live(redis, index, sample).await?;
+        }
+        Ok(deadline)
+    }
+
+    /// Of `ids` in a user's index, those whose record exists; the others are removed from
+    /// the index.
+    async fn keep_live(
+        &self,
+        redis: &RedisBackend,
+        index: &str,
+        ids: Vec<SessionId>,
+    ) -> Result<Vec<SessionId>> {
+        let mut live = Vec::with_capacity(ids.len());
+        let mut dead = Vec::new();
+        for chunk in ids.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for id in chunk {
+                pipe.cmd("EXISTS").arg(self.record_key(id));
+            }
+            let found: Vec<bool> = redis.run_pipe("session exists", pipe).await?;
+            for (id, found) in chunk.iter().zip(found) {
+                if found {
+                    live.push(*id);
+                } else {
+                    dead.push(id.to_string());
+                }
+            }
+        }
+        for chunk in dead.chunks(BATCH) {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(index).arg(chunk);
+            redis.run::<i64>("session index remove", cmd).await?;
+        }
+        Ok(live)
+    }
+
+    /// The session's data, sliding its idle timeout; `None` if there is no such session
+    /// (never was, expired, deleted, malformed id) or its data does not decode as `T`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let id = sessions.create(None, &42u32).await?;
+    /// assert_eq!(sessions.get::<u32>(&id).await?, Some(42));
+    /// assert_eq!(sessions.get::<u32>("AAAAAAAAAAAAAAAAAAAAAA").await?, None); // unknown
+    /// assert_eq!(sessions.get::<u32>("x".repeat(1 << 20)).await?, None);     // malformed
+    /// # Ok(()) }
+    /// ```
+    pub async fn get<T: DeserializeOwned>(&self, id: impl AsSessionId) -> Result<Option<T>> {
+        Ok(self
+            .get_versioned(id)
+            .await?
+            .and_then(|(id, bytes, _)| self.decode(&id, &bytes)))
+    }
+
+    /// The raw data and version of a session, sliding its idle timeout.
+    async fn get_versioned(
+        &self,
+        id: impl AsSessionId,
+    ) -> Result<Option<(SessionId, Vec<u8>, u64)>> {
+        let Some(id) = id.session_id() else {
+            return Ok(None);
+        };
+        let times = self.times()?;
+        let key = self.record_key(&id);
+        let Some(redis) = self.redis() else {
+            return Ok(self
+                .memory()
+                .get(&key, times)
+                .map(|(data, version)| (id, data, version)));
+        };
+        let mut invocation = GET.key(&key);
+        invocation.arg(times.idle).arg(times.step).arg("1");
+        let found: Option<(Vec<u8>, u64)> = redis.run_script("session get", &invocation).await?;
+        Ok(found.map(|(data, version)| (id, data, version)))
+    }
+
+    /// Replaces the session's data, sliding its idle timeout; false if there is no such
+    /// session (an update never brings one back). Concurrent updates: the last one wins; see
+    /// [`modify`](Sessions::modify) to change part of the data without losing another
+    /// writer's change.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let id = sessions.create(None, &1u32).await?;
+    /// assert!(sessions.update(&id, &2u32).await?);
+    /// assert_eq!(sessions.get::<u32>(&id).await?, Some(2));
+    /// sessions.delete(&id).await?;
+    /// assert!(!sessions.update(&id, &3u32).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn update<T: Serialize>(&self, id: impl AsSessionId, data: &T) -> Result<bool> {
+        let Some(id) = id.session_id() else {
+            return Ok(false);
+        };
+        let bytes = self.encode(Some(&id), data)?;
+        Ok(matches!(
+            self.write(&id, bytes, None, None).await?,
+            Written::Yes { .. }
+        ))
+    }
+
+    /// Writes new data (and, if given, a new user) if the version is still `expected`.
+    pub(crate) async fn write(
+        &self,
+        id: &SessionId,
+        data: Vec<u8>,
+        expected: Option<u64>,
+        user: Option<&str>,
+    ) -> Result<Written> {
+        let times = self.times()?;
+        let key = self.record_key(id);
+        let Some(redis) = self.redis() else {
+            return Ok(self.memory().write(&key, data, expected, user, times));
+        };
+        let mut invocation = UPDATE.key(&key);
+        invocation
+            .arg(data)
+            .arg(times.idle)
+            .arg(times.step)
+            .arg(expected.map(|v| v.to_string()).unwrap_or_default())
+            .arg(user.unwrap_or(""));
+        let reply: Vec<redis::Value> = redis.run_script("session update", &invocation).await?;
+        let mut reply = reply.into_iter();
+        let version = match reply.next() {
+            Some(redis::Value::Int(v)) => v,
+            _ => 0,
+        };
+        let previous_user = match reply.next() {
+            Some(redis::Value::BulkString(b)) => String::from_utf8(b).unwrap_or_default(),
+            _ => String::new(),
+        };
+        Ok(match version {
+            0 => Written::Missing,
+            v if v < 0 => Written::Conflict,
+            _ => Written::Yes { previous_user },
+        })
+    }
+
+    /// Reads the session's data, lets `change` modify it, and writes it back only if no
+    /// other write landed in between, else starts over with the newer data: concurrent
+    /// modifications (of different fields, say) are all kept. Returns what `change` returned,
+    /// or `None` if there is no such session (or its data does not decode as `T`). After 64
+    /// conflicting attempts in a row, [`Error::Contention`]. `change` may run several times.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// #[derive(serde::Serialize, serde::Deserialize, Default)]
+    /// struct Prefs { theme: String, visits: u32 }
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let id = sessions.create(None, &Prefs::default()).await?;
+    /// let visits = sessions.modify(&id, |p: &mut Prefs| { p.visits += 1; p.visits }).await?;
+    /// assert_eq!(visits, Some(1));
+    /// # Ok(()) }
+    /// ```
+    pub async fn modify<T, R>(
+        &self,
+        id: impl AsSessionId,
+        mut change: impl FnMut(&mut T) -> R,
+    ) -> Result<Option<R>>
+    where
+        T: Serialize + DeserializeOwned,
+    {
+        let Some(id) = id.session_id() else {
+            return Ok(None);
+        };
+        for attempt in 0..MODIFY_ATTEMPTS {
+            let Some((_, bytes, version)) = self.get_versioned(&id).await? else {
+                return Ok(None);
+            };
+            let Some(mut data) = self.decode::<T>(&id, &bytes) else {
+                return Ok(None);
+            };
+            let out = change(&mut data);
+            let bytes = self.encode(Some(&id), &data)?;
+            match self.write(&id, bytes, Some(version), None).await? {
+                Written::Yes { .. } => return Ok(Some(out)),
+                Written::Missing => return Ok(None),
+                Written::Conflict => {
+                    // Spread the retries of writers that collided, so one of them wins soon.
+                    let spread = u64::from(id.0[(attempt as usize) % ID_BYTES] % 4);
+                    tokio::time::sleep(Duration::from_micros(
+                        50 * (1 + spread) * u64::from(attempt.min(8) + 1),
+                    ))
+                    .await;
+                }
+            }
+        }
+        Err(Error::Contention {
+            operation: "sessions modify",
+            attempts: MODIFY_ATTEMPTS,
+        })
+    }
+
+    /// Slides the session's idle timeout without reading its data; false if there is no
+    /// such session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let id = sessions.create(None, &()).await?;
+    /// assert!(sessions.touch(&id).await?);
+    /// assert!(!sessions.touch("AAAAAAAAAAAAAAAAAAAAAA").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn touch(&self, id: impl AsSessionId) -> Result<bool> {
+        let Some(id) = id.session_id() else {
+            return Ok(false);
+        };
+        let times = self.times()?;
+        let key = self.record_key(&id);
+        let Some(redis) = self.redis() else {
+            return Ok(self.memory().get(&key, times).is_some());
+        };
+        let mut invocation = GET.key(&key);
+        invocation.arg(times.idle).arg(times.step).arg("0");
+        let found: Option<i64> = redis.run_script("session touch", &invocation).await?;
+        Ok(found.is_some())
+    }
+
+    /// True if the session exists; does not slide its idle timeout.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let id = sessions.create(None, &()).await?;
+    /// assert!(sessions.exists(&id).await?);
+    /// assert!(!sessions.exists("malformed").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn exists(&self, id: impl AsSessionId) -> Result<bool> {
+        Ok(self.ttl(id).await?.is_some())
+    }
+
+    /// How long the session lives if nothing slides its idle timeout; `None` if there is no
+    /// such session. Does not slide it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// let sessions = cache_core::Cache::in_memory().sessions().idle_timeout(Duration::from_secs(60));
+    /// let id = sessions.create(None, &()).await?;
+    /// assert!(sessions.ttl(&id).await?.is_some_and(|left| left <= Duration::from_secs(60)));
+    /// # Ok(()) }
+    /// ```
+    pub async fn ttl(&self, id: impl AsSessionId) -> Result<Option<Duration>> {
+        let Some(id) = id.session_id() else {
+            return Ok(None);
+        };
+        let key = self.record_key(&id);
+        let Some(redis) = self.redis() else {
+            return Ok(self.memory().ttl(&key));
+        };
+        let mut cmd = redis::cmd("PTTL");
+        cmd.arg(&key);
+        let ms: i64 = redis.run("session ttl", cmd).await?;
+        Ok(match ms {
+            -2 => None,
+            // A record always has a TTL; one without has no deadline either: report it as
+            // ending now rather than never.
+            -1 => Some(Duration::ZERO),
+            ms => Some(Duration::from_millis(ms.max(0) as u64)),
+        })
+    }
+
+    /// Ends the session; false if there was no such session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let id = sessions.create(Some("ann"), &()).await?;
+    /// assert!(sessions.delete(&id).await?);
+    /// assert!(!sessions.delete(&id).await?);
+    /// assert!(sessions.list_for_user("ann").await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete(&self, id: impl AsSessionId) -> Result<bool> {
+        let Some(id) = id.session_id() else {
+            return Ok(false);
+        };
+        let key = self.record_key(&id);
+        let Some(redis) = self.redis() else {
+            return Ok(self.memory().delete(&key, &id));
+        };
+        let (deleted, user): (i64, String) = redis
+            .run_script("session delete", &DELETE.key(&key))
+            .await?;
+        if !user.is_empty() {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(self.index_key(&user)?).arg(id.to_string());
+            redis.run::<i64>("session index remove", cmd).await?;
+        }
+        Ok(deleted == 1)
+    }
+
+    /// Moves the session to a new id, atomically: the old id stops working before the new
+    /// one exists, and the data, user, creation time and maximum lifetime go with it. Call it
+    /// when the session's privileges change (a login), so that an id known before (session
+    /// fixation) is worth nothing after. `None` if there is no such session.
+    ///
+    /// On Redis the old record is taken (read and deleted) by one script, then written under
+    /// the new id: if Redis fails in between, the session is lost (the user logs in again),
+    /// never left reachable under both ids.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let before = sessions.create(None, &"cart").await?;
+    /// let after = sessions.rotate(&before).await?.expect("exists");
+    /// assert_eq!(sessions.get::<String>(&after).await?.as_deref(), Some("cart"));
+    /// assert!(!sessions.exists(&before).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn rotate(&self, id: impl AsSessionId) -> Result<Option<SessionId>> {
+        let Some(old) = id.session_id() else {
+            return Ok(None);
+        };
+        let times = self.times()?;
+        let old_key = self.record_key(&old);
+        let Some(redis) = self.redis() else {
+            let mem = self.memory();
+            let new = SessionId::random()?;
+            return Ok(mem.rotate(&old_key, &old, new, times, |key| self.record_key(key)));
+        };
+        let taken: Option<(Vec<u8>, String, u64, u64, u64)> = redis
+            .run_script("session take", &TAKE.key(&old_key))
+            .await?;
+        let Some((data, user, created, deadline, version)) = taken else {
+            return Ok(None);
+        };
+        let record = Record {
+            data,
+            user,
+            created,
+            deadline,
+            version: version + 1,
+        };
+        let index = if record.user.is_empty() {
+            None
+        } else {
+            Some(self.index_key(&record.user)?)
+        };
+        let mut moved = None;
+        for _ in 0..4 {
+            let new = SessionId::random()?;
+            if self.insert(&new, &record, index.as_deref(), times).await? {
+                moved = Some(new);
+                break;
+            }
+        }
+        if let Some(index) = &index {
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(index).arg(old.to_string());
+            redis.run::<i64>("session index remove", cmd).await?;
+        }
+        Ok(moved)
+    }
+
+    /// The live sessions of `user`, oldest deadline first. Entries of sessions found gone
+    /// are dropped from the user's index on the way.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let phone = sessions.create(Some("ann"), &"phone").await?;
+    /// let laptop = sessions.create(Some("ann"), &"laptop").await?;
+    /// let mine = sessions.list_for_user("ann").await?;
+    /// assert!(mine.len() == 2 && mine.contains(&phone) && mine.contains(&laptop));
+    /// assert!(sessions.list_for_user("bob").await?.is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub async fn list_for_user(&self, user: &str) -> Result<Vec<SessionId>> {
+        let index = self.index_key(user)?;
+        let Some(redis) = self.redis() else {
+            return Ok(self.memory().list(&index, |id| self.record_key(id)));
+        };
+        let ids = self.index_members(redis, &index).await?;
+        self.keep_live(redis, &index, ids).await
+    }
+
+    async fn index_members(&self, redis: &RedisBackend, index: &str) -> Result<Vec<SessionId>> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(index).arg(0).arg(-1);
+        let members: Vec<String> = redis.run("session index", cmd).await?;
+        Ok(members
+            .iter()
+            .filter_map(|m| SessionId::decode(m))
+            .collect())
+    }
+
+    /// Ends every session of `user` ("log out everywhere") and returns how many there were.
+    /// A session created while this runs may survive it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let sessions = cache_core::Cache::in_memory().sessions();
+    /// let a = sessions.create(Some("ann"), &()).await?;
+    /// let b = sessions.create(Some("ann"), &()).await?;
+    /// let bob = sessions.create(Some("bob"), &()).await?;
+    /// assert_eq!(sessions.delete_for_user("ann").await?, 2);
+    /// assert!(!sessions.exists(&a).await? && !sessions.exists(&b).await?);
+    /// assert!(sessions.exists(&bob).await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_for_user(&self, user: &str) -> Result<u64> {
+        let index = self.index_key(user)?;
+        let Some(redis) = self.redis() else {
+            return Ok(self.memory().delete_all(&index, |id| self.record_key(id)));
+        };
+        let ids = self.index_members(redis, &index).await?;
+        let mut deleted = 0u64;
+        for chunk in ids.chunks(BATCH) {
+            let mut cmd = redis::cmd("DEL");
+            for id in chunk {
+                cmd.arg(self.record_key(id));
+            }
+            deleted += redis.run::<u64>("session delete", cmd).await?;
+            // Only the ids seen: one added meanwhile keeps its entry with its session.
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(&index);
+            for id in chunk {
+                cmd.arg(id.to_string());
+            }
+            redis.run::<i64>("session index remove", cmd).await?;
+        }
+        Ok(deleted)
+    }
+
+    /// Binds the session to `user` after a write that found `previous` (the tower-sessions
+    /// store's `save`, when the user field changed): index entry added, the old one removed.
+    #[cfg(feature = "tower-sessions")]
+    pub(crate) async fn reindex(&self, id: &SessionId, user: &str, previous: &str) -> Result<()> {
+        if user == previous {
+            return Ok(());
+        }
+        let times = self.times()?;
+        let index = self.index_key(user)?;
+        match self.redis() {
+            None => {
+                let mem = self.memory();
+                mem.reindex(&index, id, times);
+                if !previous.is_empty() {
+                    mem.unindex(&self.index_key(previous)?, id);
+                }
+            }
+            Some(redis) => {
+                self.index_add(redis, &index, id, 0, times).await?;
+                if !previous.is_empty() {
+                    let mut cmd = redis::cmd("ZREM");
+                    cmd.arg(self.index_key(previous)?).arg(id.to_string());
+                    redis.run::<i64>("session index remove", cmd).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A record to write.
+struct Record {
+    data: Vec<u8>,
+    user: String,
+    /// 0: now.
+    created: u64,
+    /// 0: now + max lifetime.
+    deadline: u64,
+    version: u64,
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug)]
+pub(crate) enum Written {
+    /// Written; the user the record had before.
+    Yes {
+        #[cfg_attr(not(feature = "tower-sessions"), allow(dead_code))]
+        previous_user: String,
+    },
+    /// No such session.
+    Missing,
+    /// Another write changed the version first.
+    Conflict,
+}
+
+// ---- the embedded backend's sessions ------------------------------------------------------
+
+/// Sessions of an in-memory cache root: records and user indexes under the same full keys
+/// as on Redis, with a monotonic clock.
+pub(crate) struct MemSessions {
+    start: Instant,
+    state: Mutex<MemState>,
+}
+
+impl Default for MemSessions {
+    fn default() -> Self {
+        MemSessions {
+            start: Instant::now(),
+            state: Mutex::new(MemState::default()),
+        }
+    }
+}
+
+#[derive(Default)]
+struct MemState {
+    records: HashMap<String, MemRecord>,
+    /// Index key -> id -> deadline.
+    indexes: HashMap<String, HashMap<SessionId, u64>>,
+    /// Writes since the last sweep of expired records.
+    writes: usize,
+}
+
+struct MemRecord {
+    data: Vec<u8>,
+    user: String,
+    deadline: u64,
+    version: u64,
+    expires: u64,
+}
+
+impl MemRecord {
+    fn live(&self, now: u64) -> bool {
+        now < self.expires && now < self.deadline
+    }
+
+    /// The read path's `slide`.
+    fn slide(&mut self, now: u64, times: Times) {
+        let want = times.idle.min(self.deadline.saturating_sub(now));
+        if want.saturating_sub(self.expires.saturating_sub(now)) >= times.step.max(1)
+            || times.step == 0
+        {
+            self.expires = now + want;
+        }
+    }
+}
+
+impl MemSessions {
+    fn now(&self) -> u64 {
+        // From 1, so that 0 can mean "now" in a record to write.
+        self.start.elapsed().as_millis() as u64 + 1
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemState> {
+        match self.state.lock() {
+            Ok(state) => state,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn insert(
+        &self,
+        key: String,
+        id: &SessionId,
+        record: &Record,
+        index: Option<&str>,
+        times: Times,
+    ) -> bool {
+        let now = self.now();
+        let mut state = self.lock();
+        state.sweep(now);
+        if state.records.get(&key).is_some_and(|r| r.live(now)) {
+            return false;
+        }
+        let deadline = match record.deadline {
+            0 => now + times.max,
+            d => d,
+        };
+        if deadline <= now {
+            return false;
+        }
+        if let Some(index) = index {
+            state.index_add(index, *id, deadline, now);
+        }
+        state.records.insert(
+            key,
+            MemRecord {
+                data: record.data.clone(),
+                user: record.user.clone(),
+                deadline,
+                version: record.version,
+                expires: now + times.idle.min(deadline - now),
+            },
+        );
+        true
+    }
+
+    fn get(&self, key: &str, times: Times) -> Option<(Vec<u8>, u64)> {
+        let now = self.now();
+        let mut state = self.lock();
+        let record = state.records.get_mut(key)?;
+        if !record.live(now) {
+            state.records.remove(key);
+            return None;
+        }
+        record.slide(now, times);
+        Some((record.data.clone(), record.version))
+    }
+
+    fn write(
+        &self,
+        key: &str,
+        data: Vec<u8>,
+        expected: Option<u64>,
+        user: Option<&str>,
+        times: Times,
+    ) -> Written {
+        let now = self.now();
+        let mut state = self.lock();
+        let Some(record) = state.records.get_mut(key) else {
+            return Written::Missing;
+        };
+        if !record.live(now) {
+            state.records.remove(key);
+            return Written::Missing;
+        }
+        if expected.is_some_and(|v| v != record.version) {
+            return Written::Conflict;
+        }
+        record.slide(now, times);
+        record.data = data;
+        record.version += 1;
+        let previous_user = match user {
+            Some(u) => std::mem::replace(&mut record.user, u.to_owned()),
+            None => record.user.clone(),
+        };
+        Written::Yes { previous_user }
+    }
+
+    fn ttl(&self, key: &str) -> Option<Duration> {
+        let now = self.now();
+        let state = self.lock();
+        let record = state.records.get(key).filter(|r| r.live(now))?;
+        Some(Duration::from_millis(
+            record.expires.min(record.deadline) - now,
+        ))
+    }
+
+    fn delete(&self, key: &str, id: &SessionId) -> bool {
+        let now = self.now();
+        let mut state = self.lock();
+        let Some(record) = state.records.remove(key) else {
+            return false;
+        };
+        if !record.user.is_empty() {
+            let mut part = KeyBuf::new();
+            part.part(record.user.as_str());
+            let suffix = format!("~session-user:{}", part.as_str());
+            let index = format!("{}{}", &key[..key.len() - ID_LEN - 9], suffix);
+            state.unindex(&index, id);
+        }
+        record.live(now)
+    }
+
+    fn rotate(
+        &self,
+        old_key: &str,
+        old: &SessionId,
+        mut new: SessionId,
+        times: Times,
+        key_of: impl Fn(&SessionId) -> String,
+    ) -> Option<SessionId> {
+        let now = self.now();
+        let mut state = self.lock();
+        let record = state.records.remove(old_key)?;
+        if !record.live(now) {
+            return None;
+        }
+        // Checked under the lock: no other writer can take the id meanwhile. (128 random
+        // bits do not collide; were the generator broken, this would still not hand out a
+        // live session.)
+        while state.records.contains_key(&key_of(&new)) {
+            new = SessionId::random().ok()?;
+        }
+        if !record.user.is_empty() {
+            let prefix = &old_key[..old_key.len() - ID_LEN - 9];
+            let mut part = KeyBuf::new();
+            part.part(record.user.as_str());
+            let index = format!("{prefix}~session-user:{}", part.as_str());
+            state.index_add(&index, new, record.deadline, now);
+            state.unindex(&index, old);
+        }
+        let expires = now + times.idle.min(record.deadline - now);
+        state.records.insert(
+            key_of(&new),
+            MemRecord {
+                version: record.version + 1,
+                expires,
+                ..record
+            },
+        );
+        Some(new)
+    }
+
+    fn list(&self, index: &str, key_of: impl Fn(&SessionId) -> String) -> Vec<SessionId> {
+        let now = self.now();
+        let mut state = self.lock();
+        state.prune_index(index, now, &key_of);
+        let mut ids: Vec<(u64, SessionId)> = state
+            .indexes
+            .get(index)
+            .map(|ids| ids.iter().map(|(id, d)| (*d, *id)).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    fn delete_all(&self, index: &str, key_of: impl Fn(&SessionId) -> String) -> u64 {
+        let now = self.now();
+        let mut state = self.lock();
+        let Some(ids) = state.indexes.remove(index) else {
+            return 0;
+        };
+        ids.keys()
+            .filter(|id| {
+                state
+                    .records
+                    .remove(&key_of(id))
+                    .is_some_and(|r| r.live(now))
+            })
+            .count() as u64
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    fn reindex(&self, index: &str, id: &SessionId, times: Times) {
+        let now = self.now();
+        let mut state = self.lock();
+        state.index_add(index, *id, now + times.max, now);
+    }
+
+    #[cfg(feature = "tower-sessions")]
+    fn unindex(&self, index: &str, id: &SessionId) {
+        self.lock().unindex(index, id);
+    }
+}
+
+impl MemState {
+    /// Drops expired records once per as many writes as there are records (amortized O(1)
+    /// per write), and index entries whose record is gone.
+    fn sweep(&mut self, now: u64) {
+        self.writes += 1;
+        if self.writes < self.records.len().max(256) {
+            return;
+        }
+        self.writes = 0;
+        self.records.retain(|_, r| r.live(now));
+        let records = &self.records;
+        self.indexes.retain(|index, ids| {
+            let prefix = index.split("~session-user:").next().unwrap_or("");
+            ids.retain(|id, deadline| {
+                *deadline > now && records.contains_key(&format!("{prefix}~session:{id}"))
+            });
+            !ids.is_empty()
+        });
+    }
+
+    fn index_add(&mut self, index: &str, id: SessionId, deadline: u64, now: u64) {
+        let prefix = index
+            .split("~session-user:")
+            .next()
+            .unwrap_or("")
+            .to_owned();
+        let records = &self.records;
+        let ids = self.indexes.entry(index.to_owned()).or_default();
+        // As on Redis: entries past their deadline go, and those whose record is gone.
+        ids.retain(|id, d| {
+            *d > now
+                && records
+                    .get(&format!("{prefix}~session:{id}"))
+                    .is_some_and(|r| r.live(now))
+        });
+        ids.insert(id, deadline);
+    }
+
+    fn unindex(&mut self, index: &str, id: &SessionId) {
+        if let Some(ids) = self.indexes.get_mut(index) {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.indexes.remove(index);
+            }
+        }
+    }
+
+    fn prune_index(&mut self, index: &str, now: u64, key_of: &impl Fn(&SessionId) -> String) {
+        let records = &self.records;
+        if let Some(ids) = self.indexes.get_mut(index) {
+            ids.retain(|id, d| *d > now && records.get(&key_of(id)).is_some_and(|r| r.live(now)));
+            if ids.is_empty() {
+                self.indexes.remove(index);
+            }
+        }
+    }
+}
+
+impl MemSessions {
+    /// Entries of a user's index (for tests of the index's size).
+    #[allow(dead_code)]
+    pub(crate) fn index_len(&self, index: &str) -> usize {
+        self.lock().indexes.get(index).map_or(0, HashMap::len)
+    }
+}
+
+// ---- tower-sessions ----------------------------------------------------------------------
+
+#[cfg(feature = "tower-sessions")]
+pub use tower_store::TowerSessionStore;
+
+#[cfg(feature = "tower-sessions")]
+mod tower_store {
+    use std::collections::HashMap;
+
+    use tower_sessions_core::session::{Id, Record};
+    use tower_sessions_core::session_store::{self, SessionStore};
+
+    use super::{SessionId, Sessions, Written};
+
+    /// The session store as a [`tower_sessions::SessionStore`](tower_sessions_core::SessionStore)
+    /// (feature `tower-sessions`), for axum and tower services that already use the
+    /// `tower-sessions` middleware: `SessionManagerLayer::new(TowerSessionStore::new(cache.sessions()))`.
+    ///
+    /// - Ids are drawn by this store in `create` (128 bits from the operating system), and
+    ///   are the same text in the cookie as a [`SessionId`]; a `Record`'s own id is replaced.
+    /// - The [`Sessions`]' idle timeout and maximum lifetime apply on top of the record's
+    ///   `expiry_date` (whichever ends first); `load` slides the idle timeout.
+    /// - `save` of a session that is gone (expired, deleted, ended by "log out everywhere"
+    ///   meanwhile) does not bring it back: the next request starts a new one.
+    /// - With [`user_field`](TowerSessionStore::user_field), the session is indexed under
+    ///   the user id found in that field of the data, so
+    ///   [`Sessions::delete_for_user`] ends it. Set the user with `session.cycle_id()` on
+    ///   login (a new id, as `create` indexes it before the record exists); a user set by a
+    ///   later `save` is indexed right after that write.
+    /// - Redis unreachable: every call fails ([`session_store::Error::Backend`]), so the
+    ///   middleware answers 500 rather than serve a request without its session.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_sessions_core::{session::Record, SessionStore};
+    /// let cache = cache_core::Cache::in_memory();
+    /// let store = cache_core::TowerSessionStore::new(cache.sessions()).user_field("user");
+    /// let mut record = Record {
+    ///     id: Default::default(),
+    ///     data: [("user".to_owned(), serde_json::json!("ann"))].into(),
+    ///     expiry_date: time::OffsetDateTime::now_utc() + time::Duration::hours(1),
+    /// };
+    /// store.create(&mut record).await?;
+    /// let loaded = store.load(&record.id).await?.expect("stored");
+    /// assert_eq!(loaded.data["user"], "ann");
+    /// assert_eq!(cache.sessions().list_for_user("ann").await?.len(), 1);
+    /// store.delete(&record.id).await?;
+    /// assert!(store.load(&record.id).await?.is_none());
+    /// # Ok(()) }
+    /// ```
+    #[derive(Clone, Debug)]
+    pub struct TowerSessionStore {
+        sessions: Sessions,
+        user_field: Option<String>,
+    }
+
+    /// What is stored: the record's data and its expiry, in unix milliseconds.
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Stored<D> {
+        d: D,
+        e: i64,
+    }
+
+    fn backend(e: crate::Error) -> session_store::Error {
+        session_store::Error::Backend(e.to_string())
+    }
+
+    impl TowerSessionStore {
+        /// A store keeping tower-sessions' records in `sessions` (their scope, idle timeout
+        /// and lifetime).
+        ///
+        /// ```
+        /// let store = cache_core::TowerSessionStore::new(cache_core::Cache::in_memory().sessions());
+        /// # let _ = store;
+        /// ```
+        pub fn new(sessions: Sessions) -> Self {
+            TowerSessionStore {
+                sessions,
+                user_field: None,
+            }
+        }
+
+        /// Indexes each session under the user id held in this field of its data (a string
+        /// or a number), for [`Sessions::list_for_user`] and [`Sessions::delete_for_user`].
+        ///
+        /// ```
+        /// let store = cache_core::TowerSessionStore::new(cache_core::Cache::in_memory().sessions())
+        ///     .user_field("user_id");
+        /// # let _ = store;
+        /// ```
+        pub fn user_field(mut self, field: impl Into<String>) -> Self {
+            self.user_field = Some(field.into());
+            self
+        }
+
+        /// The session store underneath (to list or end a user's sessions).
+        ///
+        /// ```
+        /// let store = cache_core::TowerSessionStore::new(cache_core::Cache::in_memory().sessions());
+        /// assert_eq!(store.sessions().idle(), std::time::Duration::from_secs(1800));
+        /// ```
+        pub fn sessions(&self) -> &Sessions {
+            &self.sessions
+        }
+
+        /// The [`SessionId`] of a tower-sessions id (the same text in a cookie).
+        ///
+        /// ```
+        /// use tower_sessions_core::session::Id;
+        /// let id = Id(42);
+        /// assert_eq!(cache_core::TowerSessionStore::session_id(&id).to_string(), id.to_string());
+        /// ```
+        pub fn session_id(id: &Id) -> SessionId {
+            SessionId::from_bytes(id.0.to_le_bytes())
+        }
+
+        fn user_of(&self, record: &Record) -> Option<String> {
+            let value = record.data.get(self.user_field.as_deref()?)?;
+            match value {
+                serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }
+        }
+
+        fn stored(record: &Record) -> Stored<&HashMap<String, serde_json::Value>> {
+            let expiry = record.expiry_date.unix_timestamp_nanos() / 1_000_000;
+            Stored {
+                d: &record.data,
+                e: i64::try_from(expiry).unwrap_or(i64::MAX),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl SessionStore for TowerSessionStore {
+        async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+            let user = self.user_of(record);
+            let id = self
+                .sessions
+                .create(user.as_deref(), &Self::stored(record))
+                .await
+                .map_err(backend)?;
+            record.id = Id(i128::from_le_bytes(*id.as_bytes()));
+            Ok(())
+        }
+
+        async fn save(&self, record: &Record) -> session_store::Result<()> {
+            let id = Self::session_id(&record.id);
+            let user = self.user_of(record);
+            let bytes = serde_json::to_vec(&Self::stored(record))
+                .map_err(|e| session_store::Error::Encode(e.to_string()))?;
+            let written = self
+                .sessions
+                .write(&id, bytes, None, user.as_deref())
+                .await
+                .map_err(backend)?;
+            if let (Written::Yes { previous_user }, Some(user)) = (written, user) {
+                self.sessions
+                    .reindex(&id, &user, &previous_user)
+                    .await
+                    .map_err(backend)?;
+            }
+            Ok(())
+        }
+
+        async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
+            let id = Self::session_id(session_id);
+            let Some(stored) = self
+                .sessions
+                .get::<Stored<HashMap<String, serde_json::Value>>>(&id)
+                .await
+                .map_err(backend)?
+            else {
+                return Ok(None);
+            };
+            let Ok(expiry_date) =
+                time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(stored.e) * 1_000_000)
+            else {
+                return Ok(None);
+            };
+            if expiry_date <= time::OffsetDateTime::now_utc() {
+                return Ok(None);
+            }
+            Ok(Some(Record {
+                id: *session_id,
+                data: stored.d,
+                expiry_date,
+            }))
+        }
+
+        async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
+            self.sessions
+                .delete(&Self::session_id(session_id))
+                .await
+                .map_err(backend)?;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_round_trip_through_their_text() {
+        for seed in 0..=255u8 {
+            let bytes: [u8; 16] =
+                std::array::from_fn(|i| seed.wrapping_mul(31).wrapping_add(i as u8 * 17));
+            let id = SessionId(bytes);
+            let text = id.to_string();
+            assert_eq!(text.len(), ID_LEN);
+            assert!(text.bytes().all(|c| b64_value(c).is_some()));
+            assert_eq!(text.parse::<SessionId>().ok(), Some(id));
+        }
+        let all_ones = SessionId([0xff; 16]).to_string();
+        assert_eq!(all_ones, "_____________________w");
+    }
+
+    #[test]
+    fn malformed_ids_do_not_parse() {
+        for bad in [
+            "",
+            "short",
+            "AAAAAAAAAAAAAAAAAAAAA",   // 21
+            "AAAAAAAAAAAAAAAAAAAAAAA", // 23
+            "AAAAAAAAAAAAAAAAAAAAA=",
+            "AAAAAAAAAAAAAAAAAAAA+A",
+            "AAAAAAAAAAAAAAAAAAAA/A",
+            "AAAAAAAAAAAAAAAAAAAAAB", // non-canonical last character
+            "AAAAAAAAAAAAAAAAAAAAéA",
+        ] {
+            assert!(SessionId::decode(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_id() {
+        let id = SessionId([0xab; 16]);
+        let debug = format!("{id:?}");
+        assert!(!debug.contains(&id.to_string()));
+    }
+}
