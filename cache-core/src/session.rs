@@ -595,11 +595,14 @@ impl Sessions {
         let mut live = Vec::with_capacity(ids.len());
         let mut dead = Vec::new();
         for chunk in ids.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            for id in chunk {
-                pipe.cmd("EXISTS").arg(self.record_key(id));
-            }
-            let found: Vec<bool> = redis.run_pipe("session exists", pipe).await?;
+            // One command per key, all in flight at once (the multiplexed connection
+            // pipelines them): a pipeline would have to stay in one hash slot on a cluster.
+            let found = futures_util::future::try_join_all(chunk.iter().map(|id| {
+                let mut cmd = redis::cmd("EXISTS");
+                cmd.arg(self.record_key(id));
+                redis.run::<bool>("session exists", cmd)
+            }))
+            .await?;
             for (id, found) in chunk.iter().zip(found) {
                 if found {
                     live.push(*id);

@@ -7,13 +7,9 @@ use std::time::{Duration, Instant};
 
 use cache_core::{Cache, SessionId, Source};
 
-/// Raw `redis::Cmd` on the shared server, bypassing the cache.
+/// Raw `redis::Cmd` on the test topology, bypassing the cache.
 async fn raw<T: redis::FromRedisValue>(cmd: &redis::Cmd) -> T {
-    let client = tests::shared_server().client();
-    let mut con = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connects");
+    let mut con = tests::raw_connection().await;
     cmd.query_async(&mut con).await.expect("raw command")
 }
 
