@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::measure::{Measurement, Plan};
-use crate::workloads::{Bar, Ctx, Expect};
+use crate::workloads::{Bar, Ctx, Deployment, Expect};
 
 const USAGE: &str = "\
 usage: bench [--out FILE] [--only TEXT]... [--rounds N] [--round-secs S] [--round-ops N]
-             [--warmup-secs S] [--pool-size N] [--alone] [--list]
+             [--warmup-secs S] [--pool-size N] [--alone] [--cluster] [--list]
 
   --out FILE       write the rows as JSON (workload, ops_per_sec, p50_us, p99_us,
                    reference, ratio, p50_ratio, client_cpu_us_per_op,
@@ -42,16 +42,21 @@ usage: bench [--out FILE] [--only TEXT]... [--rounds N] [--round-secs S] [--roun
   --warmup-secs S  discarded warm-up before each round (default 0.1)
   --alone          without the references of the --only workloads (to profile one)
   --pool-size N    our cache's connection pool size (default: the library's)
+  --cluster        run against a local Redis Cluster (six redis-servers, three
+                   primaries) instead of one server: ours and raw redis-rs on a
+                   cluster connection; the `cached` crate (one node only) is left out
   --list           print the workloads and exit
 
 REDIS_URL=redis://...  use that server instead of starting one (keys are prefixed
-                       bench<pid>: and expire after 15 minutes)";
+                       bench<pid>: and expire after 15 minutes)
+REDIS_CLUSTER_NODES=redis://h:p,...  with --cluster, use that cluster";
 
 struct Args {
     out: Option<PathBuf>,
     only: Vec<String>,
     list: bool,
     alone: bool,
+    cluster: bool,
     pool_size: Option<u32>,
     plan: Plan,
 }
@@ -62,6 +67,7 @@ fn parse_args() -> Result<Args, String> {
         only: Vec::new(),
         list: false,
         alone: false,
+        cluster: false,
         pool_size: None,
         // Many short rounds rather than a few long ones: the host's load changes within
         // seconds, and a ratio is the median of per-round ratios, so the closer in time the two
@@ -102,6 +108,7 @@ fn parse_args() -> Result<Args, String> {
             "--pool-size" => args.pool_size = Some(count(value()?)?.min(u32::MAX.into()) as u32),
             "--list" => args.list = true,
             "--alone" => args.alone = true,
+            "--cluster" => args.cluster = true,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("unknown argument `{other}`")),
         }
@@ -143,7 +150,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.is_empty() { 0 } else { 2 });
         }
     };
-    let all = workloads::workloads();
+    let all: Vec<_> = workloads::workloads()
+        .into_iter()
+        .filter(|w| !(args.cluster && workloads::single_server_only(w.name)))
+        .collect();
     if args.list {
         for w in &all {
             println!("{}", w.name);
@@ -171,16 +181,34 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
-    // Our own server unless REDIS_URL is given; dropped (killed) at the end of main.
-    let (url, _server) = match std::env::var("REDIS_URL") {
-        Ok(url) if !url.is_empty() => (url, None),
-        _ => match tests::RedisServer::try_start() {
-            Ok(server) => (server.url(), Some(server)),
-            Err(e) => {
-                eprintln!("error: cannot start redis-server: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+    // Our own server (or cluster) unless REDIS_URL (REDIS_CLUSTER_NODES) is given; dropped
+    // (killed) at the end of main.
+    let given = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let (deployment, _servers): (Deployment, Option<Box<dyn std::any::Any>>) = if args.cluster {
+        match given("REDIS_CLUSTER_NODES") {
+            Some(nodes) => (
+                Deployment::Cluster(nodes.split(',').map(|n| n.trim().to_owned()).collect()),
+                None,
+            ),
+            None => match tests::RedisCluster::try_start() {
+                Ok(cluster) => (Deployment::Cluster(cluster.urls()), Some(Box::new(cluster))),
+                Err(e) => {
+                    eprintln!("error: cannot start a redis cluster: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        }
+    } else {
+        match given("REDIS_URL") {
+            Some(url) => (Deployment::Single(url), None),
+            None => match tests::RedisServer::try_start() {
+                Ok(server) => (Deployment::Single(server.url()), Some(Box::new(server))),
+                Err(e) => {
+                    eprintln!("error: cannot start redis-server: {e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+        }
     };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -194,7 +222,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rows = runtime.block_on(run(&url, args.plan, args.pool_size, &selected));
+    let rows = runtime.block_on(run(&deployment, args.plan, args.pool_size, &selected));
 
     print_targets(&rows);
     if let Some(out) = &args.out {
@@ -218,13 +246,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(
-    url: &str,
+    deployment: &Deployment,
     plan: Plan,
     pool_size: Option<u32>,
     selected: &[workloads::Workload],
 ) -> Vec<Row> {
     println!(
-        "redis {url}; tokio multi-thread runtime, 2 workers; {} keys per system; \
+        "redis {deployment:?}; tokio multi-thread runtime, 2 workers; {} keys per system; \
          {} rounds of every workload, interleaved, each a {:?} warm-up then at most {:?} or \
          {} ops measured (medians shown; ratios are medians of per-round ratios)",
         workloads::KEYS,
@@ -233,7 +261,7 @@ async fn run(
         plan.round_time,
         plan.round_ops,
     );
-    let cx: &'static Ctx = Box::leak(Box::new(Ctx::new(url, plan, pool_size).await));
+    let cx: &'static Ctx = Box::leak(Box::new(Ctx::new(deployment, plan, pool_size).await));
     let started = Instant::now();
     cx.populate().await;
     let stats = cx.ours.stats();

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use cache_core::rate_limit::Algorithm;
 use cache_core::{Cache, RateLimit, RateLimiter};
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
+use tests::RawConnection;
 
 use crate::measure::{measure, Plan, Round};
 
@@ -88,31 +88,61 @@ pub struct Ctx {
     /// Prefix of every key written in this run: `bench<pid>` (ours and raw),
     /// `bench<pid>-cached` (the cached crate).
     pub run: String,
-    pub raw: MultiplexedConnection,
+    /// A raw redis-rs connection: multiplexed to the server, or a cluster connection.
+    pub raw: RawConnection,
+    /// On a Redis Cluster (`--cluster`): the `cached` crate, which speaks to one node, is left
+    /// out.
+    pub cluster: bool,
     pub ours: Cache,
     pub moka: moka::future::Cache<u64, User>,
     next_miss: AtomicU64,
 }
 
 impl Ctx {
-    pub async fn new(url: &str, plan: Plan, pool_size: Option<u32>) -> Ctx {
+    pub async fn new(deployment: &Deployment, plan: Plan, pool_size: Option<u32>) -> Ctx {
         let run = format!("bench{}", std::process::id());
-        let client = ok(redis::Client::open(url), "redis url");
-        let raw = ok(
-            client.get_multiplexed_async_connection().await,
-            "connecting to redis",
-        );
-        let mut builder = Cache::builder().url(url).namespace(run.as_str());
+        let (raw, builder, url) = match deployment {
+            Deployment::Single(url) => {
+                let client = ok(redis::Client::open(url.as_str()), "redis url");
+                let raw = ok(
+                    client.get_multiplexed_async_connection().await,
+                    "connecting to redis",
+                );
+                (
+                    RawConnection::Single(raw),
+                    Cache::builder().url(url),
+                    url.clone(),
+                )
+            }
+            Deployment::Cluster(nodes) => {
+                let client = ok(
+                    redis::cluster::ClusterClient::new(nodes.clone()),
+                    "cluster nodes",
+                );
+                let raw = ok(
+                    client.get_async_connection().await,
+                    "connecting to the cluster",
+                );
+                let first = nodes.first().cloned().unwrap_or_default();
+                (
+                    RawConnection::Cluster(raw),
+                    Cache::builder().cluster_nodes(nodes.clone()),
+                    first,
+                )
+            }
+        };
+        let mut builder = builder.namespace(run.as_str());
         if let Some(n) = pool_size {
             builder = builder.pool_size(n);
         }
         let ours = ok(builder.build(), "building the cache");
         // Its keys are `namespace:prefix:id`: a namespace of its own keeps them off ours.
-        let _ = THEIRS.set((url.to_owned(), format!("{run}-cached")));
+        let _ = THEIRS.set((url, format!("{run}-cached")));
         Ctx {
             plan,
             run,
             raw,
+            cluster: matches!(deployment, Deployment::Cluster(_)),
             ours,
             moka: moka::future::Cache::new(2 * KEYS),
             next_miss: AtomicU64::new(FIRST_MISS_ID),
@@ -150,6 +180,9 @@ impl Ctx {
     /// Writes the same `KEYS` users into each system, each in its own format: JSON for raw
     /// redis, our envelope around JSON, the `cached` crate's MessagePack.
     pub async fn populate(&'static self) {
+        if self.cluster {
+            return self.populate_cluster().await;
+        }
         let mut pipe = redis::pipe();
         for id in 0..KEYS {
             let json = ok(serde_json::to_vec(&User::load(id)), "encoding");
@@ -177,6 +210,55 @@ impl Ctx {
         })
         .await;
     }
+}
+
+impl Ctx {
+    /// [`populate`](Ctx::populate) on a cluster: raw keys one command each (a pipeline must
+    /// stay in one slot), and no `cached` crate.
+    async fn populate_cluster(&'static self) {
+        for org in 0..ORGS {
+            let mut conn = self.raw.clone();
+            ok(
+                redis::cmd("SET")
+                    .arg(self.raw_key("tag", org))
+                    .arg(1)
+                    .query_async::<()>(&mut conn)
+                    .await,
+                "populating raw tags",
+            );
+        }
+        for_each_id(move |id| async move {
+            let mut conn = self.raw.clone();
+            let json = ok(serde_json::to_vec(&User::load(id)), "encoding");
+            ok(
+                redis::cmd("SET")
+                    .arg(self.raw_key("user", id))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(TTL.as_millis() as u64)
+                    .query_async::<()>(&mut conn)
+                    .await,
+                "populating raw",
+            );
+            ours::user_refresh(&self.ours, id).await;
+            ours::tagged_user_refresh(&self.ours, id % ORGS, id).await;
+            ours::stale_user_populate(&self.ours, id).await;
+            self.moka.insert(id, User::load(id)).await;
+        })
+        .await;
+    }
+}
+
+/// Where the benchmark's Redis is: one server, or a Redis Cluster's seed nodes.
+#[derive(Debug, Clone)]
+pub enum Deployment {
+    Single(String),
+    Cluster(Vec<String>),
+}
+
+/// Workloads that need one server (the `cached` crate's store) and are left out on a cluster.
+pub fn single_server_only(name: &str) -> bool {
+    name.contains("cached crate")
 }
 
 /// Runs `f` for every populated id, 32 at a time.
@@ -499,7 +581,7 @@ async fn raw_miss(cx: &'static Ctx, concurrency: usize) -> Round {
 }
 
 /// One raw miss of user `id` under `key`.
-async fn raw_miss_of(conn: &mut MultiplexedConnection, key: &str, id: u64) {
+async fn raw_miss_of(conn: &mut RawConnection, key: &str, id: u64) {
     let found: Option<Vec<u8>> = ok(
         redis::cmd("GET").arg(key).query_async(conn).await,
         "raw GET",

@@ -204,12 +204,20 @@ pub async fn raw_connection() -> RawConnection {
 
 /// What [`raw_connection`] returns: use it with `redis::cmd(..).query_async(&mut con)`.
 #[derive(Clone)]
-#[allow(missing_debug_implementations)]
 pub enum RawConnection {
     /// One server.
     Single(redis::aio::MultiplexedConnection),
     /// A cluster.
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl std::fmt::Debug for RawConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RawConnection::Single(_) => "RawConnection::Single",
+            RawConnection::Cluster(_) => "RawConnection::Cluster",
+        })
+    }
 }
 
 impl redis::aio::ConnectionLike for RawConnection {
