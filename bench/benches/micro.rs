@@ -4,8 +4,8 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use cache_core::__private::{bench_decode, bench_encode};
-use cache_core::{Cache, KeyBuf};
+use cache_core::__private::{bench_decode, bench_encode, bench_open, bench_seal};
+use cache_core::{Cache, EncryptionKey, KeyBuf};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +82,32 @@ fn envelope(c: &mut Criterion) {
     g.finish();
 }
 
+/// Encryption of the ~100-byte envelope (XChaCha20-Poly1305, a random nonce per write), and
+/// decryption with the decode of the value: what an encrypted write and hit add.
+fn encryption(c: &mut Criterion) {
+    let key = EncryptionKey::from_bytes([7; 32]);
+    let full = "bench:user:1234";
+    let value = user(1_234);
+    let plain = bench_encode(&value, &[]);
+    let sealed = match bench_seal(&key, full, plain.clone()) {
+        Some(sealed) => sealed,
+        None => panic!("cannot encrypt"),
+    };
+    assert_eq!(
+        bench_open::<User>(&key, full, &sealed).as_ref(),
+        Some(&value)
+    );
+
+    let mut g = c.benchmark_group("encryption");
+    g.bench_function("encode + encrypt", |b| {
+        b.iter(|| bench_seal(&key, full, bench_encode(black_box(&value), &[])))
+    });
+    g.bench_function("decrypt + decode", |b| {
+        b.iter(|| bench_open::<User>(&key, full, black_box(&sealed)))
+    });
+    g.finish();
+}
+
 fn memory_get(c: &mut Criterion) {
     let rt = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
@@ -103,5 +129,5 @@ fn memory_get(c: &mut Criterion) {
     });
 }
 
-criterion_group!(micro, keys, envelope, memory_get);
+criterion_group!(micro, keys, envelope, encryption, memory_get);
 criterion_main!(micro);

@@ -94,6 +94,8 @@ pub struct Ctx {
     /// out.
     pub cluster: bool,
     pub ours: Cache,
+    /// Ours in a namespace encrypted with a fixed key (the encrypted hit).
+    pub ours_encrypted: Cache,
     pub moka: moka::future::Cache<u64, User>,
     next_miss: AtomicU64,
 }
@@ -136,6 +138,9 @@ impl Ctx {
             builder = builder.pool_size(n);
         }
         let ours = ok(builder.build(), "building the cache");
+        let ours_encrypted = ours
+            .namespace("enc")
+            .with_encryption(cache_core::EncryptionKey::from_bytes([7; 32]));
         // Its keys are `namespace:prefix:id`: a namespace of its own keeps them off ours.
         let _ = THEIRS.set((url, format!("{run}-cached")));
         Ctx {
@@ -144,6 +149,7 @@ impl Ctx {
             raw,
             cluster: matches!(deployment, Deployment::Cluster(_)),
             ours,
+            ours_encrypted,
             moka: moka::future::Cache::new(2 * KEYS),
             next_miss: AtomicU64::new(FIRST_MISS_ID),
         }
@@ -205,6 +211,7 @@ impl Ctx {
             ours::user_refresh(&self.ours, id).await;
             ours::tagged_user_refresh(&self.ours, id % ORGS, id).await;
             ours::stale_user_populate(&self.ours, id).await;
+            ours::user_refresh(&self.ours_encrypted, id).await;
             ok(theirs::user(id).await, "populating the cached crate");
             self.moka.insert(id, User::load(id)).await;
         })
@@ -454,6 +461,7 @@ pub fn workloads() -> Vec<Workload> {
         w("ours hit c=1", Some("raw GET c=1"), Hits, |cx| Box::pin(ours_hit(cx, 1))),
         w("cached crate hit c=1", None, Hits, |cx| Box::pin(theirs_hit(cx, 1))),
         w("ours stale serve, source failing, c=1", Some("ours hit c=1"), Unchecked, |cx| Box::pin(ours_stale_serve(cx, 1))),
+        w("ours encrypted hit c=1", Some("ours hit c=1"), Hits, |cx| Box::pin(ours_encrypted_hit(cx, 1))),
         w("raw GET c=64", None, Unchecked, |cx| Box::pin(raw_get(cx, 64))),
         w("ours hit c=64", Some("raw GET c=64"), Hits, |cx| Box::pin(ours_hit(cx, 64))),
         w("cached crate hit c=64", None, Hits, |cx| Box::pin(theirs_hit(cx, 64))),
@@ -651,6 +659,16 @@ async fn ours_hit(cx: &'static Ctx, concurrency: usize) -> Round {
     measure(&cx.plan, concurrency, move |i| async move {
         let id = i % KEYS;
         check(&ours::user(&cx.ours, id).await, id);
+    })
+    .await
+}
+
+/// A hit in a namespace encrypted with XChaCha20-Poly1305: the same `GET`, then the
+/// decryption before the decode. Reported against the plain hit.
+async fn ours_encrypted_hit(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        check(&ours::user(&cx.ours_encrypted, id).await, id);
     })
     .await
 }

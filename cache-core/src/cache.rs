@@ -113,10 +113,12 @@ pub(crate) struct Shared {
 }
 
 /// Everything a handle adds to keys: `root:[namespace:...][@tenant:]`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Scope {
     pub(crate) prefix: String,
     pub(crate) default_ttl: Option<Duration>,
+    /// The keys values are encrypted with (crypto.rs); inherited by scopes made from this one.
+    pub(crate) encryption: Option<Arc<crate::crypto::Keyring>>,
 }
 
 /// A handle on the cache: cheap to clone (two `Arc`s), `Send + Sync`, usable from any task.
@@ -149,6 +151,7 @@ impl std::fmt::Debug for Cache {
             .field("backend", &self.shared.backend)
             .field("prefix", &self.scope.prefix)
             .field("default_ttl", &self.scope.default_ttl)
+            .field("encryption", &self.scope.encryption)
             .finish()
     }
 }
@@ -223,6 +226,7 @@ impl Cache {
         let scope = Scope {
             prefix: format!("{}:", config.namespace),
             default_ttl: config.default_ttl,
+            encryption: config.encryption.clone().map(Arc::new),
         };
         Cache {
             shared: Arc::new(Shared {
@@ -294,6 +298,7 @@ impl Cache {
             scope: Arc::new(Scope {
                 prefix,
                 default_ttl,
+                encryption: self.scope.encryption.clone(),
             }),
         }
     }
@@ -474,12 +479,13 @@ impl Cache {
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
-                env.value::<T>(fingerprint).map(|v| {
-                    (
-                        v,
-                        Duration::from_millis(now.saturating_sub(env.created_at_ms)),
-                    )
-                })
+                self.open_value::<T>(full, bytes, &env, fingerprint)
+                    .map(|v| {
+                        (
+                            v,
+                            Duration::from_millis(now.saturating_sub(env.created_at_ms)),
+                        )
+                    })
             }
             Err(reason) => codec::decode_plain::<T>(bytes)
                 .map(|v| (v, Duration::ZERO))
@@ -762,6 +768,7 @@ impl Cache {
                 key: key::shorten_for_display(full),
                 source,
             })
+            .and_then(|bytes| self.seal(full, bytes))
             .and_then(|bytes| {
                 crate::limits::value_size(full, bytes.len(), self.shared.config.max_value_size)?;
                 Ok(bytes)

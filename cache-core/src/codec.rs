@@ -5,8 +5,10 @@
 //! 0       1     magic 0xC7 (not a valid first byte of UTF-8 text, so JSON or a counter
 //!               written by someone else is never mistaken for an envelope)
 //! 1       1     format version (1)
-//! 2       1     flags: 1 = payload LZ4-compressed, 2 = encrypted (reserved), 4 = raw bytes,
-//!               8 = tombstone (see [`tombstone`]; alone, with no tags and no payload)
+//! 2       1     flags: 1 = payload LZ4-compressed, 2 = encrypted (see `crypto.rs`: the
+//!               payload is then key id, nonce, ciphertext and tag; everything before it
+//!               is authenticated), 4 = raw bytes, 8 = tombstone (see [`tombstone`]; alone,
+//!               with no tags and no payload)
 //! 3       1     number of tags
 //! 4       8     schema fingerprint of the Rust type (FNV-1a of its type name)
 //! 12      8     created at, unix ms
@@ -33,7 +35,7 @@ const HEADER_LEN: usize = 44;
 const LZ4_MAX_RATIO: usize = 255;
 
 const FLAG_COMPRESSED: u8 = 1;
-const FLAG_ENCRYPTED: u8 = 2;
+pub(crate) const FLAG_ENCRYPTED: u8 = 2;
 const FLAG_RAW: u8 = 4;
 const FLAG_TOMBSTONE: u8 = 8;
 
@@ -188,6 +190,21 @@ pub(crate) fn encode<T: Serialize + 'static>(
     Ok(out)
 }
 
+/// Where the payload of an envelope that [`encode`] wrote starts.
+pub(crate) fn payload_offset(bytes: &[u8]) -> Result<usize, &'static str> {
+    parse(bytes).map(|env| bytes.len() - env.payload.len())
+}
+
+/// Sets the encrypted flag and the payload length of the header and tag list `head` (an
+/// encoded envelope cut at [`payload_offset`]), before the sealed payload is appended.
+pub(crate) fn mark_encrypted(head: &mut [u8], sealed_len: usize) {
+    if head.len() >= HEADER_LEN {
+        head[2] |= FLAG_ENCRYPTED;
+        let len = u32::try_from(sealed_len).unwrap_or(u32::MAX);
+        head[40..44].copy_from_slice(&len.to_le_bytes());
+    }
+}
+
 /// What an invalidation by key leaves under the key for a while instead of nothing: a
 /// computation that read the key before the invalidation writes its result only if the key
 /// still holds what it read, and a tombstone is not what it read. Each one is unique (its
@@ -237,9 +254,6 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Envelope<'_>, &'static str> {
         return Err("written by an incompatible version of this cache");
     }
     let flags = bytes[2];
-    if flags & FLAG_ENCRYPTED != 0 {
-        return Err("encrypted, and this cache has no key to decrypt it");
-    }
     let tag_count = bytes[3] as usize;
     let mut rest = &bytes[HEADER_LEN..];
     for _ in 0..tag_count {
@@ -271,6 +285,16 @@ impl<'a> Envelope<'a> {
         }
     }
 
+    /// Whether the payload is encrypted (see `crypto.rs`).
+    pub(crate) fn is_encrypted(&self) -> bool {
+        self.flags & FLAG_ENCRYPTED != 0
+    }
+
+    /// The payload as stored (for an encrypted entry: key id, nonce, ciphertext, tag).
+    pub(crate) fn payload(&self) -> &'a [u8] {
+        self.payload
+    }
+
     /// Whether the entry records any tag.
     pub(crate) fn has_tags(&self) -> bool {
         !self.tag_list.is_empty()
@@ -281,6 +305,26 @@ impl<'a> Envelope<'a> {
     /// written and `String` read, does not).
     pub(crate) fn value<T: DeserializeOwned + 'static>(
         &self,
+        expected_fingerprint: u64,
+    ) -> Result<T, String> {
+        if self.is_encrypted() {
+            return Err("encrypted, and this handle has no key to decrypt it".to_owned());
+        }
+        self.decode_payload(Cow::Borrowed(self.payload), expected_fingerprint)
+    }
+
+    /// As [`value`](Self::value), from the decrypted payload of an encrypted entry.
+    pub(crate) fn value_from<T: DeserializeOwned + 'static>(
+        &self,
+        plaintext: Vec<u8>,
+        expected_fingerprint: u64,
+    ) -> Result<T, String> {
+        self.decode_payload(Cow::Owned(plaintext), expected_fingerprint)
+    }
+
+    fn decode_payload<T: DeserializeOwned + 'static>(
+        &self,
+        stored: Cow<'_, [u8]>,
         expected_fingerprint: u64,
     ) -> Result<T, String> {
         if self.fingerprint != 0
@@ -295,20 +339,19 @@ impl<'a> Envelope<'a> {
         let payload: Cow<'_, [u8]> = if self.flags & FLAG_COMPRESSED != 0 {
             // The size prefix is read before allocating: a corrupt one must not make us
             // reserve gigabytes.
-            let declared = self
-                .payload
+            let declared = stored
                 .get(..4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
                 .ok_or("compressed payload is truncated")?;
-            if declared > self.payload.len().saturating_mul(LZ4_MAX_RATIO) + 64 {
+            if declared > stored.len().saturating_mul(LZ4_MAX_RATIO) + 64 {
                 return Err("compressed payload declares an impossible size".to_owned());
             }
             Cow::Owned(
-                lz4_flex::decompress_size_prepended(self.payload)
+                lz4_flex::decompress_size_prepended(&stored)
                     .map_err(|e| format!("compressed payload is corrupt: {e}"))?,
             )
         } else {
-            Cow::Borrowed(self.payload)
+            stored
         };
         if self.flags & FLAG_RAW != 0 {
             return raw_value::<T>(payload.into_owned())
@@ -317,9 +360,23 @@ impl<'a> Envelope<'a> {
         // One UTF-8 check of the whole payload, then a `str` parse: `from_slice` would
         // re-validate every string and field name on its own, which costs more than the
         // single pass on the small values a cache mostly holds (JSON is UTF-8 either way).
-        let text = std::str::from_utf8(&payload)
-            .map_err(|e| format!("payload does not decode: not UTF-8 JSON ({e})"))?;
-        serde_json::from_str(text).map_err(|e| format!("payload does not decode: {e}"))
+        let text = std::str::from_utf8(&payload).map_err(|e| {
+            format!(
+                "payload does not decode: not UTF-8 JSON (at byte {})",
+                e.valid_up_to()
+            )
+        })?;
+        serde_json::from_str(text).map_err(|e| {
+            // serde_json's message quotes the offending value ("invalid type: string
+            // \"...\""), and values (session data, say) must not reach logs: only where.
+            format!(
+                "payload does not decode as `{}`: {:?} error at line {} column {}",
+                std::any::type_name::<T>(),
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })
     }
 }
 

@@ -86,6 +86,8 @@ pub(crate) struct Config {
     pub(crate) invalidation_hold: Duration,
     /// Largest stored value, in bytes (see `limits`).
     pub(crate) max_value_size: usize,
+    /// Keys values are encrypted with at the root (crypto.rs); `Debug` shows their ids only.
+    pub(crate) encryption: Option<crate::crypto::Keyring>,
 }
 
 impl Default for Config {
@@ -106,6 +108,7 @@ impl Default for Config {
             memory_capacity: 64 * 1024 * 1024,
             invalidation_hold: Duration::from_secs(60),
             max_value_size: crate::limits::DEFAULT_MAX_VALUE_SIZE,
+            encryption: None,
         }
     }
 }
@@ -129,6 +132,11 @@ pub struct CacheBuilder {
     pub(crate) config: Config,
     tls: Option<bool>,
     credentials: Credentials,
+    /// `encryption_key` and `old_encryption_keys`, made a keyring by `build`.
+    encryption: (
+        Option<crate::crypto::EncryptionKey>,
+        Vec<crate::crypto::EncryptionKey>,
+    ),
 }
 
 /// What `username`, `password` and `tls_ca_pem` set, kept apart from the URL and applied to it
@@ -291,6 +299,20 @@ impl CacheBuilder {
         }
         if let Some(v) = get("CACHE_MEMORY_CAPACITY") {
             b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
+        }
+        if let Some(v) = lookup("CACHE_ENCRYPTION_KEY").filter(|v| !v.trim().is_empty()) {
+            b = b.encryption_key(crate::crypto::EncryptionKey::parse(
+                "CACHE_ENCRYPTION_KEY",
+                &v,
+            )?);
+        }
+        if let Some(v) = lookup("CACHE_ENCRYPTION_OLD_KEYS").filter(|v| !v.trim().is_empty()) {
+            let old = v
+                .split(',')
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| crate::crypto::EncryptionKey::parse("CACHE_ENCRYPTION_OLD_KEYS", k))
+                .collect::<Result<Vec<_>>>()?;
+            b = b.old_encryption_keys(old);
         }
         if let Some(v) = get("CACHE_MAX_VALUE_SIZE") {
             b = b.max_value_size(parse_int("CACHE_MAX_VALUE_SIZE", &v)? as usize);
@@ -671,6 +693,50 @@ impl CacheBuilder {
         self
     }
 
+    /// Encrypts every value written through this cache with `key` (XChaCha20-Poly1305), and
+    /// reads only values encrypted with it or with an [old key](Self::old_encryption_keys).
+    /// Environment: `CACHE_ENCRYPTION_KEY`, the base64 of 32 bytes. For one namespace only,
+    /// see [`Cache::with_encryption`](crate::Cache::with_encryption); what is encrypted and
+    /// what it costs: the README's "Encryption" section.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, EncryptionKey};
+    /// let key = EncryptionKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")?;
+    /// let cache = Cache::builder().encryption_key(key).build()?;
+    /// cache.set("session:1", &"ann", None).await?;
+    /// assert_eq!(cache.get::<String>("session:1").await?.as_deref(), Some("ann"));
+    /// assert!(!format!("{cache:?}").contains("AAECAwQF"));
+    /// # Ok(()) }
+    /// ```
+    pub fn encryption_key(mut self, key: crate::crypto::EncryptionKey) -> Self {
+        self.encryption.0 = Some(key);
+        self
+    }
+
+    /// Keys still accepted for reading values they encrypted, after a rotation: values
+    /// are written with [`encryption_key`](Self::encryption_key) only. Environment:
+    /// `CACHE_ENCRYPTION_OLD_KEYS`, comma-separated base64 keys. Without an encryption key
+    /// they are unused.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, EncryptionKey};
+    /// let (old, new) = (EncryptionKey::generate()?, EncryptionKey::generate()?);
+    /// let before = Cache::builder().encryption_key(old.clone()).build()?;
+    /// # let _ = before;
+    /// let after = Cache::builder().encryption_key(new).old_encryption_keys([old]).build()?;
+    /// # let _ = after;
+    /// # Ok(()) }
+    /// ```
+    pub fn old_encryption_keys(
+        mut self,
+        keys: impl IntoIterator<Item = crate::crypto::EncryptionKey>,
+    ) -> Self {
+        self.encryption.1 = keys.into_iter().collect();
+        self
+    }
+
     /// Checks the settings and builds the cache. Does not connect, and needs no tokio
     /// runtime: an unreachable Redis shows up as [`Error::Connection`] from operations, never
     /// here. A setting that cannot be used is [`Error::Config`].
@@ -728,6 +794,9 @@ impl CacheBuilder {
             });
         }
         crate::limits::value_size_setting(self.config.max_value_size)?;
+        if let (Some(key), old) = std::mem::take(&mut self.encryption) {
+            self.config.encryption = Some(crate::crypto::Keyring::new(key, old));
+        }
         if let (Target::Redis(t), Some(tls)) = (&mut self.config.target, self.tls) {
             t.url = set_tls_scheme(&t.url, tls);
         }
@@ -811,18 +880,39 @@ fn set_tls_scheme(url: &str, tls: bool) -> String {
     }
 }
 
-/// Hides the password of `scheme://user:password@host`.
+/// Hides the password of `scheme://user:password@host`, and the `pass=` / `password=` query
+/// parameters of `redis+unix:///path?pass=...` URLs.
 pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+    let (url, query) = match url.split_once('?') {
+        Some((url, query)) => (url, Some(redact_query(query))),
+        None => (url, None),
     };
-    match rest.rsplit_once('@') {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned() + &query.map(|q| format!("?{q}")).unwrap_or_default();
+    };
+    let base = match rest.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
             format!("{scheme}://{user}:<redacted>@{host}")
         }
-        None => url.to_owned(),
-    }
+        None => format!("{scheme}://{rest}"),
+    };
+    base + &query.map(|q| format!("?{q}")).unwrap_or_default()
+}
+
+fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _))
+                if name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password") =>
+            {
+                format!("{name}=<redacted>")
+            }
+            _ => pair.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn parse_bool(setting: &'static str, v: &str) -> Result<bool> {
@@ -983,5 +1073,13 @@ mod tests {
             "redis://u:<redacted>@h:1/0"
         );
         assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+        assert_eq!(
+            redact_url("redis+unix:///run/redis.sock?db=1&pass=pw"),
+            "redis+unix:///run/redis.sock?db=1&pass=<redacted>"
+        );
+        assert_eq!(
+            redact_url("redis://u:p@w@h:1/0?password=pw"),
+            "redis://u:<redacted>@h:1/0?password=<redacted>"
+        );
     }
 }

@@ -168,6 +168,13 @@ pub enum Error {
         /// How many attempts were made.
         attempts: u32,
     },
+    /// A value could not be encrypted (the operating system's random number generator
+    /// failed): not stored. Reads of values that do not decrypt are misses, not errors.
+    #[error("cannot encrypt value: {reason}")]
+    Encrypt {
+        /// What failed.
+        reason: &'static str,
+    },
 }
 
 impl Error {
@@ -195,7 +202,10 @@ impl Error {
     pub(crate) fn is_caller_side(&self) -> bool {
         matches!(
             self,
-            Error::Encode { .. } | Error::TooLarge { .. } | Error::InvalidDuration { .. }
+            Error::Encode { .. }
+                | Error::TooLarge { .. }
+                | Error::InvalidDuration { .. }
+                | Error::Encrypt { .. }
         )
     }
 

@@ -29,6 +29,7 @@ mod cache;
 mod codec;
 mod compute;
 mod config;
+mod crypto;
 mod error;
 mod key;
 mod limits;
@@ -42,6 +43,7 @@ mod private;
 /// Helpers for generated code only.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::crypto::{bench_open, bench_seal};
     pub use crate::private::*;
 }
 
@@ -49,6 +51,7 @@ pub use backend::KeyTtl;
 pub use cache::{install, installed, Cache, Lookup, Source};
 pub use compute::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout};
 pub use config::CacheBuilder;
+pub use crypto::EncryptionKey;
 pub use error::{Error, Result};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};

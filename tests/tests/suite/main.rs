@@ -7,6 +7,7 @@ mod invalidation;
 mod limits;
 mod macros;
 mod rate_limit;
+mod security;
 mod sessions;
 mod stampede;
 mod tags;
