@@ -216,14 +216,15 @@ async fn the_longest_ttls_are_clamped_and_the_value_is_served() {
 
 #[tokio::test]
 async fn builder_durations_and_sizes_at_their_extremes() {
-    let url = tests::redis_url();
-    type Target = fn(CacheBuilder, &str) -> CacheBuilder;
-    let targets: [(&str, Target); 2] = [
-        ("memory", |b, _| b.in_memory()),
-        ("redis", |b, url| b.url(url)),
+    let targets: [(&str, fn() -> CacheBuilder); 2] = [
+        ("memory", || {
+            Cache::builder()
+                .namespace(tests::unique_namespace())
+                .in_memory()
+        }),
+        ("redis", tests::redis_builder),
     ];
-    for (b, target) in targets {
-        let base = || target(Cache::builder().namespace(tests::unique_namespace()), &url);
+    for (b, base) in targets {
         // Zero is refused, naming the setting.
         for (setting, builder) in [
             ("connect_timeout", base().connect_timeout(Duration::ZERO)),
@@ -308,18 +309,18 @@ fn noise(len: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn values_above_the_size_limit_are_refused_before_the_backend() {
-    let url = tests::redis_url();
     let caches = [
-        ("memory", Cache::builder().in_memory()),
-        ("redis", Cache::builder().url(url.as_str())),
+        (
+            "memory",
+            Cache::builder()
+                .namespace(tests::unique_namespace())
+                .in_memory(),
+        ),
+        ("redis", tests::redis_builder()),
     ];
     let mut raw = crate::foundation::Raw::shared().await;
     for (b, builder) in caches {
-        let cache = builder
-            .namespace(tests::unique_namespace())
-            .max_value_size(4096)
-            .build()
-            .expect(b);
+        let cache = builder.max_value_size(4096).build().expect(b);
         // At the limit (as stored: the envelope's header counts), fine; above, refused.
         cache.set("fits", &noise(1000), None).await.expect(b);
         let r = cache.set("big", &noise(5000), None).await;
@@ -370,16 +371,16 @@ async fn blob(cache: &Cache, calls: &AtomicUsize, n: usize) -> Vec<u8> {
 
 #[tokio::test]
 async fn cached_functions_return_oversized_values_without_storing_them() {
-    let url = tests::redis_url();
     for (b, builder) in [
-        ("memory", Cache::builder().in_memory()),
-        ("redis", Cache::builder().url(url.as_str())),
+        (
+            "memory",
+            Cache::builder()
+                .namespace(tests::unique_namespace())
+                .in_memory(),
+        ),
+        ("redis", tests::redis_builder()),
     ] {
-        let cache = builder
-            .namespace(tests::unique_namespace())
-            .max_value_size(4096)
-            .build()
-            .expect(b);
+        let cache = builder.max_value_size(4096).build().expect(b);
         let calls = AtomicUsize::new(0);
         for _ in 0..3 {
             assert_eq!(blob(&cache, &calls, 8000).await, noise(8000), "{b}");

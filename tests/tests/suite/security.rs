@@ -502,6 +502,22 @@ fn no_secret_in_any_debug_display_or_log_line() {
         ),
     );
 
+    // Cluster and Sentinel node lists with passwords.
+    let cluster = Cache::builder().cluster_nodes([
+        format!("redis://u:{PASSWORD}@127.0.0.1:1"),
+        format!("redis://:{PASSWORD}@127.0.0.1:2"),
+    ]);
+    let sentinel = Cache::builder()
+        .sentinel([format!("redis://u:{PASSWORD}@127.0.0.1:3")], "mymaster")
+        .password(PASSWORD);
+    for builder in [cluster, sentinel] {
+        show("topology builder", format!("{builder:?}"));
+        match builder.build() {
+            Ok(cache) => show("topology cache", format!("{cache:?}")),
+            Err(e) => show("topology error", format!("{e} {e:?}")),
+        }
+    }
+
     rt.block_on(async {
         let caches = [
             from_env.build().expect("builds"),
