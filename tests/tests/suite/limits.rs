@@ -216,7 +216,8 @@ async fn the_longest_ttls_are_clamped_and_the_value_is_served() {
 
 #[tokio::test]
 async fn builder_durations_and_sizes_at_their_extremes() {
-    let targets: [(&str, fn() -> CacheBuilder); 2] = [
+    type Base = fn() -> CacheBuilder;
+    let targets: [(&str, Base); 2] = [
         ("memory", || {
             Cache::builder()
                 .namespace(tests::unique_namespace())
