@@ -749,6 +749,9 @@ impl Cache {
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<Vec<u8>> {
+        // Zero is refused here too, for the paths that encode before they write (compute.rs);
+        // the backends round and clamp the same way (limits::deadline, limits::millis).
+        let ttl = crate::limits::ttl(ttl)?;
         let now = codec::now_ms();
         let expires_at_ms = ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t));
         let meta = Meta {

@@ -569,11 +569,15 @@ async fn wait(mut rx: watch::Receiver<Landing>, bound: Option<Duration>) -> Wait
     }
 }
 
-/// A value handed over by the caller that computed it.
-fn decode_shared<S: DeserializeOwned + 'static>(bytes: &[u8]) -> Option<S> {
-    codec::parse(bytes)
-        .ok()?
-        .value::<S>(codec::fingerprint::<S>())
+/// A value handed over by the caller that computed it (decrypted if the handle encrypts).
+fn decode_shared<S: DeserializeOwned + 'static>(
+    cache: &Cache,
+    full: &str,
+    bytes: &[u8],
+) -> Option<S> {
+    let env = codec::parse(bytes).ok()?;
+    cache
+        .open_value::<S>(full, bytes, &env, codec::fingerprint::<S>())
         .ok()
 }
 
@@ -982,7 +986,7 @@ impl Cache {
                         break;
                     }
                     Joined::Landed(bytes) => {
-                        if let Some(value) = decode_shared::<M::Stored>(&bytes) {
+                        if let Some(value) = decode_shared::<M::Stored>(self, &full, &bytes) {
                             self.shared.stats.flight_wait();
                             return mode.restore(value);
                         }
@@ -996,10 +1000,12 @@ impl Cache {
                         self.shared.stats.flight_wait();
                         let bound = policy.hard_timeout.filter(|_| M::TIMES_OUT);
                         match wait(rx, bound).await {
-                            Waited::Value(bytes) => match decode_shared::<M::Stored>(&bytes) {
-                                Some(value) => return mode.restore(value),
-                                None => break,
-                            },
+                            Waited::Value(bytes) => {
+                                match decode_shared::<M::Stored>(self, &full, &bytes) {
+                                    Some(value) => return mode.restore(value),
+                                    None => break,
+                                }
+                            }
                             // The computation failed, panicked or was cancelled: take over
                             // (one of the waiters leads the next flight).
                             Waited::Failed => continue,
@@ -1210,7 +1216,7 @@ impl Cache {
             stats.miss();
             return Ok(Found::Miss);
         }
-        let value = match env.value::<S>(codec::fingerprint::<S>()) {
+        let value = match self.open_value::<S>(full, bytes, &env, codec::fingerprint::<S>()) {
             Ok(value) => value,
             Err(reason) => {
                 stats.decode_error();
@@ -1474,7 +1480,10 @@ impl Fill {
         let Ok(env) = codec::parse(&seen) else {
             return;
         };
-        let Ok(value) = env.value::<S>(env.fingerprint) else {
+        let Ok(value) = self
+            .cache
+            .open_value::<S>(&self.full, &seen, &env, env.fingerprint)
+        else {
             return;
         };
         let now = codec::now_ms();

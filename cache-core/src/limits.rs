@@ -104,10 +104,11 @@ pub(crate) fn millis(d: Duration) -> u64 {
     normalized(d).map_or(1, |d| d.as_millis() as u64)
 }
 
-/// `now + d` as an `Instant`, never panicking: `d` is clamped to [`MAX_TTL`] first, and a
+/// `now + d` as an `Instant`, never panicking: `d` is rounded up to whole milliseconds and
+/// clamped to [`MAX_TTL`] first (as [`millis`] does for Redis; zero stays zero), and a
 /// platform whose `Instant` cannot reach that far gets the furthest it can.
 pub(crate) fn deadline(now: Instant, d: Duration) -> Instant {
-    let d = d.min(MAX_TTL);
+    let d = normalized(d).unwrap_or(Duration::ZERO);
     now.checked_add(d)
         .or_else(|| now.checked_add(Duration::from_secs(365 * 24 * 3600)))
         .unwrap_or(now)

@@ -710,3 +710,46 @@ fn no_secret_in_any_debug_display_or_log_line() {
         }
     }
 }
+
+#[tokio::test]
+async fn concurrent_misses_of_an_encrypted_key_compute_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    for (b, cache) in encrypted_backends(key(13)) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, calls, mut gate) = (cache.clone(), calls.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .get_or_set("shared", None, || async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            let _ = gate.wait_for(|open| *open).await;
+                            session()
+                        })
+                        .await
+                })
+            })
+            .collect();
+        // Let the callers pile up behind the first computation, then let it finish.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while calls.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        release.send(true).expect("gate");
+        for t in tasks {
+            assert_eq!(t.await.expect("task"), session(), "{b}");
+        }
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "{b}: the waiters decrypted the leader's value"
+        );
+        assert_eq!(
+            cache.get::<Session>("shared").await.expect(b),
+            Some(session()),
+            "{b}"
+        );
+    }
+}
