@@ -14,6 +14,7 @@ use crate::codec::{self, Meta};
 use crate::config::{CacheBuilder, Config, Target};
 use crate::error::{Error, Result};
 use crate::key::{self, KeyBuf, KeyPart};
+use crate::observe::{MissReason, Operation, Outcome};
 use crate::stats::{Stats, StatsSnapshot, WarnThrottle};
 use crate::tags;
 
@@ -119,6 +120,8 @@ pub(crate) struct Scope {
     pub(crate) default_ttl: Option<Duration>,
     /// The keys values are encrypted with (crypto.rs); inherited by scopes made from this one.
     pub(crate) encryption: Option<Arc<crate::crypto::Keyring>>,
+    /// The statistics of the first-level namespace this handle counts under (observe.rs).
+    pub(crate) stats: Arc<crate::observe::NsStats>,
 }
 
 /// A handle on the cache: cheap to clone (two `Arc`s), `Send + Sync`, usable from any task.
@@ -227,8 +230,9 @@ impl Cache {
             prefix: format!("{}:", config.namespace),
             default_ttl: config.default_ttl,
             encryption: config.encryption.clone().map(Arc::new),
+            stats: Arc::new(crate::observe::NsStats::new(&config.namespace)),
         };
-        Cache {
+        let cache = Cache {
             shared: Arc::new(Shared {
                 backend,
                 config,
@@ -237,7 +241,9 @@ impl Cache {
                 extensions: Default::default(),
             }),
             scope: Arc::new(scope),
-        }
+        };
+        crate::observe::register_root(&cache);
+        cache
     }
 
     // ---- scopes -----------------------------------------------------------------------------
@@ -253,9 +259,12 @@ impl Cache {
     /// assert_eq!(screening.default_ttl(), Some(Duration::from_secs(600)));
     /// ```
     pub fn namespace(&self, name: &str) -> Cache {
-        self.scoped(
-            format!("{}{}:", self.scope.prefix, key::escape(name)),
+        let escaped = key::escape(name);
+        let stats = crate::observe::namespace_stats(self, &escaped);
+        self.scoped_with(
+            format!("{}{}:", self.scope.prefix, escaped),
             self.scope.default_ttl,
+            stats,
         )
     }
 
@@ -293,12 +302,22 @@ impl Cache {
     }
 
     fn scoped(&self, prefix: String, default_ttl: Option<Duration>) -> Cache {
+        self.scoped_with(prefix, default_ttl, self.scope.stats.clone())
+    }
+
+    fn scoped_with(
+        &self,
+        prefix: String,
+        default_ttl: Option<Duration>,
+        stats: Arc<crate::observe::NsStats>,
+    ) -> Cache {
         Cache {
             shared: self.shared.clone(),
             scope: Arc::new(Scope {
                 prefix,
                 default_ttl,
                 encryption: self.scope.encryption.clone(),
+                stats,
             }),
         }
     }
@@ -388,6 +407,7 @@ impl Cache {
 
     fn backend_err(&self, operation: &str, key: &str, e: &Error) {
         self.shared.stats.backend_error();
+        self.scope.stats.error();
         if let Some(held) = self.shared.warnings.admit(codec::now_ms()) {
             tracing::warn!(operation, key = %key::shorten_for_display(key), error = %e, held_back = held, "cache backend error");
         }
@@ -405,6 +425,7 @@ impl Cache {
     ) {
         if !e.is_caller_side() {
             self.shared.stats.backend_error();
+            self.scope.stats.error();
         }
         if let Some(held) = self.shared.warnings.admit(codec::now_ms()) {
             tracing::warn!(function, operation, key = %key::shorten_for_display(key), error = %e, held_back = held, "cache failure; value computed without the cache");
@@ -442,6 +463,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn lookup<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Lookup<T>> {
+        let mut op = self.op(Operation::Get);
         let full = self.full_key(key)?;
         let bytes = self
             .shared
@@ -449,7 +471,9 @@ impl Cache {
             .get(&full)
             .await
             .inspect_err(|e| self.backend_err("get", &full, e))?;
-        self.decode_hit(&full, bytes.as_deref(), None, 0).await
+        let found = self.decode_hit(&full, bytes.as_deref(), None, 0).await;
+        op.lookup(&found);
+        found
     }
 
     /// Decodes what a read found; `known_versions` are the current versions of tags the
@@ -463,6 +487,7 @@ impl Cache {
     ) -> Result<Lookup<T>> {
         let stats = &self.shared.stats;
         let Some(bytes) = bytes.filter(|b| !codec::is_tombstone(b)) else {
+            self.count_miss(MissReason::Absent);
             stats.miss();
             return Ok(Lookup::Miss);
         };
@@ -472,10 +497,12 @@ impl Cache {
                 // The backend's TTL is authoritative (`expire` and `touch` change only it); the
                 // logical expiry matters for entries kept past it to be served stale.
                 if env.stale_until_ms > env.expires_at_ms && env.expires_at_ms <= now {
+                    self.count_miss(MissReason::Expired);
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
                 if env.has_tags() && !tags::still_valid(self, env.tags(), known_versions).await? {
+                    self.count_miss(MissReason::TagInvalidated);
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
@@ -493,6 +520,7 @@ impl Cache {
         };
         match decoded {
             Ok((value, age)) => {
+                self.scope.stats.hit();
                 stats.hit();
                 Ok(Lookup::Hit {
                     value,
@@ -501,6 +529,7 @@ impl Cache {
                 })
             }
             Err(reason) => {
+                self.count_miss(MissReason::Undecodable);
                 stats.decode_error();
                 stats.miss();
                 tracing::debug!(key = %key::shorten_for_display(full), %reason, "cache value not decodable, treated as a miss");
@@ -524,6 +553,7 @@ impl Cache {
         &self,
         keys: &[&str],
     ) -> Result<Vec<Option<T>>> {
+        let mut op = self.op(Operation::Mget);
         let full: Vec<String> = keys
             .iter()
             .map(|k| self.full_key(k))
@@ -562,6 +592,7 @@ impl Cache {
                     .into_value(),
             );
         }
+        op.outcome(Outcome::Ok);
         Ok(out)
     }
 
@@ -577,8 +608,10 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn exists(&self, key: &str) -> Result<bool> {
+        let mut op = self.op(Operation::Exists);
         let full = self.full_key(key)?;
         let r = self.shared.backend.exists(&full).await;
+        op.result(&r);
         r.inspect_err(|e| self.backend_err("exists", &full, e))
     }
 
@@ -595,8 +628,10 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+        let mut op = self.op(Operation::Ttl);
         let full = self.full_key(key)?;
         let r = self.shared.backend.ttl(&full).await;
+        op.result(&r);
         r.inspect_err(|e| self.backend_err("ttl", &full, e))
     }
 
@@ -693,9 +728,17 @@ impl Cache {
         fingerprint: u64,
         condition: WriteIf,
     ) -> Result<bool> {
-        let ttl = crate::limits::ttl(ttl)?;
-        let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
-        self.write_encoded(full, bytes, ttl, condition).await
+        let encoded = crate::limits::ttl(ttl).and_then(|ttl| {
+            let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
+            Ok((ttl, bytes))
+        });
+        match encoded {
+            Ok((ttl, bytes)) => self.write_encoded(full, bytes, ttl, condition).await,
+            Err(e) => {
+                drop(self.op(Operation::Set)); // reported as a failed `set`
+                Err(e)
+            }
+        }
     }
 
     /// Writes what [`encode_entry`](Self::encode_entry) made, if `condition` holds (counted
@@ -707,6 +750,7 @@ impl Cache {
         ttl: Option<Duration>,
         condition: WriteIf,
     ) -> Result<bool> {
+        let mut op = self.op(Operation::Set);
         let backend = &self.shared.backend;
         let written = match condition {
             WriteIf::Always => backend.set(full, bytes, ttl).await.map(|()| true)?,
@@ -717,10 +761,12 @@ impl Cache {
             }
         };
         if written {
+            self.scope.stats.write(1);
             self.shared.stats.write(1);
         } else {
             self.shared.stats.superseded();
         }
+        op.outcome(Outcome::Ok);
         Ok(written)
     }
 
@@ -777,6 +823,7 @@ impl Cache {
                 Ok(bytes)
             });
         if bytes.is_err() {
+            self.scope.stats.error();
             self.shared.stats.encode_error();
         }
         bytes
@@ -798,6 +845,7 @@ impl Cache {
         items: &[(&str, T)],
         ttl: impl Into<Option<Duration>>,
     ) -> Result<()> {
+        let mut op = self.op(Operation::Mset);
         let ttl = crate::limits::ttl(self.ttl_or_default(ttl.into()))?;
         let mut writes = Vec::with_capacity(items.len());
         for (k, v) in items {
@@ -811,7 +859,9 @@ impl Cache {
             .set_many(writes)
             .await
             .inspect_err(|e| self.backend_err("mset", "", e))?;
+        self.scope.stats.write(n);
         self.shared.stats.write(n);
+        op.outcome(Outcome::Ok);
         Ok(())
     }
 
@@ -855,12 +905,18 @@ impl Cache {
     }
 
     pub(crate) async fn delete_full(&self, full: Vec<String>) -> Result<u64> {
+        let mut op = self.op(Operation::Delete);
         let hold = self.shared.config.invalidation_hold;
-        self.shared
+        let r = self
+            .shared
             .backend
             .delete(&full, &codec::tombstone(), hold)
             .await
-            .inspect_err(|e| self.backend_err("delete", full.first().map_or("", |k| k.as_str()), e))
+            .inspect_err(|e| {
+                self.backend_err("delete", full.first().map_or("", |k| k.as_str()), e)
+            });
+        op.result(&r);
+        r
     }
 
     /// Sets `key` to expire after `ttl`; false if there is no such key.
@@ -877,9 +933,11 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        let mut op = self.op(Operation::Expire);
         let full = self.full_key(key)?;
         let ttl = crate::limits::duration("ttl", ttl)?;
         let r = self.shared.backend.expire(&full, ttl).await;
+        op.result(&r);
         r.inspect_err(|e| self.backend_err("expire", &full, e))
     }
 
@@ -921,8 +979,10 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        let mut op = self.op(Operation::Incr);
         let full = self.full_key(key)?;
         let r = self.shared.backend.incr(&full, by).await;
+        op.result(&r);
         r.inspect_err(|e| {
             if e.is_unavailable() || matches!(e, Error::Command { .. }) {
                 self.backend_err("incr", &full, e)
@@ -960,12 +1020,14 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<()> {
+        let mut op = self.op(Operation::InvalidateTags);
         let keys = tags
             .iter()
             .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let r = self.shared.backend.bump(&refs).await;
+        op.result(&r);
         r.map(|_| ()).inspect_err(|e| {
             self.backend_err("invalidate tags", refs.first().copied().unwrap_or(""), e)
         })

@@ -43,8 +43,10 @@ use tokio::sync::watch;
 use crate::cache::{Cache, Lookup, WriteIf};
 use crate::codec;
 use crate::error::Error;
+use crate::observe::{MissReason, Operation, Outcome}; // ops
 use crate::private::Mode;
 use crate::tags;
+use tracing::Instrument; // ops
 
 pub(crate) mod fill_lock;
 
@@ -833,6 +835,7 @@ impl Cache {
             Err(e) => {
                 tracing::warn!(function, error = %e, "unusable key, computing without the cache");
                 self.shared.stats.compute();
+                self.scope.stats.compute(); // ops
                 compute().await
             }
         }
@@ -882,11 +885,14 @@ impl Cache {
         F: Future<Output = O>,
         D: Detach<F>,
     {
+        let mut op = self.op(Operation::GetOrCompute); // ops: span, timer, outcome
         let tag_keys = self.version_keys_in_place(tags);
         // 1. read
         let mut known = None;
         let mut stale = None;
-        match self.shared.backend.get_with_versions(&full, tag_keys).await {
+        let read = self.shared.backend.get_with_versions(&full, tag_keys).await;
+        op.read_done(); // ops: read latency
+        match read {
             Ok((bytes, versions)) if policy.reads_plainly() => {
                 match self
                     .decode_hit::<M::Stored>(
@@ -897,7 +903,10 @@ impl Cache {
                     )
                     .await
                 {
-                    Ok(Lookup::Hit { value, .. }) => return mode.restore(value),
+                    Ok(Lookup::Hit { value, source, .. }) => {
+                        op.hit(source); // ops
+                        return mode.restore(value);
+                    }
                     Ok(Lookup::Miss) => known = Some((versions, bytes)),
                     Err(e) => self.compute_err(function, "get", &full, &e),
                 }
@@ -910,12 +919,16 @@ impl Cache {
                     Ok(Found::Fresh {
                         value,
                         refresh: false,
-                    }) => return mode.restore(value),
+                    }) => {
+                        op.hit(self.shared.backend.kind()); // ops
+                        return mode.restore(value);
+                    }
                     // 2. early refresh
                     Ok(Found::Fresh {
                         value,
                         refresh: true,
                     }) => {
+                        op.hit(self.shared.backend.kind()); // ops
                         let fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
                         return Box::pin(self.refresh_early(
                             fill,
@@ -939,9 +952,19 @@ impl Cache {
         }
         // Boxed: the rest is the miss path's, and its state (flights, the fill, the
         // computation) stays out of the future every hit builds.
-        Box::pin(self.compute_cold(
-            function, full, tag_keys, ttl, policy, mode, detach, compute, known, stale,
-        ))
+        if known.is_some() {
+            op.miss(); // ops: computed, or (below) a stale value found
+        }
+        if stale.is_some() {
+            op.outcome(Outcome::Stale); // ops
+        }
+        let span = op.span(); // ops: the computation and its write run in the span
+        Box::pin(
+            self.compute_cold(
+                function, full, tag_keys, ttl, policy, mode, detach, compute, known, stale,
+            )
+            .instrument(span),
+        )
         .await
     }
 
@@ -995,6 +1018,7 @@ impl Cache {
                     Joined::Wait(rx) => {
                         if let Some(value) = stale {
                             self.shared.stats.stale_served();
+                            self.scope.stats.stale_serve(); // ops
                             return mode.restore(value);
                         }
                         self.shared.stats.flight_wait();
@@ -1028,6 +1052,7 @@ impl Cache {
                 fill_lock::Acquired::Stale => {
                     if let Some(value) = stale {
                         self.shared.stats.stale_served();
+                        self.scope.stats.stale_serve(); // ops
                         return mode.restore(value);
                     }
                 }
@@ -1069,6 +1094,7 @@ impl Cache {
 
         // 6. compute
         self.shared.stats.compute();
+        self.scope.stats.compute(); // ops
         let mut job = Job {
             fut: Caught(Box::pin(compute)),
             fill,
@@ -1091,6 +1117,7 @@ impl Cache {
                     Some(out) => job.fill.settle(job.mode, out, Some(stale)).await,
                     None => {
                         self.shared.stats.stale_served();
+                        self.scope.stats.stale_serve(); // ops
                         match detach.detach(job) {
                             None => self.shared.stats.background_refresh(),
                             Some(job) => {
@@ -1152,6 +1179,7 @@ impl Cache {
             .ok();
         fill.condition = WriteIf::Unchanged(bytes);
         self.shared.stats.compute();
+        self.scope.stats.compute(); // ops
         self.shared.stats.background_refresh();
         let job = Job {
             fut: Caught(Box::pin(compute)),
@@ -1182,6 +1210,7 @@ impl Cache {
     ) -> crate::Result<Found<S>> {
         let stats = &self.shared.stats;
         let Some(bytes) = bytes.filter(|b| !codec::is_tombstone(b)) else {
+            self.count_miss(MissReason::Absent); // ops
             stats.miss();
             return Ok(Found::Miss);
         };
@@ -1203,6 +1232,7 @@ impl Cache {
         if env.has_tags()
             && !tags::still_valid(self, env.tags(), Some((tag_keys, versions))).await?
         {
+            self.count_miss(MissReason::TagInvalidated); // ops
             stats.miss();
             return Ok(Found::Miss);
         }
@@ -1213,12 +1243,14 @@ impl Cache {
         // on the plain path (`expire` and `touch` change only it); with one, the entry is
         // stale, and a miss for a caller that does not serve stale values.
         if expired && in_stale_window && policy.stale.is_none() {
+            self.count_miss(MissReason::Expired); // ops
             stats.miss();
             return Ok(Found::Miss);
         }
         let value = match self.open_value::<S>(full, bytes, &env, codec::fingerprint::<S>()) {
             Ok(value) => value,
             Err(reason) => {
+                self.count_miss(MissReason::Undecodable); // ops
                 stats.decode_error();
                 stats.miss();
                 tracing::debug!(key = %crate::key::shorten_for_display(full), %reason, "cache value not decodable, treated as a miss");
@@ -1226,9 +1258,11 @@ impl Cache {
             }
         };
         if expired && in_stale_window {
+            self.count_miss(MissReason::Expired); // ops
             stats.miss();
             return Ok(Found::Stale(value));
         }
+        self.scope.stats.hit(); // ops
         stats.hit();
         let beta = policy.early_refresh_beta;
         let refresh = beta > 0.0 && env.expires_at_ms != 0 && env.compute_us > 0 && {
@@ -1267,6 +1301,7 @@ impl Cache {
             .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
             .ok();
         self.shared.stats.compute();
+        self.scope.stats.compute(); // ops
         let out = compute.await;
         fill.record(&mode, &out).await;
         out
@@ -1379,6 +1414,7 @@ impl Fill {
             failed => {
                 if fallback.is_some() && self.stale_seen.is_some() {
                     self.cache.shared.stats.stale_served();
+                    self.cache.scope.stats.stale_serve(); // ops
                 }
                 // Releases the fill lock, extends the stale value's life if there is one,
                 // and lands the flight as failed, so that a waiter takes over.
@@ -1419,7 +1455,9 @@ impl Fill {
     }
 
     fn encode<O, M: Mode<O>>(&self, mode: &M, out: &O) -> Option<(Bytes, bool)> {
-        let compute_us = self.started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        let took = self.started.elapsed();
+        self.cache.scope.stats.computed(took); // ops: compute latency
+        let compute_us = took.as_micros().min(u32::MAX as u128) as u32;
         let value = mode.shared(out)?;
         let no_tags = Vec::new();
         let encoded = self.cache.encode_entry(

@@ -88,6 +88,8 @@ pub(crate) struct Config {
     pub(crate) max_value_size: usize,
     /// Keys values are encrypted with at the root (crypto.rs); `Debug` shows their ids only.
     pub(crate) encryption: Option<crate::crypto::Keyring>,
+    /// Operations slower than this are logged (`CACHE_SLOW_OP`); see observe.rs.
+    pub(crate) slow_op: Option<Duration>,
 }
 
 impl Default for Config {
@@ -109,6 +111,7 @@ impl Default for Config {
             invalidation_hold: Duration::from_secs(60),
             max_value_size: crate::limits::DEFAULT_MAX_VALUE_SIZE,
             encryption: None,
+            slow_op: None,
         }
     }
 }
@@ -317,6 +320,7 @@ impl CacheBuilder {
         if let Some(v) = get("CACHE_MAX_VALUE_SIZE") {
             b = b.max_value_size(parse_int("CACHE_MAX_VALUE_SIZE", &v)? as usize);
         }
+        crate::observe::from_env(&mut b, &get)?;
         Ok(b)
     }
 

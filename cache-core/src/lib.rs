@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod advisor;
 mod backend;
 mod cache;
 mod codec;
@@ -31,12 +32,17 @@ mod compute;
 mod config;
 mod crypto;
 mod error;
+mod health;
 mod key;
+mod key_report;
 mod limits;
+mod metrics;
+mod observe;
 pub mod rate_limit;
 mod session;
 mod stats;
 mod tags;
+mod warm;
 
 mod private;
 
@@ -53,13 +59,20 @@ pub use compute::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardT
 pub use config::CacheBuilder;
 pub use crypto::EncryptionKey;
 pub use error::{Error, Result};
+pub use health::{
+    BreakerHealth, Health, HealthMode, HealthStatus, MemoryHealth, PoolHealth, RedisHealth,
+};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
+pub use key_report::{KeyGroup, KeyReport, KeyReportBuilder};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
+pub use metrics::describe_metrics;
+pub use observe::{LatencySummary, MissCounts, NamespaceStats, MAX_NAMESPACES};
 pub use rate_limit::{Decision, RateLimit, RateLimiter};
 #[cfg(feature = "tower-sessions")]
 pub use session::TowerSessionStore;
 pub use session::{AsSessionId, SessionId, Sessions};
 pub use stats::StatsSnapshot;
+pub use warm::{WarmBuilder, WarmCancel, WarmProgress, WarmSummary};
 
 #[cfg(feature = "macros")]
 pub use cache_macros::{cache_evict, cache_put, cached};

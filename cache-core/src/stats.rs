@@ -28,7 +28,7 @@ pub(crate) struct Stats {
 /// assert_eq!(cache.stats().misses, 1);
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
     /// Reads that found a usable value.

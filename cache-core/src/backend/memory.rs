@@ -89,6 +89,27 @@ impl MemoryBackend {
         }
     }
 
+    /// `(entries, bytes counted against the capacity)`, for health reports.
+    pub(crate) fn usage(&self) -> (u64, u64) {
+        self.entries.run_pending_tasks();
+        (self.entries.entry_count(), self.entries.weighted_size())
+    }
+
+    /// Up to `limit` live keys starting with `prefix`, with their size as counted against the
+    /// capacity, for key reports; visits every entry.
+    pub(crate) fn keys_with_prefix(&self, prefix: &str, limit: usize) -> Vec<(String, u64)> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter(|(k, e)| k.starts_with(prefix) && e.clone().live(now).is_some())
+            .take(limit)
+            .map(|(k, e)| {
+                let size = (k.len() + e.data.len() + ENTRY_OVERHEAD) as u64;
+                (k.as_ref().clone(), size)
+            })
+            .collect()
+    }
+
     fn live(&self, key: &str) -> Option<Entry> {
         self.entries.get(key).and_then(|e| e.live(Instant::now()))
     }

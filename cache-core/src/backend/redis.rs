@@ -40,6 +40,8 @@ pub(crate) struct Conn {
 pub(crate) struct Manager {
     connector: Arc<Connector>,
     config: AsyncConnectionConfig,
+    /// Checks the server's settings on the first connection (advisor.rs).
+    advisor: Arc<crate::advisor::Advisor>,
 }
 
 impl ManageConnection for Manager {
@@ -47,7 +49,8 @@ impl ManageConnection for Manager {
     type Error = RedisError;
 
     async fn connect(&self) -> Result<Conn, RedisError> {
-        let inner = self.connector.connect(&self.config).await?;
+        let mut inner = self.connector.connect(&self.config).await?;
+        self.advisor.on_connect(&mut inner).await;
         let broken = Arc::new(AtomicBool::new(false));
         self.connector.track(&broken);
         Ok(Conn { inner, broken })
@@ -125,6 +128,7 @@ pub(crate) struct RedisBackend {
     connect_timeout: Duration,
     command_timeout: Duration,
     display_url: String,
+    pub(crate) advisor: Arc<crate::advisor::Advisor>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -177,6 +181,9 @@ impl RedisBackend {
             min_idle: config.min_idle,
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
+            advisor: Arc::new(crate::advisor::Advisor::new(crate::config::redact_url(
+                &target.url,
+            ))),
             display_url: crate::config::redact_url(&target.url),
         })
     }
@@ -195,6 +202,7 @@ impl RedisBackend {
                 .build_unchecked(Manager {
                     connector: self.connector.clone(),
                     config: self.conn_config.clone(),
+                    advisor: self.advisor.clone(),
                 })
         })
     }
@@ -358,6 +366,20 @@ impl RedisBackend {
                 source: None,
             }),
         }
+    }
+
+    /// `(size, connections, idle)` of the pool, for health reports; no connection before the
+    /// first use.
+    pub(crate) fn pool_state(&self) -> (u32, u32, u32) {
+        match self.pool.get().map(|p| p.state()) {
+            Some(s) => (self.pool_size, s.connections, s.idle_connections),
+            None => (self.pool_size, 0, 0),
+        }
+    }
+
+    /// The bounds of connecting and of each command.
+    pub(crate) fn timeouts(&self) -> (Duration, Duration) {
+        (self.connect_timeout, self.command_timeout)
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {

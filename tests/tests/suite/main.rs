@@ -6,6 +6,7 @@ mod harness;
 mod invalidation;
 mod limits;
 mod macros;
+mod ops;
 mod rate_limit;
 mod security;
 mod sessions;

@@ -1,0 +1,691 @@
+//! What every operation reports besides its result: per-namespace counters and latency
+//! histograms, a `debug` span, the slow-operation log, and (feature `metrics`) the `metrics`
+//! facade.
+//!
+//! Statistics attach to *first-level namespaces*: a cache root counts under its own namespace
+//! (`cache`), and a handle made with [`Cache::namespace`] on the root, or on one of its
+//! tenants, counts under `cache:<name>`; deeper namespaces and tenants count with the handle
+//! they come from, so tenant ids never become a statistics scope (or a metric label). A root
+//! keeps at most [`MAX_NAMESPACES`] of them, the last one `<root>:_other` shared by all later ones.
+//!
+//! The hot path pays two clock reads, a few relaxed atomic adds (a counter and one histogram
+//! bucket) and a disabled-span check; see the README's "Metrics" section for the measured cost.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use histogram::AtomicHistogram;
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::config::CacheBuilder;
+use crate::error::Result;
+use crate::stats::WarnThrottle;
+use crate::Source;
+
+/// How many first-level namespaces a cache root keeps statistics for besides its own, the
+/// last of them being `<root>:_other`, where every later one counts.
+pub const MAX_NAMESPACES: usize = 64;
+
+/// Why a read found nothing usable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MissReason {
+    /// No value (or a tombstone left by an invalidation by key).
+    Absent,
+    /// A value kept past its logical expiry (to be served stale) and not served.
+    Expired,
+    /// A tag it records was invalidated since it was written.
+    TagInvalidated,
+    /// Not decodable as the type asked for.
+    Undecodable,
+}
+
+impl MissReason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            MissReason::Absent => "absent",
+            MissReason::Expired => "expired",
+            MissReason::TagInvalidated => "tag_invalidated",
+            MissReason::Undecodable => "undecodable",
+        }
+    }
+}
+
+/// The operations that report a span, a latency and an outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operation {
+    Get,
+    Mget,
+    Exists,
+    Ttl,
+    Set,
+    Mset,
+    Delete,
+    Expire,
+    Incr,
+    InvalidateTags,
+    GetOrCompute,
+}
+
+/// Which histogram an operation's latency goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Read,
+    Write,
+    /// Get-or-compute: its read, its computation and its write are recorded as they happen.
+    Composite,
+}
+
+impl Operation {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Operation::Get => "get",
+            Operation::Mget => "mget",
+            Operation::Exists => "exists",
+            Operation::Ttl => "ttl",
+            Operation::Set => "set",
+            Operation::Mset => "mset",
+            Operation::Delete => "delete",
+            Operation::Expire => "expire",
+            Operation::Incr => "incr",
+            Operation::InvalidateTags => "invalidate_tags",
+            Operation::GetOrCompute => "get_or_compute",
+        }
+    }
+
+    fn kind(self) -> Kind {
+        match self {
+            Operation::Get | Operation::Mget | Operation::Exists | Operation::Ttl => Kind::Read,
+            Operation::GetOrCompute => Kind::Composite,
+            _ => Kind::Write,
+        }
+    }
+}
+
+/// How an operation ended, as spans and metrics label it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Hit,
+    Miss,
+    Stale,
+    Ok,
+    Error,
+}
+
+impl Outcome {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::Miss => "miss",
+            Outcome::Stale => "stale",
+            Outcome::Ok => "ok",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Latencies in nanoseconds: 32 sub-buckets per power of two (relative error under 3.2%),
+/// up to 2^36 ns (~69 s; longer ones count as that). 8 KiB of buckets.
+struct Latency(AtomicHistogram);
+
+const LATENCY_GROUPING_POWER: u8 = 5;
+const LATENCY_MAX_POWER: u8 = 36;
+
+impl Default for Latency {
+    fn default() -> Self {
+        match AtomicHistogram::new(LATENCY_GROUPING_POWER, LATENCY_MAX_POWER) {
+            Ok(h) => Latency(h),
+            // Constant parameters, checked by a unit test.
+            Err(e) => unreachable!("latency histogram parameters: {e}"),
+        }
+    }
+}
+
+impl Latency {
+    fn record(&self, d: Duration) {
+        let ns = u64::try_from(d.as_nanos())
+            .unwrap_or(u64::MAX)
+            .clamp(1, (1u64 << LATENCY_MAX_POWER) - 1);
+        let _ = self.0.increment(ns);
+    }
+
+    fn summary(&self) -> LatencySummary {
+        let h = self.0.load();
+        let mut out: [Option<histogram::Bucket>; 4] = [None, None, None, None];
+        let count: u64 = h.as_slice().iter().sum();
+        if count == 0
+            || h.quantile_buckets_into(&[0.5, 0.9, 0.99, 1.0], &mut out)
+                .is_err()
+        {
+            return LatencySummary::default();
+        }
+        // A bucket's upper end: a percentile is never reported lower than it was.
+        let us = |b: &Option<histogram::Bucket>| b.as_ref().map_or(0.0, |b| b.end() as f64 / 1e3);
+        LatencySummary {
+            count,
+            p50_us: us(&out[0]),
+            p90_us: us(&out[1]),
+            p99_us: us(&out[2]),
+            max_us: us(&out[3]),
+        }
+    }
+}
+
+/// Counters and histograms of one namespace.
+#[derive(Default)]
+pub(crate) struct NsStats {
+    pub(crate) name: Arc<str>,
+    hits: AtomicU64,
+    misses: [AtomicU64; 4],
+    stale_serves: AtomicU64,
+    computes: AtomicU64,
+    writes: AtomicU64,
+    errors: AtomicU64,
+    read: Latency,
+    write: Latency,
+    compute: Latency,
+}
+
+impl std::fmt::Debug for NsStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NsStats").field("name", &self.name).finish()
+    }
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl NsStats {
+    pub(crate) fn new(name: &str) -> Self {
+        NsStats {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub(crate) fn hit(&self) {
+        bump(&self.hits);
+        crate::metrics::hit(&self.name);
+    }
+
+    pub(crate) fn miss(&self, reason: MissReason) {
+        bump(&self.misses[reason as usize]);
+        crate::metrics::miss(&self.name, reason.label());
+    }
+
+    /// A stale value served (the compute pipeline's fail-safe).
+    pub(crate) fn stale_serve(&self) {
+        bump(&self.stale_serves);
+        crate::metrics::stale_serve(&self.name);
+    }
+
+    pub(crate) fn compute(&self) {
+        bump(&self.computes);
+        crate::metrics::compute(&self.name);
+    }
+
+    pub(crate) fn computed(&self, took: Duration) {
+        self.compute.record(took);
+        crate::metrics::compute_duration(&self.name, took);
+    }
+
+    pub(crate) fn write(&self, n: u64) {
+        self.writes.fetch_add(n, Ordering::Relaxed);
+        crate::metrics::writes(&self.name, n);
+    }
+
+    pub(crate) fn error(&self) {
+        bump(&self.errors);
+        crate::metrics::error(&self.name);
+    }
+
+    fn snapshot(&self) -> NamespaceStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let misses = MissCounts {
+            absent: get(&self.misses[MissReason::Absent as usize]),
+            expired: get(&self.misses[MissReason::Expired as usize]),
+            tag_invalidated: get(&self.misses[MissReason::TagInvalidated as usize]),
+            undecodable: get(&self.misses[MissReason::Undecodable as usize]),
+        };
+        let hits = get(&self.hits);
+        let reads = hits + misses.total();
+        NamespaceStats {
+            namespace: self.name.to_string(),
+            hits,
+            misses,
+            stale_serves: get(&self.stale_serves),
+            computes: get(&self.computes),
+            writes: get(&self.writes),
+            errors: get(&self.errors),
+            hit_ratio: if reads == 0 {
+                0.0
+            } else {
+                hits as f64 / reads as f64
+            },
+            read_latency: self.read.summary(),
+            write_latency: self.write.summary(),
+            compute_latency: self.compute.summary(),
+        }
+    }
+}
+
+/// The first-level namespaces of a cache root, the root's own first.
+#[derive(Debug, Default)]
+pub(crate) struct Namespaces {
+    list: Mutex<Vec<Arc<NsStats>>>,
+}
+
+impl Namespaces {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<NsStats>>> {
+        match self.list.lock() {
+            Ok(l) => l,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// Registers a root's own statistics (called once, when the root is built).
+pub(crate) fn register_root(cache: &Cache) {
+    let namespaces = cache.root_state::<Namespaces>();
+    let mut list = namespaces.lock();
+    if list.is_empty() {
+        list.push(cache.scope.stats.clone());
+    }
+}
+
+/// The statistics a handle for namespace `escaped` made from `parent` counts under: its own
+/// first-level entry if `parent` counts under the root, else the parent's.
+pub(crate) fn namespace_stats(parent: &Cache, escaped: &str) -> Arc<NsStats> {
+    let namespaces = parent.root_state::<Namespaces>();
+    let mut list = namespaces.lock();
+    let Some(root) = list.first().cloned() else {
+        return parent.scope.stats.clone();
+    };
+    if !Arc::ptr_eq(&root, &parent.scope.stats) {
+        return parent.scope.stats.clone();
+    }
+    let mut name = String::with_capacity(root.name.len() + 1 + escaped.len());
+    name.push_str(&root.name);
+    name.push(':');
+    name.push_str(escaped);
+    if let Some(found) = list.iter().find(|s| *s.name == *name) {
+        return found.clone();
+    }
+    if list.len() > MAX_NAMESPACES {
+        // The root, MAX_NAMESPACES namespaces, and `_other` last.
+        return list[list.len() - 1].clone();
+    }
+    if list.len() == MAX_NAMESPACES {
+        name.truncate(root.name.len());
+        name.push_str(":_other");
+    }
+    let stats = Arc::new(NsStats::new(&name));
+    list.push(stats.clone());
+    stats
+}
+
+/// Counts of misses, by reason.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::in_memory();
+/// cache.get::<u8>("absent").await?;
+/// let misses = cache.scope_stats().misses;
+/// assert_eq!((misses.absent, misses.total()), (1, 1));
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MissCounts {
+    /// Nothing under the key (or the tombstone of an invalidation by key).
+    pub absent: u64,
+    /// A value kept past its expiry to be served stale, read where stale is not served.
+    pub expired: u64,
+    /// A value whose tag was invalidated since it was written.
+    pub tag_invalidated: u64,
+    /// A value not decodable as the type asked for.
+    pub undecodable: u64,
+}
+
+impl MissCounts {
+    /// All misses.
+    ///
+    /// ```
+    /// let m = cache_core::MissCounts::default();
+    /// assert_eq!(m.total(), 0);
+    /// ```
+    pub fn total(&self) -> u64 {
+        self.absent + self.expired + self.tag_invalidated + self.undecodable
+    }
+}
+
+/// Percentiles of a latency histogram, in microseconds (each the upper end of its bucket,
+/// within 3.2% of the true value). All zero before the first operation.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::in_memory();
+/// cache.set("k", &1u8, None).await?;
+/// let write = cache.scope_stats().write_latency;
+/// assert_eq!(write.count, 1);
+/// assert!(write.p50_us > 0.0 && write.p50_us <= write.max_us);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct LatencySummary {
+    /// Operations recorded.
+    pub count: u64,
+    /// Median.
+    pub p50_us: f64,
+    /// 90th percentile.
+    pub p90_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// Slowest.
+    pub max_us: f64,
+}
+
+/// Statistics of one first-level namespace (see [`Cache::namespace_stats`]).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+/// let cache = cache_core::Cache::in_memory();
+/// let users = cache.namespace("users");
+/// users.set("1", &"ann", None).await?;
+/// users.get::<String>("1").await?;
+/// let s = users.scope_stats();
+/// assert_eq!((s.namespace.as_str(), s.hits, s.writes), ("cache:users", 1, 1));
+/// assert_eq!(s.read_latency.count, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct NamespaceStats {
+    /// `root` or `root:name` (the key prefix, without its last `:`).
+    pub namespace: String,
+    /// Reads that found a usable value.
+    pub hits: u64,
+    /// Reads that found nothing usable, by reason.
+    pub misses: MissCounts,
+    /// Stale values served instead of a failed or slow computation.
+    pub stale_serves: u64,
+    /// Values computed by get-or-compute.
+    pub computes: u64,
+    /// Values written.
+    pub writes: u64,
+    /// Operations that failed (backend errors, values that could not be encoded).
+    pub errors: u64,
+    /// `hits / (hits + misses)`, 0 before any read.
+    pub hit_ratio: f64,
+    /// Reads: `get`, `lookup`, `mget`, `exists`, `ttl`, and the read of get-or-compute.
+    pub read_latency: LatencySummary,
+    /// Writes: `set`, `mset`, `delete`, `expire`, `incr`, `invalidate_tags`, and the store of
+    /// a computed value.
+    pub write_latency: LatencySummary,
+    /// Computations of get-or-compute (the function's body).
+    pub compute_latency: LatencySummary,
+}
+
+impl Cache {
+    /// Statistics of every first-level namespace of this cache root (the root's own first,
+    /// then in order of first use). Each operation counts in exactly one of them, so they add
+    /// up to [`stats`](Cache::stats).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.namespace("a").get::<u8>("k").await?;
+    /// cache.namespace("b").tenant(7u32).get::<u8>("k").await?; // tenants count with their namespace
+    /// let names: Vec<_> = cache.namespace_stats().into_iter().map(|s| s.namespace).collect();
+    /// assert_eq!(names, ["cache", "cache:a", "cache:b"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn namespace_stats(&self) -> Vec<NamespaceStats> {
+        let namespaces = self.root_state::<Namespaces>();
+        let list = namespaces.lock().clone();
+        list.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Statistics of the namespace this handle counts under.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let orders = cache.namespace("orders");
+    /// orders.get::<u8>("absent").await?;
+    /// assert_eq!(orders.scope_stats().misses.absent, 1);
+    /// assert_eq!(cache.scope_stats().misses.absent, 0); // the root's own
+    /// # Ok(()) }
+    /// ```
+    pub fn scope_stats(&self) -> NamespaceStats {
+        self.scope.stats.snapshot()
+    }
+
+    /// Starts reporting an operation: its span, timer and outcome.
+    pub(crate) fn op(&self, operation: Operation) -> Op<'_> {
+        let span = match operation {
+            Operation::GetOrCompute => tracing::debug_span!(
+                "cached",
+                operation = operation.name(),
+                namespace = &*self.scope.stats.name,
+                outcome = tracing::field::Empty,
+                source = tracing::field::Empty,
+            ),
+            _ => tracing::debug_span!(
+                "cache",
+                operation = operation.name(),
+                namespace = &*self.scope.stats.name,
+                outcome = tracing::field::Empty,
+                source = tracing::field::Empty,
+            ),
+        };
+        Op {
+            cache: self,
+            operation,
+            started: Instant::now(),
+            span,
+            outcome: Outcome::Error,
+            source: None,
+        }
+    }
+
+    /// A read found nothing usable.
+    pub(crate) fn count_miss(&self, reason: MissReason) {
+        self.scope.stats.miss(reason);
+    }
+}
+
+/// An operation being reported; on drop it records its latency (in the histogram of its
+/// kind and the `metrics` facade), closes its span with the outcome, and logs itself if
+/// slower than `CACHE_SLOW_OP`. Dropped without an outcome (an early `?`), it is an error.
+pub(crate) struct Op<'a> {
+    cache: &'a Cache,
+    operation: Operation,
+    started: Instant,
+    span: tracing::Span,
+    outcome: Outcome,
+    source: Option<&'static str>,
+}
+
+impl Op<'_> {
+    /// The span, to instrument what runs inside the operation.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    pub(crate) fn outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// A result: `Ok` is `ok`, `Err` an error.
+    pub(crate) fn result<T>(&mut self, r: &Result<T>) {
+        self.outcome = if r.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+    }
+
+    /// A lookup's result: hit (from `source`), miss or error.
+    pub(crate) fn lookup<T>(&mut self, r: &Result<crate::Lookup<T>>) {
+        self.outcome = match r {
+            Ok(crate::Lookup::Hit { source, .. }) => {
+                self.source = Some(source_label(*source));
+                Outcome::Hit
+            }
+            Ok(crate::Lookup::Miss) => Outcome::Miss,
+            Err(_) => Outcome::Error,
+        };
+    }
+
+    /// A get-or-compute served from `source`.
+    pub(crate) fn hit(&mut self, source: Source) {
+        self.outcome = Outcome::Hit;
+        self.source = Some(source_label(source));
+    }
+
+    /// A get-or-compute that computes its value.
+    pub(crate) fn miss(&mut self) {
+        self.outcome = Outcome::Miss;
+        self.source = Some("compute");
+    }
+
+    /// The read of a get-or-compute is over: its latency goes to the read histogram.
+    pub(crate) fn read_done(&self) {
+        let took = self.started.elapsed();
+        self.cache.scope.stats.read.record(took);
+        slow_check(self.cache, "get_or_compute (read)", took);
+    }
+}
+
+fn source_label(source: Source) -> &'static str {
+    match source {
+        Source::Redis => "redis",
+        Source::Memory => "memory",
+        #[allow(unreachable_patterns)] // sources the L1 and the fallback add
+        _ => "other",
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        let stats = &self.cache.scope.stats;
+        match self.operation.kind() {
+            Kind::Read => stats.read.record(took),
+            Kind::Write => stats.write.record(took),
+            Kind::Composite => {}
+        }
+        if !self.span.is_disabled() {
+            self.span.record("outcome", self.outcome.label());
+            if let Some(source) = self.source {
+                self.span.record("source", source);
+            }
+        }
+        crate::metrics::operation(
+            &stats.name,
+            self.operation.name(),
+            self.outcome.label(),
+            took,
+        );
+        if self.operation.kind() != Kind::Composite {
+            slow_check(self.cache, self.operation.name(), took);
+        }
+    }
+}
+
+/// Slow operations are logged at most once a second per cache root, with how many were held
+/// back.
+#[derive(Debug, Default)]
+struct SlowLog(WarnThrottle);
+
+fn slow_check(cache: &Cache, operation: &'static str, took: Duration) {
+    let Some(threshold) = cache.shared.config.slow_op else {
+        return;
+    };
+    if took < threshold {
+        return;
+    }
+    let log = cache.root_state::<SlowLog>();
+    if let Some(held) = log.0.admit(crate::codec::now_ms()) {
+        tracing::warn!(
+            namespace = &*cache.scope.stats.name,
+            operation,
+            elapsed_ms = took.as_secs_f64() * 1e3,
+            threshold_ms = threshold.as_secs_f64() * 1e3,
+            held_back = held,
+            "slow cache operation"
+        );
+    }
+}
+
+impl CacheBuilder {
+    /// Logs operations slower than `threshold` (a warning with the namespace, the operation
+    /// and the time taken; at most one a second, saying how many were held back). Off by
+    /// default; environment: `CACHE_SLOW_OP` (`50ms`, `off`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// let cache = cache_core::Cache::builder().slow_op_threshold(Duration::from_millis(50)).build()?;
+    /// # let _ = cache;
+    /// # Ok(()) }
+    /// ```
+    pub fn slow_op_threshold(mut self, threshold: Duration) -> Self {
+        self.config.slow_op = Some(threshold);
+        self
+    }
+}
+
+/// The operations settings of the environment (`CACHE_SLOW_OP`).
+pub(crate) fn from_env(b: &mut CacheBuilder, get: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    if let Some(v) = get("CACHE_SLOW_OP") {
+        b.config.slow_op = match v.trim() {
+            "off" | "none" | "0" => None,
+            _ => Some(crate::config::parse_duration("CACHE_SLOW_OP", &v)?),
+        };
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_parameters_are_valid_and_percentiles_bracket_values() {
+        let l = Latency::default();
+        assert_eq!(l.summary(), LatencySummary::default());
+        for us in 1..=100u64 {
+            l.record(Duration::from_micros(us));
+        }
+        l.record(Duration::from_secs(10_000)); // clamped, not lost
+        let s = l.summary();
+        assert_eq!(s.count, 101);
+        assert!((50.0..=52.0).contains(&s.p50_us), "{s:?}");
+        assert!((90.0..=93.0).contains(&s.p90_us), "{s:?}");
+        assert!(s.max_us > 60e6, "{s:?}");
+    }
+
+    #[test]
+    fn namespaces_are_bounded() {
+        let cache = Cache::in_memory();
+        for i in 0..(MAX_NAMESPACES + 10) {
+            let _ = cache.namespace(&format!("n{i}"));
+        }
+        let all = cache.namespace_stats();
+        assert_eq!(all.len(), MAX_NAMESPACES + 1);
+        assert_eq!(all[0].namespace, "cache");
+        assert_eq!(all[MAX_NAMESPACES].namespace, "cache:_other");
+        // deeper namespaces and tenants count with their first-level namespace
+        let deep = cache.namespace("n1").namespace("x").tenant(3u8);
+        assert_eq!(deep.scope_stats().namespace, "cache:n1");
+        assert_eq!(
+            cache.tenant(3u8).namespace("n2").scope_stats().namespace,
+            "cache:n2"
+        );
+    }
+}
