@@ -45,7 +45,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut load = Vec::new();
     for task in 0..4u64 {
         let cache = cache.clone();
-        load.push(tokio::spawn(async move { run_load(&cache, task, deadline).await }));
+        load.push(tokio::spawn(async move {
+            run_load(&cache, task, deadline).await
+        }));
     }
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -93,10 +95,14 @@ async fn run_load(cache: &Cache, task: u64, deadline: Instant) -> u64 {
                 .await;
         } else {
             let _: String = users
-                .get_or_set(&format!("user:{id}"), Duration::from_secs(30), || async move {
-                    tokio::time::sleep(Duration::from_micros(500)).await; // the database
-                    format!("user {id}")
-                })
+                .get_or_set(
+                    &format!("user:{id}"),
+                    Duration::from_secs(30),
+                    || async move {
+                        tokio::time::sleep(Duration::from_micros(500)).await; // the database
+                        format!("user {id}")
+                    },
+                )
                 .await;
         }
         if n % 5_000 == 4_999 {

@@ -68,7 +68,9 @@ impl Cache {
     /// Counts this handle's keys by group and estimates their memory: `SCAN MATCH prefix*`
     /// in pages of 1,000 (never `KEYS`), stopping after [`max_keys`](KeyReportBuilder::max_keys)
     /// (default 100,000), with `MEMORY USAGE` on the first 16 keys of each group and every
-    /// 100th key after. Needs `+scan +memory` in an ACL user's commands.
+    /// 100th key after. Needs `+scan +memory` in an ACL user's commands. On a Redis Cluster it
+    /// is an [`Error::Config`](crate::Error::Config): a scan sees one node; report on a cache
+    /// built on each primary's URL instead.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -134,7 +136,8 @@ impl<'a> KeyReportBuilder<'a> {
         self
     }
 
-    /// Runs the scan. Backend failures are errors (nothing partial is returned).
+    /// Runs the scan. Backend failures are errors (nothing partial is returned), and so is a
+    /// cluster (see [`Cache::key_report`]).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -165,6 +168,12 @@ impl<'a> KeyReportBuilder<'a> {
                 if let Some(p) = self.progress.as_mut() {
                     p(scanned);
                 }
+            }
+            Backend::Redis(r) if r.is_cluster() => {
+                return Err(crate::Error::Config {
+                    setting: "REDIS_CLUSTER_NODES",
+                    reason: "a key report scans one server; on a cluster, build a cache on each primary's URL and report on each".into(),
+                });
             }
             Backend::Redis(r) => {
                 let pattern = format!("{}*", glob_escape(&prefix));
