@@ -68,9 +68,8 @@ impl Cache {
     /// Counts this handle's keys by group and estimates their memory: `SCAN MATCH prefix*`
     /// in pages of 1,000 (never `KEYS`), stopping after [`max_keys`](KeyReportBuilder::max_keys)
     /// (default 100,000), with `MEMORY USAGE` on the first 16 keys of each group and every
-    /// 100th key after. Needs `+scan +memory` in an ACL user's commands. On a Redis Cluster it
-    /// is an [`Error::Config`](crate::Error::Config): a scan sees one node; report on a cache
-    /// built on each primary's URL instead.
+    /// 100th key after. Needs `+scan +memory` in an ACL user's commands. On a Redis Cluster
+    /// every primary is scanned.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -136,8 +135,7 @@ impl<'a> KeyReportBuilder<'a> {
         self
     }
 
-    /// Runs the scan. Backend failures are errors (nothing partial is returned), and so is a
-    /// cluster (see [`Cache::key_report`]).
+    /// Runs the scan. Backend failures are errors (nothing partial is returned).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -169,45 +167,57 @@ impl<'a> KeyReportBuilder<'a> {
                     p(scanned);
                 }
             }
-            Backend::Redis(r) if r.is_cluster() => {
-                return Err(crate::Error::Config {
-                    setting: "REDIS_CLUSTER_NODES",
-                    reason: "a key report scans one server; on a cluster, build a cache on each primary's URL and report on each".into(),
-                });
-            }
             Backend::Redis(r) => {
                 let pattern = format!("{}*", glob_escape(&prefix));
-                let mut cursor = 0u64;
-                loop {
-                    let mut cmd = redis::cmd("SCAN");
-                    cmd.arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(self.scan_count);
-                    let (next, page): (u64, Vec<Vec<u8>>) = r.run("SCAN", cmd).await?;
-                    let mut to_measure = Vec::new();
-                    for raw in page {
-                        if scanned >= self.max_keys {
-                            complete = false;
-                            break;
+                // One server, or each primary of a cluster (a scan sees one node).
+                'nodes: for node in r.keyspace_nodes().await? {
+                    let mut cursor = 0u64;
+                    loop {
+                        let mut cmd = redis::cmd("SCAN");
+                        cmd.arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(self.scan_count);
+                        let (next, page): (u64, Vec<Vec<u8>>) =
+                            r.run_on(node.as_ref(), "SCAN", cmd).await?;
+                        let mut to_measure = Vec::new();
+                        for raw in page {
+                            if scanned >= self.max_keys {
+                                complete = false;
+                                break;
+                            }
+                            scanned += 1;
+                            let key = String::from_utf8_lossy(&raw).into_owned();
+                            let rest = key.get(prefix.len()..).unwrap_or("");
+                            let index = groups.index(rest);
+                            let g = &mut groups.list[index];
+                            g.keys += 1;
+                            if g.keys <= ALWAYS_SAMPLED || scanned.is_multiple_of(self.sample_every)
+                            {
+                                to_measure.push((index, raw));
+                            }
                         }
-                        scanned += 1;
-                        let key = String::from_utf8_lossy(&raw).into_owned();
-                        let rest = key.get(prefix.len()..).unwrap_or("");
-                        let index = groups.index(rest);
-                        let g = &mut groups.list[index];
-                        g.keys += 1;
-                        if g.keys <= ALWAYS_SAMPLED || scanned.is_multiple_of(self.sample_every) {
-                            to_measure.push((index, raw));
-                        }
-                    }
-                    if !to_measure.is_empty() {
-                        let mut pipe = redis::pipe();
-                        for (_, raw) in &to_measure {
-                            pipe.cmd("MEMORY").arg("USAGE").arg(raw);
-                        }
-                        let sizes: Vec<Option<u64>> = r.run_pipe("MEMORY USAGE", pipe).await?;
+                        let sizes: Vec<Option<u64>> = match &node {
+                            _ if to_measure.is_empty() => Vec::new(),
+                            None => {
+                                let mut pipe = redis::pipe();
+                                for (_, raw) in &to_measure {
+                                    pipe.cmd("MEMORY").arg("USAGE").arg(raw);
+                                }
+                                r.run_pipe("MEMORY USAGE", pipe).await?
+                            }
+                            // A pipeline on a cluster must stay in one slot: one at a time.
+                            Some(_) => {
+                                let mut sizes = Vec::with_capacity(to_measure.len());
+                                for (_, raw) in &to_measure {
+                                    let mut cmd = redis::cmd("MEMORY");
+                                    cmd.arg("USAGE").arg(raw);
+                                    sizes.push(r.run_on(node.as_ref(), "MEMORY USAGE", cmd).await?);
+                                }
+                                sizes
+                            }
+                        };
                         for ((index, _), size) in to_measure.iter().zip(sizes) {
                             if let Some(size) = size {
                                 let g = &mut groups.list[*index];
@@ -215,17 +225,20 @@ impl<'a> KeyReportBuilder<'a> {
                                 g.sampled_bytes += size;
                             }
                         }
-                    }
-                    if let Some(p) = self.progress.as_mut() {
-                        p(scanned);
-                    }
-                    cursor = next;
-                    if cursor == 0 || !complete {
-                        break;
-                    }
-                    if scanned >= self.max_keys {
-                        complete = false;
-                        break;
+                        if let Some(p) = self.progress.as_mut() {
+                            p(scanned);
+                        }
+                        cursor = next;
+                        if !complete {
+                            break 'nodes;
+                        }
+                        if cursor == 0 {
+                            break;
+                        }
+                        if scanned >= self.max_keys {
+                            complete = false;
+                            break 'nodes;
+                        }
                     }
                 }
             }

@@ -377,11 +377,6 @@ impl RedisBackend {
         }
     }
 
-    /// True on a Redis Cluster (a scan then sees one node only).
-    pub(crate) fn is_cluster(&self) -> bool {
-        self.cluster
-    }
-
     /// The bounds of connecting and of each command.
     pub(crate) fn timeouts(&self) -> (Duration, Duration) {
         (self.connect_timeout, self.command_timeout)

@@ -862,15 +862,6 @@ async fn warming_cancellation_stops_new_loads() {
 #[tokio::test]
 async fn key_report_counts_and_sizes_keys_by_group() {
     for (backend, cache) in backends().await {
-        if backend == "redis" && tests::topology() == tests::Topology::Cluster {
-            let e = cache
-                .key_report()
-                .run()
-                .await
-                .expect_err("one node of a cluster");
-            assert!(matches!(e, cache_core::Error::Config { .. }), "{e:?}");
-            continue;
-        }
         let users: Vec<(String, String)> = (0..300)
             .map(|i| (format!("user:{i}"), "x".repeat(200)))
             .collect();
