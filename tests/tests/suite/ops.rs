@@ -930,3 +930,33 @@ async fn key_report_stays_inside_the_handle() {
     assert_eq!(report.scanned, 1, "{report:?}");
     assert_eq!(report.groups[0].name, "a");
 }
+
+#[tokio::test]
+async fn expired_misses_and_stale_serves_are_counted_per_namespace() {
+    for (backend, cache) in backends().await {
+        let ns = cache.namespace("stale");
+        let options = cache_core::ComputeOptions::new()
+            .ttl(Duration::from_millis(50))
+            .stale(Duration::from_secs(60));
+        let _: u32 = ns.get_or_set_with("s", &options, || async { 1 }).await;
+        // past its TTL, inside its stale window: a plain read misses it as expired
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while ns.get::<u32>("s").await.expect("cache operation").is_some() {
+            assert!(Instant::now() < deadline, "{backend}: never expired");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(ns.scope_stats().misses.expired >= 1, "{backend}");
+        // a failing refresh serves the stale value
+        let r: Result<u32, String> = ns
+            .try_get_or_set_with("s", &options, || async { Err("source down".to_owned()) })
+            .await;
+        assert_eq!(r, Ok(1), "{backend}");
+        let s = ns.scope_stats();
+        assert_eq!(s.stale_serves, 1, "{backend}: {s:?}");
+        assert_eq!(
+            cache.stats().stale_served,
+            1,
+            "{backend}: the whole counts it too"
+        );
+    }
+}
