@@ -175,6 +175,15 @@ pub enum Error {
         /// What failed.
         reason: &'static str,
     },
+    /// [`Lock::acquire`](crate::Lock::acquire) waited as long as it was allowed to, and the
+    /// lock was still held by another owner.
+    #[error("lock `{name}` is still held by another owner after waiting {waited:?}")]
+    LockBusy {
+        /// The lock's name, shortened if it is long.
+        name: String,
+        /// How long the caller was willing to wait.
+        waited: Duration,
+    },
 }
 
 impl Error {

@@ -36,6 +36,7 @@ mod health;
 mod key;
 mod key_report;
 mod limits;
+mod lock;
 mod metrics;
 mod observe;
 pub mod rate_limit;
@@ -65,6 +66,7 @@ pub use health::{
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use key_report::{KeyGroup, KeyReport, KeyReportBuilder};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
+pub use lock::{Lock, LockGuard};
 pub use metrics::describe_metrics;
 pub use observe::{LatencySummary, MissCounts, NamespaceStats, MAX_NAMESPACES};
 pub use rate_limit::{Decision, RateLimit, RateLimiter};

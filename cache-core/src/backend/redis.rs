@@ -350,6 +350,11 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
+    /// The bound on one command's answer.
+    pub(crate) fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
     /// A dedicated pub/sub connection on this topology (see `Connector::pubsub`), bounded by
     /// the connect timeout. Not pooled: a feed keeps it for its lifetime.
     #[allow(dead_code)] // the L1 invalidation feed subscribes with it

@@ -5,6 +5,7 @@ mod foundation;
 mod harness;
 mod invalidation;
 mod limits;
+mod lock;
 mod macros;
 mod ops;
 mod rate_limit;
