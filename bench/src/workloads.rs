@@ -476,8 +476,11 @@ pub fn workloads() -> Vec<Workload> {
         w("raw delete+miss c=1", None, Unchecked, |cx| Box::pin(raw_delete_miss(cx, 1))),
         w("ours delete+miss c=1", Some("raw delete+miss c=1"), Misses, |cx| Box::pin(ours_delete_miss(cx, 1))),
         w("raw EVALSHA trivial c=64", None, Unchecked, |cx| Box::pin(raw_evalsha(cx, 64))),
+        w("raw EVALSHA sliding log script c=64", None, Unchecked, |cx| Box::pin(raw_limit(cx, 64, Algorithm::SlidingLog))),
         w("ours limit sliding log c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::SlidingLog))),
+        w("raw EVALSHA sliding window script c=64", None, Unchecked, |cx| Box::pin(raw_limit(cx, 64, Algorithm::SlidingWindow))),
         w("ours limit sliding window c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::SlidingWindow))),
+        w("raw EVALSHA gcra script c=64", None, Unchecked, |cx| Box::pin(raw_limit(cx, 64, Algorithm::Gcra))),
         w("ours limit gcra c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::Gcra))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
         w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
@@ -533,13 +536,28 @@ pub fn targets() -> Vec<Target> {
             OpsAtLeast(0.8),
         ),
         t(
+            "ours limit sliding log c=64",
+            "raw EVALSHA sliding log script c=64",
+            OpsAtLeast(0.8),
+        ),
+        t(
             "ours limit sliding window c=64",
             "raw EVALSHA trivial c=64",
             OpsAtLeast(0.8),
         ),
         t(
+            "ours limit sliding window c=64",
+            "raw EVALSHA sliding window script c=64",
+            OpsAtLeast(0.8),
+        ),
+        t(
             "ours limit gcra c=64",
             "raw EVALSHA trivial c=64",
+            OpsAtLeast(0.8),
+        ),
+        t(
+            "ours limit gcra c=64",
+            "raw EVALSHA gcra script c=64",
             OpsAtLeast(0.8),
         ),
     ]
@@ -758,6 +776,43 @@ async fn ours_cold_stampede(cx: &'static Ctx) -> Round {
         for caller in callers {
             check(&ok(caller.await, "a cold caller"), id);
         }
+    })
+    .await
+}
+
+/// The limiters' own scripts, run by raw redis-rs with the arguments the limiters pass: what
+/// a hand-written client of the same algorithm would do, so the ratio is what the library adds.
+static LIMIT_SCRIPTS: std::sync::LazyLock<[redis::Script; 3]> = std::sync::LazyLock::new(|| {
+    [
+        redis::Script::new(include_str!(
+            "../../cache-core/src/scripts/rate_limit_sliding_log.lua"
+        )),
+        redis::Script::new(include_str!(
+            "../../cache-core/src/scripts/rate_limit_sliding_window.lua"
+        )),
+        redis::Script::new(include_str!(
+            "../../cache-core/src/scripts/rate_limit_gcra.lua"
+        )),
+    ]
+});
+
+/// Raw redis-rs: `EVALSHA` of a limiter's script for 1,000 per second per id (as
+/// [`limiter`]), over `KEYS` ids, the reply read as the five integers it is.
+async fn raw_limit(cx: &'static Ctx, concurrency: usize, algorithm: Algorithm) -> Round {
+    let (script, first, second, name) = match algorithm {
+        Algorithm::SlidingLog => (&LIMIT_SCRIPTS[0], 1_000u64, 1_000_000u64, "rl-log"),
+        Algorithm::SlidingWindow => (&LIMIT_SCRIPTS[1], 1_000, 1_000_000, "rl-win"),
+        _ => (&LIMIT_SCRIPTS[2], 1_000, 1_000, "rl-gcra"),
+    };
+    measure(&cx.plan, concurrency, move |i| async move {
+        let mut conn = cx.raw.clone();
+        let mut invocation = script.key(cx.raw_key(name, i % KEYS));
+        invocation.arg(first).arg(second).arg(1).arg("1");
+        let reply: Vec<i64> = ok(
+            invocation.invoke_async(&mut conn).await,
+            "raw limiter EVALSHA",
+        );
+        assert!(reply.len() == 5 && reply[0] == 1, "{reply:?}");
     })
     .await
 }

@@ -6,9 +6,6 @@
 -- Returns {allowed (0/1), remaining, retry_after (us, -1: none), reset_after (us), now (us)}.
 -- Timestamps go back to Redis as strings ("%.0f"): a Lua number handed to redis.call is
 -- formatted with "%.14g", which would round a microsecond timestamp.
--- Redis < 5 replicates scripts verbatim and refuses writes after TIME without this; from
--- 5 on effects are what is replicated (the only mode from 7) and it is a no-op.
-if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key = KEYS[1]

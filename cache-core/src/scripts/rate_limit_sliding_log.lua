@@ -9,9 +9,6 @@
 -- a number handed to redis.call is formatted with "%.14g" and would lose its last digits,
 -- so every timestamp sent back to Redis is a string: the score is written from TIME's own
 -- digits, and the bound of the trim with "%.0f".
--- Redis < 5 replicates scripts verbatim and refuses writes after TIME without this; from
--- 5 on effects are what is replicated (the only mode from 7) and it is a no-op.
-if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local score = t[1] .. string.format('%06d', tonumber(t[2]))
@@ -25,24 +22,26 @@ redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - window))
 local count = redis.call('ZCARD', key)
 local allowed = count + cost <= limit
 local retry = -1
+local reset = 0
 if allowed then
   if ARGV[4] == '1' and cost > 0 then
-    -- Members are unique: `score-n`, with n counting on from the members that already have
-    -- this score (all of a score's members leave together, so they are always 0..n-1).
-    -- Requests in the same microsecond are all counted.
-    local seq = redis.call('ZCOUNT', key, score, score)
+    -- Members are unique: `score-n`, n counting on from the number of live members. While
+    -- the clock stays on one microsecond nothing is trimmed, so that number only grows and
+    -- requests in the same microsecond are all counted. (Only a server clock stepping back
+    -- onto a microsecond already used, with fewer members live, could reuse a name.)
     local args = {}
     for i = 0, cost - 1 do
       args[#args + 1] = score
-      args[#args + 1] = score .. '-' .. string.format('%d', seq + i)
+      args[#args + 1] = score .. '-' .. string.format('%d', count + i)
       if #args >= 1000 or i == cost - 1 then
         redis.call('ZADD', key, unpack(args))
         args = {}
       end
     end
     count = count + cost
-    -- The newest member leaves the window `window` from now; so does the key.
+    -- The newest member is this request's: it, and the key, leave `window` from now.
     redis.call('PEXPIRE', key, math.ceil(window / 1000))
+    reset = window
   end
 else
   -- Admitted once the k oldest members have left, k = count + cost - limit (<= count, as
@@ -50,8 +49,7 @@ else
   local kth = redis.call('ZRANGE', key, count + cost - limit - 1, count + cost - limit - 1, 'WITHSCORES')
   retry = tonumber(kth[2]) + window - now
 end
-local reset = 0
-if count > 0 then
+if reset == 0 and count > 0 then
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   reset = math.max(tonumber(newest[2]) + window - now, 0)
 end

@@ -1,13 +1,11 @@
 -- Sliding-window counter: two fixed windows, the previous one weighted by how much of it
 -- the sliding window still covers (rate_limit/sliding_window.rs holds the same rules, with
 -- the same floating-point operations in the same order, so both backends round alike).
--- KEYS[1]: a hash {w: index of the current fixed window, c: its count, p: the previous
--- window's count, s: the window width (us) these were counted with}.
+-- KEYS[1]: a string `w c p s`: the index of the current fixed window, its count, the previous
+-- window's count, and the window width (us) these were counted with. (A string, not a hash:
+-- one SET ... PX writes it and its expiry, where a hash needs HSET then PEXPIRE.)
 -- ARGV[1]: limit; ARGV[2]: window (us); ARGV[3]: cost; ARGV[4]: '1' to consume, '0' to peek.
 -- Returns {allowed (0/1), remaining, retry_after (us, -1: none), reset_after (us), now (us)}.
--- Redis < 5 replicates scripts verbatim and refuses writes after TIME without this; from
--- 5 on effects are what is replicated (the only mode from 7) and it is a no-op.
-if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key = KEYS[1]
@@ -19,9 +17,13 @@ local start = idx * width
 local elapsed = now - start
 
 local cur, prev = 0, 0
-local h = redis.call('HMGET', key, 'w', 'c', 'p', 's')
-if h[1] then
-  local w, c, p, s = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3]) or 0, tonumber(h[4])
+local stored = redis.call('GET', key)
+local w, c, p, s = nil, 0, 0, nil
+if stored then
+  w, c, p, s = string.match(stored, '^(%d+) (%d+) (%d+) (%d+)$')
+end
+if w then
+  w, c, p, s = tonumber(w), tonumber(c), tonumber(p), tonumber(s)
   if s ~= width then
     -- The window was changed at run time: what was counted counts as the previous window.
     prev = c + p
@@ -43,10 +45,9 @@ if allowed then
   if ARGV[4] == '1' and cost > 0 then
     cur = cur + cost
     estimate = estimate + cost
-    redis.call('HSET', key, 'w', string.format('%.0f', idx), 'c', string.format('%.0f', cur),
-      'p', string.format('%.0f', prev), 's', string.format('%.0f', width))
     -- Still counted, as the previous window, until the end of the next one.
-    redis.call('PEXPIRE', key, math.ceil((start + 2 * width - now) / 1000))
+    redis.call('SET', key, string.format('%.0f %.0f %.0f %.0f', idx, cur, prev, width),
+      'PX', math.ceil((start + 2 * width - now) / 1000))
   end
 else
   local e = nil

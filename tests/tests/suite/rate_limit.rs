@@ -506,7 +506,7 @@ async fn one_round_trip_each_per_commandstats() {
             "multi",
         ] {
             let inside = match (algorithm, other) {
-                (Algorithm::Gcra, "get" | "set") => 50,
+                (Algorithm::Gcra | Algorithm::SlidingWindow, "get" | "set") => 50,
                 _ => 0,
             };
             assert_eq!(calls(other), inside, "{algorithm:?} `{other}`: {info}");
@@ -867,6 +867,42 @@ mod layer {
                 .status(),
             StatusCode::OK
         );
+    }
+
+    /// Redis down: a fail-open limiter's layer lets requests through, a fail-closed one answers
+    /// 429 with `Retry-After: 1`.
+    #[tokio::test]
+    async fn outage_policy_at_the_layer() {
+        let mut server = tests::RedisServer::start();
+        let cache = Cache::builder()
+            .url(server.url())
+            .namespace(tests::unique_namespace().as_str())
+            .connect_timeout(Duration::from_millis(300))
+            .command_timeout(Duration::from_millis(300))
+            .build()
+            .expect("builds");
+        let window = Duration::from_secs(60);
+        let mut open = service(&RateLimitLayer::new(
+            cache.rate_limiter(RateLimit::sliding_log(5, window).name("open")),
+        ));
+        let mut closed = service(&RateLimitLayer::new(
+            cache.rate_limiter(
+                RateLimit::sliding_log(5, window)
+                    .name("closed")
+                    .fail_closed(),
+            ),
+        ));
+        assert_eq!(
+            send(&mut closed, from([192, 0, 2, 1], None)).await.status(),
+            StatusCode::OK
+        );
+        server.kill();
+        let res = send(&mut open, from([192, 0, 2, 1], None)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.body(), "ok");
+        let res = send(&mut closed, from([192, 0, 2, 1], None)).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(header(&res, "retry-after"), Some("1"));
     }
 
     /// Clones of the layer (and of its services) share one limiter state; requests without a
