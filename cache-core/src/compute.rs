@@ -435,9 +435,22 @@ enum Seen {
 #[derive(Debug, Clone)]
 enum Landing {
     Running,
-    /// The encoded value, and when it landed.
-    Value(Bytes, Instant),
+    /// The encoded value, the [`LANDINGS`] count it landed as, and when.
+    Value(Bytes, u64, Instant),
     Failed,
+}
+
+/// Values landed by flights in this process, counted: a caller reads it (one load, the only
+/// thing a hit pays for single-flight) before its read of the backend, so that a flight it
+/// finds landed is known to have landed after that read began (its value is then what the
+/// read would have found, had it come a moment later), and not before (a later call, which
+/// must not be answered by an old flight: the entry may have expired since, or never been
+/// stored).
+static LANDINGS: AtomicU64 = AtomicU64::new(0);
+
+/// The [`LANDINGS`] count before a read.
+fn landings() -> u64 {
+    LANDINGS.load(Ordering::SeqCst)
 }
 
 struct Flight {
@@ -452,7 +465,7 @@ struct Flights {
     by_key: Mutex<HashMap<String, Arc<Flight>>>,
 }
 
-/// Landed flights are kept this long for callers whose read ended before the landing but
+/// Landed flights are kept this long for callers whose read began before the landing but
 /// who join after it (the moment between a caller's read and its join); swept after.
 const LINGER: Duration = Duration::from_secs(1);
 /// Landed flights are swept when the map grows past this.
@@ -470,21 +483,23 @@ impl Flights {
     }
 
     /// Joins the flight of `key` if it started from what this caller's read found (`seen`,
-    /// read by `read_at`): waits for it while it runs, takes its value if it landed after
-    /// that read (so the read could not have seen it); else leads a new one.
-    fn join(self: &Arc<Self>, key: &str, seen: &Seen, read_at: Instant) -> Joined {
+    /// a read begun at [`landings`] count `epoch`): waits for it while it runs, takes its
+    /// value if it landed after that read began; else leads a new one.
+    fn join(self: &Arc<Self>, key: &str, seen: &Seen, epoch: u64) -> Joined {
         let mut map = self.lock();
         if let Some(flight) = map.get(key).filter(|f| f.seen == *seen) {
             match &*flight.tx.borrow() {
                 Landing::Running => return Joined::Wait(flight.tx.subscribe()),
-                Landing::Value(bytes, at) if read_at < *at => return Joined::Landed(bytes.clone()),
+                Landing::Value(bytes, landed, _) if epoch < *landed => {
+                    return Joined::Landed(bytes.clone())
+                }
                 _ => {}
             }
         }
         if map.len() >= SWEEP_ABOVE {
             map.retain(|_, f| match &*f.tx.borrow() {
                 Landing::Running => true,
-                Landing::Value(_, at) => at.elapsed() < LINGER,
+                Landing::Value(_, _, at) => at.elapsed() < LINGER,
                 Landing::Failed => false,
             });
         }
@@ -515,7 +530,11 @@ struct Leader {
 impl Leader {
     fn land(mut self, value: Option<Bytes>) {
         self.finish(match value {
-            Some(bytes) => Landing::Value(bytes, Instant::now()),
+            Some(bytes) => Landing::Value(
+                bytes,
+                LANDINGS.fetch_add(1, Ordering::SeqCst) + 1,
+                Instant::now(),
+            ),
             None => Landing::Failed,
         });
     }
@@ -557,7 +576,7 @@ async fn wait(mut rx: watch::Receiver<Landing>, bound: Option<Duration>) -> Wait
     let landed = async {
         match rx.wait_for(|l| !matches!(l, Landing::Running)).await {
             Ok(landing) => match &*landing {
-                Landing::Value(bytes, _) => Waited::Value(bytes.clone()),
+                Landing::Value(bytes, ..) => Waited::Value(bytes.clone()),
                 _ => Waited::Failed,
             },
             Err(_) => Waited::Failed,
@@ -888,6 +907,7 @@ impl Cache {
         let mut op = self.op(Operation::GetOrCompute); // ops: span, timer, outcome
         let tag_keys = self.version_keys_in_place(tags);
         // 1. read
+        let epoch = landings();
         let mut known = None;
         let mut stale = None;
         let read = self.shared.backend.get_with_versions(&full, tag_keys).await;
@@ -932,6 +952,7 @@ impl Cache {
                         let fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
                         return Box::pin(self.refresh_early(
                             fill,
+                            epoch,
                             (versions, bytes),
                             value,
                             mode,
@@ -961,7 +982,7 @@ impl Cache {
         let span = op.span(); // ops: the computation and its write run in the span
         Box::pin(
             self.compute_cold(
-                function, full, tag_keys, ttl, policy, mode, detach, compute, known, stale,
+                function, full, tag_keys, ttl, policy, mode, detach, compute, known, stale, epoch,
             )
             .instrument(span),
         )
@@ -983,13 +1004,13 @@ impl Cache {
         compute: F,
         known: Option<(Vec<Option<u64>>, Option<Bytes>)>,
         stale: Option<M::Stored>,
+        epoch: u64,
     ) -> O
     where
         M: Mode<O>,
         F: Future<Output = O>,
         D: Detach<F>,
     {
-        let read_at = Instant::now();
         let seen = match &known {
             Some((_, bytes)) => Seen::Read(bytes.clone()),
             None => Seen::Unread,
@@ -1003,7 +1024,7 @@ impl Cache {
         // once to everyone but the caller that starts the refresh.
         if policy.lock != FillLock::None {
             loop {
-                match self.flights().join(&full, &seen, read_at) {
+                match self.flights().join(&full, &seen, epoch) {
                     Joined::Lead(leader) => {
                         fill.leader = Some(leader);
                         break;
@@ -1152,9 +1173,11 @@ impl Cache {
 
     /// A fresh hit that XFetch picked for an early refresh: one refresh per key, in the
     /// background when it can be; the caller gets `value` (or, inline, the refreshed value).
+    #[allow(clippy::too_many_arguments)] // one private step
     async fn refresh_early<O, M, F, D>(
         &self,
         mut fill: Fill,
+        epoch: u64,
         (versions, bytes): (Vec<Option<u64>>, Option<Bytes>),
         value: M::Stored,
         mode: M,
@@ -1166,10 +1189,9 @@ impl Cache {
         F: Future<Output = O>,
         D: Detach<F>,
     {
-        let read_at = Instant::now();
         match self
             .flights()
-            .join(&fill.full, &Seen::Read(bytes.clone()), read_at)
+            .join(&fill.full, &Seen::Read(bytes.clone()), epoch)
         {
             Joined::Lead(leader) => fill.leader = Some(leader),
             _ => return mode.restore(value),

@@ -107,7 +107,11 @@ impl Context<'_> {
         let cached = if self.args.has_policy() {
             // A body that owns everything it uses can finish without its caller (a refresh
             // behind a stale value, past a timeout); one that borrows is driven by it.
-            let detach = if self.owns_its_arguments() {
+            let background = self.args.stale_ms.is_some()
+                || self.args.soft_timeout_ms.is_some()
+                || self.args.hard_timeout.is_some()
+                || self.args.early_refresh;
+            let detach = if background && self.owns_its_arguments() {
                 quote!(#private::Spawn)
             } else {
                 quote!(#private::Inline)

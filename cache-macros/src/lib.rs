@@ -65,7 +65,7 @@ use crate::attr::Kind;
 /// | `soft_timeout = "100ms"` | with `stale`: how long a caller waits for a refresh before it is served the stale value |
 /// | `hard_timeout = "2s"` | bound on any wait for the body; `Result<T, E>` with `E: From<cache_core::Error>` only (a timeout is an `Err`) |
 ///
-/// With `stale`, `soft_timeout`, `hard_timeout`, `refresh` or `lock`, a function whose
+/// With `stale`, `soft_timeout`, `hard_timeout` or `refresh`, a function whose
 /// parameters are all owned (no reference, lifetime, generic or receiver) finishes its
 /// refreshes in a task of its own, so its body must be `Send`; other functions are driven by
 /// their caller (see the README, "Stampedes and staleness").
