@@ -232,14 +232,16 @@ impl Cache {
             encryption: config.encryption.clone().map(Arc::new),
             stats: Arc::new(crate::observe::NsStats::new(&config.namespace)),
         };
+        let shared = Arc::new(Shared {
+            backend,
+            config,
+            stats: Stats::default(),
+            warnings: WarnThrottle::default(),
+            extensions: Default::default(),
+        });
+        crate::breaker::attach(&shared);
         let cache = Cache {
-            shared: Arc::new(Shared {
-                backend,
-                config,
-                stats: Stats::default(),
-                warnings: WarnThrottle::default(),
-                extensions: Default::default(),
-            }),
+            shared,
             scope: Arc::new(scope),
         };
         crate::observe::register_root(&cache);
@@ -373,7 +375,9 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn stats(&self) -> StatsSnapshot {
-        self.shared.stats.snapshot()
+        let mut stats = self.shared.stats.snapshot();
+        self.add_breaker_stats(&mut stats);
+        stats
     }
 
     /// The full key stored in the backend for `key`. A key that is empty, holds whitespace or

@@ -969,7 +969,17 @@ impl Cache {
                     Err(e) => self.compute_err(function, "get", &full, &e),
                 }
             }
-            Err(e) => self.compute_err(function, "get", &full, &e),
+            // breaker.rs: while the circuit breaker is open, the fallback store answers
+            // (boxed, like the miss path, to keep the hit's future small).
+            Err(e) => match self.fallback_for(&e) {
+                Some(store) => {
+                    return Box::pin(
+                        self.compute_in_fallback(store, &full, tag_keys, ttl, mode, compute),
+                    )
+                    .await
+                }
+                None => self.compute_err(function, "get", &full, &e),
+            },
         }
         // Boxed: the rest is the miss path's, and its state (flights, the fill, the
         // computation) stays out of the future every hit builds.
@@ -1317,6 +1327,12 @@ impl Cache {
         compute: F,
     ) -> O {
         let tag_keys = self.version_keys_in_place(tags);
+        // breaker.rs: while the circuit breaker is open, the value goes to the fallback store.
+        if let Some(store) = self.open_fallback() {
+            return self
+                .put_in_fallback(store, &full, tag_keys, ttl, mode, compute)
+                .await;
+        }
         let mut fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
         fill.versions = tags::current_versions(self, tag_keys, None)
             .await

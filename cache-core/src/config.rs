@@ -90,6 +90,10 @@ pub(crate) struct Config {
     pub(crate) encryption: Option<crate::crypto::Keyring>,
     /// Operations slower than this are logged (`CACHE_SLOW_OP`); see observe.rs.
     pub(crate) slow_op: Option<Duration>,
+    /// Consecutive unavailability failures that open the circuit breaker; 0: never opens.
+    pub(crate) breaker_failures: u32,
+    /// How long the breaker stays open before a probe.
+    pub(crate) breaker_open_for: Duration,
 }
 
 impl Default for Config {
@@ -112,6 +116,8 @@ impl Default for Config {
             max_value_size: crate::limits::DEFAULT_MAX_VALUE_SIZE,
             encryption: None,
             slow_op: None,
+            breaker_failures: 5,
+            breaker_open_for: Duration::from_secs(1),
         }
     }
 }
@@ -299,6 +305,12 @@ impl CacheBuilder {
         }
         if let Some(v) = get("CACHE_INVALIDATION_HOLD") {
             b = b.invalidation_hold(parse_duration("CACHE_INVALIDATION_HOLD", &v)?);
+        }
+        if let Some(v) = get("CACHE_BREAKER_FAILURES") {
+            b.config.breaker_failures = parse_int("CACHE_BREAKER_FAILURES", &v)?;
+        }
+        if let Some(v) = get("CACHE_BREAKER_OPEN_FOR") {
+            b.config.breaker_open_for = parse_duration("CACHE_BREAKER_OPEN_FOR", &v)?;
         }
         if let Some(v) = get("CACHE_MEMORY_CAPACITY") {
             b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
@@ -639,7 +651,9 @@ impl CacheBuilder {
     }
 
     /// Bound, in bytes of keys and values (plus a small overhead per entry), of the embedded
-    /// backend: entries are evicted beyond it. Not used with Redis. Default 64 MiB.
+    /// backend: entries are evicted beyond it. With Redis, the bound of the fallback store
+    /// that serves `get_or_set` and `#[cached]` while the circuit breaker is open (see
+    /// [`breaker`](Self::breaker)). Default 64 MiB.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -741,6 +755,35 @@ impl CacheBuilder {
         self
     }
 
+    /// The circuit breaker of a Redis cache: it opens after `failures` consecutive operations
+    /// that could not reach Redis (connection refused or lost, timeouts; not errors Redis
+    /// answers with), and then turns operations away at once with [`Error::CircuitOpen`]
+    /// instead of letting each wait for a timeout; `get_or_set` and `#[cached]` functions
+    /// compute, and keep what they compute in an in-process fallback store (bounded by
+    /// [`memory_capacity`](Self::memory_capacity)). After `open_for`, one probe checks
+    /// Redis in the background: if it answers, the invalidations issued meanwhile are
+    /// replayed and the breaker closes. `failures` 0 turns the breaker off; `open_for` must be
+    /// greater than zero. Default 5 failures, 1 s. Not used by the in-memory backend.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, Error};
+    /// let cache = Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .breaker(3, Duration::from_millis(500))
+    ///     .build()?;
+    /// assert_eq!(cache.backend(), cache_core::Source::Redis);
+    /// let zero = Cache::builder().breaker(5, Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(Error::Config { setting: "breaker", .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn breaker(mut self, failures: u32, open_for: Duration) -> Self {
+        self.config.breaker_failures = failures;
+        self.config.breaker_open_for = open_for;
+        self
+    }
+
     /// Checks the settings and builds the cache. Does not connect, and needs no tokio
     /// runtime: an unreachable Redis shows up as [`Error::Connection`] from operations, never
     /// here. A setting that cannot be used is [`Error::Config`].
@@ -782,6 +825,7 @@ impl CacheBuilder {
         c.connect_timeout = crate::limits::setting("connect_timeout", c.connect_timeout)?;
         c.command_timeout = crate::limits::setting("command_timeout", c.command_timeout)?;
         c.invalidation_hold = crate::limits::setting("invalidation_hold", c.invalidation_hold)?;
+        c.breaker_open_for = crate::limits::setting("breaker", c.breaker_open_for)?;
         if self.config.default_ttl.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config {
                 setting: "default_ttl",
@@ -1038,8 +1082,12 @@ mod tests {
             ("CACHE_POOL_SIZE", "8"),
             ("CACHE_NAMESPACE", "svc"),
             ("CACHE_INVALIDATION_HOLD", "2m"),
+            ("CACHE_BREAKER_FAILURES", "3"),
+            ("CACHE_BREAKER_OPEN_FOR", "250ms"),
         ])
         .expect("valid");
+        assert_eq!(c.breaker_failures, 3);
+        assert_eq!(c.breaker_open_for, Duration::from_millis(250));
         assert_eq!(c.default_ttl, Some(Duration::from_secs(300)));
         assert_eq!(c.invalidation_hold, Duration::from_secs(120));
         assert_eq!(c.command_timeout, Duration::from_millis(250));
@@ -1055,6 +1103,8 @@ mod tests {
             ("CACHE_DEFAULT_TTL", "5 parsecs"),
             ("CACHE_POOL_SIZE", "-1"),
             ("CACHE_INVALIDATION_HOLD", "soon"),
+            ("CACHE_BREAKER_FAILURES", "many"),
+            ("CACHE_BREAKER_OPEN_FOR", "a while"),
             ("REDIS_TLS", "maybe"),
             ("REDIS_URL", "http://localhost"),
         ] {

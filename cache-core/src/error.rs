@@ -184,11 +184,28 @@ pub enum Error {
         /// How long the caller was willing to wait.
         waited: Duration,
     },
+    /// The circuit breaker of this cache is open: the last operations could not reach Redis,
+    /// so this one was not attempted (it returned at once, without touching the network).
+    /// [`is_unavailable`](Error::is_unavailable) is true. The breaker probes Redis in the
+    /// background and closes when it answers; see the README, "When Redis goes down".
+    ///
+    /// ```
+    /// use cache_core::Error;
+    /// let e = Error::CircuitOpen { operation: "GET" };
+    /// assert!(e.is_unavailable());
+    /// assert_eq!(e.to_string(), "redis is unavailable (circuit breaker open): `GET` not attempted");
+    /// ```
+    #[error("redis is unavailable (circuit breaker open): `{operation}` not attempted")]
+    CircuitOpen {
+        /// The command that was not sent.
+        operation: &'static str,
+    },
 }
 
 impl Error {
-    /// True when the cache itself is unreachable or too slow (connection or timeout), so the
-    /// caller should carry on without it rather than treat the request as failed.
+    /// True when the cache itself is unreachable or too slow (connection, timeout, or the
+    /// circuit breaker open), so the caller should carry on without it rather than treat the
+    /// request as failed.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -202,7 +219,10 @@ impl Error {
     /// # }
     /// ```
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Error::Connection { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Connection { .. } | Error::Timeout { .. } | Error::CircuitOpen { .. }
+        )
     }
 
     /// True for errors in what the caller handed over (a value that cannot be encoded or is

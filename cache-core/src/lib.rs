@@ -26,6 +26,7 @@
 
 mod advisor;
 mod backend;
+mod breaker;
 mod cache;
 mod codec;
 mod compute;

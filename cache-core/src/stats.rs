@@ -60,6 +60,21 @@ pub struct StatsSnapshot {
     pub background_refreshes: u64,
     /// Distributed fill locks not had within their wait: the value was computed anyway.
     pub lock_timeouts: u64,
+    /// Times the circuit breaker opened (Redis unreachable); see the README, "When Redis
+    /// goes down".
+    pub breaker_opened: u64,
+    /// Operations the open circuit breaker answered at once, without Redis (the direct API
+    /// gets [`Error::CircuitOpen`](crate::Error::CircuitOpen), `get_or_set` and `#[cached]`
+    /// the fallback store).
+    pub breaker_rejected: u64,
+    /// Get-or-compute calls answered by the fallback store while the breaker was open
+    /// (counted in `hits` too).
+    pub fallback_hits: u64,
+    /// Invalidations issued while Redis was unreachable and applied once it was back.
+    pub invalidations_replayed: u64,
+    /// Invalidations issued while Redis was unreachable and lost because the recovery queue
+    /// was full (also logged): entries they should have removed may be served.
+    pub invalidations_dropped: u64,
 }
 
 impl StatsSnapshot {
@@ -143,6 +158,7 @@ impl Stats {
             flight_waits: get(&self.flight_waits),
             background_refreshes: get(&self.background_refreshes),
             lock_timeouts: get(&self.lock_timeouts),
+            ..StatsSnapshot::default()
         }
     }
 }

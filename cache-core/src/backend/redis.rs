@@ -12,6 +12,10 @@
 //!
 //! bb8-redis's own manager connects without timeouts and never reports a connection as
 //! broken, so this module has its own `ManageConnection` with both.
+//!
+//! Every command passes [`RedisBackend::run`], [`run_pipe`](RedisBackend::run_pipe) or
+//! [`run_script`](RedisBackend::run_script), where the circuit breaker (`breaker.rs`) admits
+//! it and counts its outcome.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
@@ -27,6 +31,7 @@ use redis::{
 
 use super::cluster::{by_slot, AnyConnection, Connector};
 use super::{KeyTtl, TagKey, Write};
+use crate::breaker::{Breaker, Invalidation};
 use crate::config::{Config, RedisTarget};
 use crate::error::{Error, Result};
 
@@ -129,6 +134,7 @@ pub(crate) struct RedisBackend {
     command_timeout: Duration,
     display_url: String,
     pub(crate) advisor: Arc<crate::advisor::Advisor>,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -137,6 +143,7 @@ impl std::fmt::Debug for RedisBackend {
             .field("url", &self.display_url)
             .field("pool_size", &self.pool_size)
             .field("state", &self.pool.get().map(|p| p.state()))
+            .field("breaker", &self.breaker.state())
             .finish()
     }
 }
@@ -185,7 +192,13 @@ impl RedisBackend {
                 &target.url,
             ))),
             display_url: crate::config::redact_url(&target.url),
+            breaker: Breaker::new(config),
         })
+    }
+
+    /// The circuit breaker in front of every command.
+    pub(crate) fn breaker(&self) -> &Breaker {
+        &self.breaker
     }
 
     fn pool(&self) -> &Pool<Manager> {
@@ -273,7 +286,53 @@ impl RedisBackend {
         Error::from_redis(operation, e, self.command_timeout)
     }
 
+    /// Runs a command, if the circuit breaker lets it through ([`Error::CircuitOpen`] at once
+    /// otherwise); its outcome counts for the breaker.
     pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        cmd: Cmd,
+    ) -> Result<T> {
+        if let Err(e) = self.breaker.admit(operation) {
+            return Err(turned_away(e).await);
+        }
+        let result = self.run_unguarded(operation, cmd).await;
+        self.breaker.record(&result);
+        result
+    }
+
+    /// As [`run`](Self::run), for a pipeline.
+    pub(crate) async fn run_pipe<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        pipe: Pipeline,
+    ) -> Result<T> {
+        if let Err(e) = self.breaker.admit(operation) {
+            return Err(turned_away(e).await);
+        }
+        let result = self.pipe_unguarded(operation, pipe).await;
+        self.breaker.record(&result);
+        result
+    }
+
+    /// Runs a script (`EVALSHA`, loading it first if the server does not know it), as
+    /// [`run`](Self::run).
+    pub(crate) async fn run_script<T: FromRedisValue>(
+        &self,
+        operation: &'static str,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T> {
+        if let Err(e) = self.breaker.admit(operation) {
+            return Err(turned_away(e).await);
+        }
+        let result = self.script_unguarded(operation, invocation).await;
+        self.breaker.record(&result);
+        result
+    }
+
+    // The recovery path (probe and replay) bypasses the breaker: it runs while it is open.
+
+    async fn run_unguarded<T: FromRedisValue>(
         &self,
         operation: &'static str,
         cmd: Cmd,
@@ -283,7 +342,7 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
-    pub(crate) async fn run_pipe<T: FromRedisValue>(
+    async fn pipe_unguarded<T: FromRedisValue>(
         &self,
         operation: &'static str,
         pipe: Pipeline,
@@ -293,8 +352,7 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
-    /// Runs a script (`EVALSHA`, loading it first if the server does not know it).
-    pub(crate) async fn run_script<T: FromRedisValue>(
+    async fn script_unguarded<T: FromRedisValue>(
         &self,
         operation: &'static str,
         invocation: &ScriptInvocation<'_>,
@@ -387,6 +445,81 @@ impl RedisBackend {
         (self.connect_timeout, self.command_timeout)
     }
 
+    /// The breaker's probe: a `PING` on a pooled connection (bb8 connects if it has none).
+    pub(crate) async fn probe(&self) -> Result<()> {
+        self.run_unguarded("PING", redis::cmd("PING")).await
+    }
+
+    /// Applies queued invalidations: through the breaker (`guarded`), or around it (the
+    /// recovery task, while it is half-open).
+    pub(crate) async fn replay(
+        &self,
+        items: &[(Invalidation, Duration)],
+        guarded: bool,
+    ) -> Result<()> {
+        let mut tags = Vec::new();
+        for (item, hold) in items {
+            match item {
+                Invalidation::Key(key) => {
+                    self.replay_delete(std::slice::from_ref(key), *hold, guarded)
+                        .await?
+                }
+                Invalidation::Tag(key) => tags.push(key.as_str()),
+                Invalidation::Pattern(glob) => {
+                    let mut cursor = 0u64;
+                    loop {
+                        let mut scan = redis::cmd("SCAN");
+                        scan.arg(cursor)
+                            .arg("MATCH")
+                            .arg(glob)
+                            .arg("COUNT")
+                            .arg(1000);
+                        let (next, keys): (u64, Vec<String>) = if guarded {
+                            self.run("SCAN", scan).await?
+                        } else {
+                            self.run_unguarded("SCAN", scan).await?
+                        };
+                        for group in self.split(&keys) {
+                            let keys: Vec<String> =
+                                group.iter().map(|&i| keys[i].clone()).collect();
+                            self.replay_delete(&keys, *hold, guarded).await?;
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+        }
+        for group in self.split(&tags) {
+            let mut pipe = redis::pipe();
+            for i in group {
+                pipe.cmd("INCR").arg(tags[i]).ignore();
+            }
+            if guarded {
+                self.run_pipe::<()>("INCR (tags)", pipe).await?;
+            } else {
+                self.pipe_unguarded::<()>("INCR (tags)", pipe).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn replay_delete(&self, keys: &[String], hold: Duration, guarded: bool) -> Result<()> {
+        let mut invocation = INVALIDATE.prepare_invoke();
+        invocation
+            .key(keys)
+            .arg(crate::codec::tombstone())
+            .arg(millis(hold));
+        if guarded {
+            self.run_script::<u64>("delete", &invocation).await?;
+        } else {
+            self.script_unguarded::<u64>("delete", &invocation).await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
@@ -458,7 +591,13 @@ impl RedisBackend {
     }
 
     pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
-        self.run("SET", Self::set_cmd(key, &value, ttl)).await
+        let written = self.run("SET", Self::set_cmd(key, &value, ttl)).await;
+        if matches!(&written, Err(e) if e.is_unavailable()) {
+            // Redis may keep an older value: it is invalidated when Redis is back.
+            self.breaker
+                .queue_keys(&[key.to_owned()], self.breaker.hold());
+        }
+        written
     }
 
     /// Writes `value` only if `key` still holds what a read found (`seen`; `None`: nothing).
@@ -500,7 +639,13 @@ impl RedisBackend {
             }
             self.run_pipe::<()>("SET (batch)", pipe)
         });
-        try_join_all(pipes).await.map(drop)
+        let written = try_join_all(pipes).await.map(drop);
+        if matches!(&written, Err(e) if e.is_unavailable()) {
+            // Redis may keep older values: they are invalidated when Redis is back.
+            let keys: Vec<String> = writes.into_iter().map(|(key, _, _)| key).collect();
+            self.breaker.queue_keys(&keys, self.breaker.hold());
+        }
+        written
     }
 
     /// Indexes of `keys` in groups one script or pipeline may carry: all of them on one server,
@@ -532,7 +677,12 @@ impl RedisBackend {
             invocation.arg(tombstone).arg(millis(hold));
             self.run_script::<u64>("delete", &invocation).await
         });
-        Ok(try_join_all(groups).await?.into_iter().sum())
+        let deleted = try_join_all(groups).await.map(|n| n.into_iter().sum());
+        if matches!(&deleted, Err(e) if e.is_unavailable()) {
+            // Not lost: replayed when Redis is back (see breaker.rs).
+            self.breaker.queue_keys(keys, hold);
+        }
+        deleted
     }
 
     pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
@@ -600,7 +750,16 @@ impl RedisBackend {
             }
             self.run_pipe::<Vec<u64>>("INCR (tags)", pipe)
         });
-        let answers = try_join_all(pipes).await?;
+        let answers = match try_join_all(pipes).await {
+            Ok(answers) => answers,
+            Err(e) => {
+                if e.is_unavailable() {
+                    // Not lost: replayed when Redis is back (see breaker.rs).
+                    self.breaker.queue_tags(tag_keys);
+                }
+                return Err(e);
+            }
+        };
         Ok(reassemble(&groups, answers, tag_keys.len(), 0))
     }
 
@@ -652,6 +811,15 @@ fn reassemble<T: Clone>(
         }
     }
     out
+}
+
+/// An operation the open breaker turned away. Nothing here awaits anything that is pending,
+/// so a task looping over such calls (or over `#[cached]` calls the fallback store answers)
+/// would never yield to the scheduler: each spends a unit of tokio's cooperative budget.
+#[cold]
+async fn turned_away(e: Error) -> Error {
+    tokio::task::coop::consume_budget().await;
+    e
 }
 
 /// True if `INCRBY` failed because of what the key holds (not a counter, or a counter that

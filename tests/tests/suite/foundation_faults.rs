@@ -166,11 +166,12 @@ async fn configuration_from_the_environment_builds_without_redis() {
 }
 
 /// Sets `key` until it works: the first attempts after a restart may fail (the pooled
-/// connections died with the server), each with an unavailable error, and within a few
-/// attempts the pool has a live connection again.
+/// connections died with the server, or the circuit breaker is open until its next probe),
+/// each with an unavailable error, and within the breaker's `open_for` (1 s) plus a probe
+/// the pool has a live connection again.
 async fn recovers(cache: &Cache, key: &str, value: u64) -> usize {
-    let limit = 6; // pool size (4) + 2
-    for attempt in 1..=limit {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for attempt in 1.. {
         match bounded(
             &format!("set attempt {attempt}"),
             cache.set(key, &value, None),
@@ -183,8 +184,13 @@ async fn recovers(cache: &Cache, key: &str, value: u64) -> usize {
                 "attempt {attempt}: expected unavailable, got {e:?}"
             ),
         }
+        assert!(
+            Instant::now() < deadline,
+            "no successful write within 10 s after the restart"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("no successful write within {limit} attempts after the restart");
+    unreachable!("the loop returns or fails")
 }
 
 #[tokio::test]
@@ -292,19 +298,29 @@ async fn killed_and_restarted_under_load_every_call_answers_with_its_own_value()
     eventually!("hits under load", cache.stats().hits >= 200);
     let before = cache.stats();
     server.kill();
+    // Failures until the circuit breaker opens, then calls it answers at once.
+    let turned_away = |s: cache_core::StatsSnapshot| s.backend_errors + s.breaker_rejected;
     eventually!(
         "errors counted while down",
-        cache.stats().backend_errors >= before.backend_errors + 16
+        turned_away(cache.stats()) >= turned_away(before) + 16
     );
     let during = calls_now();
     eventually!("calls go on while down", calls_now() >= during + 16);
 
     server.restart();
+    // Hits from Redis, not from the breaker's fallback store: once the breaker closed (within
+    // its `open_for`, 1 s, and a probe).
+    let redis_hits = |s: cache_core::StatsSnapshot| s.hits - s.fallback_hits;
     let after_restart = cache.stats();
-    eventually!(
-        "hits again after the restart",
-        cache.stats().hits >= after_restart.hits + 200
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while redis_hits(cache.stats()) < redis_hits(after_restart) + 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no hits from redis within 10 s of the restart: {:?}",
+            cache.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for task in tasks {
         task.await.expect("no call panicked or saw a wrong value");

@@ -1,0 +1,933 @@
+//! The circuit breaker of a Redis cache root, its fallback store and its recovery queue.
+//!
+//! # States
+//!
+//! - **Closed**: every command goes to Redis. The cost on the hit path is one atomic load
+//!   before the command ([`Breaker::admit`]) and one after ([`Breaker::record`]).
+//! - **Open**: after `breaker_failures` consecutive commands that could not reach Redis
+//!   (connection refused or lost, command timeouts: [`Error::is_unavailable`]; an error Redis
+//!   answers with, such as `WRONGTYPE`, proves it reachable and resets the count). Commands
+//!   return [`Error::CircuitOpen`] at once, without touching the network. A background task
+//!   (one per root, never more) sleeps `breaker_open_for`, then probes.
+//! - **Half-open**: the task's probe (`PING` on a pooled connection: bb8 makes at most one
+//!   connection attempt for it) is the only command in flight; everyone else is still turned
+//!   away. If Redis answers, the recovery queue is replayed, then the breaker closes; if the
+//!   probe or the replay fails, it opens again for `breaker_open_for`.
+//!
+//! All commands pass [`RedisBackend::run`], `run_pipe` and `run_script`, which call
+//! [`Breaker::admit`] and [`Breaker::record`]: a capability that sends its commands through
+//! them (locks, limiters, sessions, pattern invalidation) is covered without doing anything.
+//!
+//! # Fallback store
+//!
+//! From the moment the breaker opens until it closes, a bounded [`MemoryBackend`] (capacity
+//! `memory_capacity`) serves the get-or-compute pipeline (`get_or_set`, `try_get_or_set`,
+//! `#[cached]`): a key is computed once per process during an outage, then read from it. It is
+//! dropped when the breaker closes, never written into Redis (another instance may have
+//! written newer values there). Invalidations issued while it exists apply to it too. The
+//! direct API (`get`, `set`, ...) does not use it: it returns [`Error::CircuitOpen`].
+//!
+//! # Recovery queue
+//!
+//! Invalidations that fail because Redis is unreachable (deletes by key, tag bumps, pattern
+//! invalidations, and writes, which are replayed as deletes of their keys: Redis may hold an
+//! older value) are kept in a bounded queue ([`QUEUE_CAPACITY`] entries, newest per key, tag
+//! or pattern) and replayed when the breaker closes, before it closes: no read is served from
+//! Redis before the replay finished. Entries that do not fit are dropped, logged and counted
+//! (`StatsSnapshot::invalidations_dropped`). Entries queued while the breaker is closed (the
+//! failures before it opened) are replayed as soon as a command succeeds again.
+//!
+//! # Hooks for other modules
+//!
+//! - [`Cache::breaker`]: the breaker of a Redis cache (`None` on the memory backend).
+//! - [`Breaker::state`] and [`Breaker::since_change`]: for `health()`.
+//! - [`Breaker::opens`] (a counter bumped each time it opens, cheap to poll) and
+//!   [`Breaker::subscribe`] (a `tokio::sync::watch` of [`BreakerStatus`]): for an L1 that
+//!   must flush when Redis was out of reach (its invalidation feed had a gap).
+//! - [`Breaker::queue_pattern`]: a pattern invalidation that failed, as the `SCAN MATCH`
+//!   glob (full key prefix included); replayed as `SCAN MATCH` + the delete script.
+//! - [`Cache::fallback_for`], [`Cache::compute_in_fallback`], [`Cache::open_fallback`] and
+//!   [`Cache::put_in_fallback`]: called from a few marked lines of `compute.rs`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::watch;
+
+use crate::backend::memory::MemoryBackend;
+use crate::backend::redis::RedisBackend;
+use crate::backend::Backend;
+use crate::cache::{Cache, Shared};
+use crate::codec::{self, Meta};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::private::Mode;
+use crate::stats::StatsSnapshot;
+
+/// Invalidations kept while Redis is unreachable (distinct keys, tags and patterns).
+pub(crate) const QUEUE_CAPACITY: usize = 10_000;
+
+/// Keys per delete script, tags per pipeline, when replaying.
+const REPLAY_CHUNK: usize = 100;
+
+/// Where the breaker stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)] // `as_str` and the variants are read by `health()` and the L1
+pub(crate) enum BreakerState {
+    /// Commands go to Redis.
+    Closed,
+    /// Commands are turned away; a probe comes after `open_for`.
+    Open,
+    /// The probe (and then the replay of the recovery queue) is running; commands are still
+    /// turned away.
+    HalfOpen,
+}
+
+impl BreakerState {
+    const fn code(self) -> u8 {
+        match self {
+            BreakerState::Closed => 0,
+            BreakerState::Open => 1,
+            BreakerState::HalfOpen => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Self {
+        match code {
+            0 => BreakerState::Closed,
+            1 => BreakerState::Open,
+            _ => BreakerState::HalfOpen,
+        }
+    }
+
+    /// `closed`, `open` or `half_open`, for reports.
+    #[allow(dead_code)]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+        }
+    }
+}
+
+const CLOSED: u8 = BreakerState::Closed.code();
+const OPEN: u8 = BreakerState::Open.code();
+const HALF_OPEN: u8 = BreakerState::HalfOpen.code();
+
+/// What [`Breaker::subscribe`] publishes at each change of state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub(crate) struct BreakerStatus {
+    /// The state entered.
+    pub(crate) state: BreakerState,
+    /// How many times the breaker has opened so far (see [`Breaker::opens`]).
+    pub(crate) opens: u64,
+}
+
+/// One invalidation waiting for Redis.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Invalidation {
+    /// Tombstone this full key (for the hold of the entry).
+    Key(String),
+    /// Bump this tag version key.
+    Tag(String),
+    /// Tombstone every key `SCAN MATCH` finds for this glob.
+    Pattern(String),
+}
+
+#[derive(Debug)]
+struct Queued {
+    seq: u64,
+    hold: Duration,
+}
+
+/// Newest per key, tag or pattern; bounded.
+#[derive(Debug, Default)]
+struct Queue {
+    items: HashMap<Invalidation, Queued>,
+    next_seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    rejected: AtomicU64,
+    fallback_hits: AtomicU64,
+    replayed: AtomicU64,
+    dropped: AtomicU64,
+}
+
+/// The circuit breaker of one cache root; lives in its [`RedisBackend`].
+pub(crate) struct Breaker {
+    state: AtomicU8,
+    failures: AtomicU32,
+    threshold: u32,
+    open_for: Duration,
+    hold: Duration,
+    fallback_capacity: u64,
+    epoch: Instant,
+    /// Microseconds from `epoch` to the last change of state.
+    changed_at_us: AtomicU64,
+    opens: AtomicU64,
+    status: watch::Sender<BreakerStatus>,
+    /// The recovery task runs (at most one).
+    recovering: AtomicBool,
+    /// A replay of entries queued while closed runs (at most one).
+    replaying: AtomicBool,
+    /// The root's shared state, for the background tasks; set once the root is built.
+    home: OnceLock<Weak<Shared>>,
+    fallback: RwLock<Option<Arc<MemoryBackend>>>,
+    queue: Mutex<Queue>,
+    queued: AtomicUsize,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Breaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breaker")
+            .field("state", &self.state())
+            .field("failures", &self.failures.load(Ordering::Relaxed))
+            .field("threshold", &self.threshold)
+            .field("open_for", &self.open_for)
+            .field("queued", &self.queued.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Breaker {
+    pub(crate) fn new(config: &Config) -> Self {
+        Breaker {
+            state: AtomicU8::new(CLOSED),
+            failures: AtomicU32::new(0),
+            threshold: config.breaker_failures,
+            open_for: config.breaker_open_for,
+            hold: config.invalidation_hold,
+            fallback_capacity: config.memory_capacity,
+            epoch: Instant::now(),
+            changed_at_us: AtomicU64::new(0),
+            opens: AtomicU64::new(0),
+            status: watch::channel(BreakerStatus {
+                state: BreakerState::Closed,
+                opens: 0,
+            })
+            .0,
+            recovering: AtomicBool::new(false),
+            replaying: AtomicBool::new(false),
+            home: OnceLock::new(),
+            fallback: RwLock::new(None),
+            queue: Mutex::new(Queue::default()),
+            queued: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    // ---- the command path ------------------------------------------------------------------
+
+    /// Whether a command may go to Redis: `Ok` when closed (one atomic load), otherwise
+    /// [`Error::CircuitOpen`] at once.
+    #[inline]
+    pub(crate) fn admit(&self, operation: &'static str) -> Result<()> {
+        if self.state.load(Ordering::Acquire) == CLOSED {
+            Ok(())
+        } else {
+            Err(self.reject(operation))
+        }
+    }
+
+    #[cold]
+    fn reject(&self, operation: &'static str) -> Error {
+        self.counters.rejected.fetch_add(1, Ordering::Relaxed);
+        // The task that probes may have died with the runtime that ran it.
+        if !self.recovering.load(Ordering::Relaxed) {
+            self.ensure_recovery();
+        }
+        Error::CircuitOpen { operation }
+    }
+
+    /// Counts the outcome of an admitted command: an unavailability failure, or proof that
+    /// Redis answers (a success, or an error Redis sent).
+    #[inline]
+    pub(crate) fn record<T>(&self, outcome: &Result<T>) {
+        match outcome {
+            Err(e) if e.is_unavailable() => self.failure(),
+            _ => {
+                if self.failures.load(Ordering::Relaxed) != 0 {
+                    self.streak_ended();
+                }
+            }
+        }
+    }
+
+    #[cold]
+    fn streak_ended(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.queued.load(Ordering::Relaxed) > 0 {
+            self.kick_replay();
+        }
+    }
+
+    #[cold]
+    fn failure(&self) {
+        if self.threshold == 0 {
+            return;
+        }
+        let n = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if n >= self.threshold
+            && self
+                .state
+                .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            self.opened(n);
+        }
+    }
+
+    fn opened(&self, failures: u32) {
+        if let Ok(mut fallback) = self.fallback.write() {
+            if fallback.is_none() {
+                *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
+            }
+        }
+        let opens = self.opens.fetch_add(1, Ordering::Relaxed) + 1;
+        self.changed(BreakerState::Open, opens);
+        tracing::warn!(
+            failures,
+            open_for = ?self.open_for,
+            "redis unreachable: circuit breaker open, operations answer without redis until a probe succeeds"
+        );
+        self.ensure_recovery();
+    }
+
+    fn changed(&self, state: BreakerState, opens: u64) {
+        self.changed_at_us
+            .store(self.epoch.elapsed().as_micros() as u64, Ordering::Relaxed);
+        self.status.send_replace(BreakerStatus { state, opens });
+    }
+
+    // ---- observation -----------------------------------------------------------------------
+
+    /// The current state.
+    pub(crate) fn state(&self) -> BreakerState {
+        BreakerState::from_code(self.state.load(Ordering::Acquire))
+    }
+
+    /// Time since the last change of state (since the cache was built, if none).
+    #[allow(dead_code)]
+    pub(crate) fn since_change(&self) -> Duration {
+        let at = Duration::from_micros(self.changed_at_us.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(at)
+    }
+
+    /// How many times the breaker has opened: a reader that remembers it sees an outage
+    /// (possibly already over) as a change of this number.
+    #[allow(dead_code)]
+    pub(crate) fn opens(&self) -> u64 {
+        self.opens.load(Ordering::Relaxed)
+    }
+
+    /// Every change of state from now on (the current one is marked seen).
+    #[allow(dead_code)]
+    pub(crate) fn subscribe(&self) -> watch::Receiver<BreakerStatus> {
+        self.status.subscribe()
+    }
+
+    /// The tombstone hold of invalidations replayed for failed writes.
+    pub(crate) fn hold(&self) -> Duration {
+        self.hold
+    }
+
+    /// Invalidations waiting for Redis.
+    #[allow(dead_code)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The counters `Cache::stats` reports.
+    pub(crate) fn add_stats(&self, s: &mut StatsSnapshot) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        s.breaker_opened = self.opens();
+        s.breaker_rejected = get(&self.counters.rejected);
+        s.fallback_hits = get(&self.counters.fallback_hits);
+        s.invalidations_replayed = get(&self.counters.replayed);
+        s.invalidations_dropped = get(&self.counters.dropped);
+    }
+
+    // ---- recovery queue --------------------------------------------------------------------
+
+    /// Invalidations of `keys` that could not reach Redis: applied to the fallback store,
+    /// queued for Redis.
+    pub(crate) fn queue_keys(&self, keys: &[String], hold: Duration) {
+        if let Some(fallback) = self.fallback() {
+            let _ = fallback.delete(keys, &codec::tombstone(), hold);
+        }
+        self.enqueue(keys.iter().map(|k| Invalidation::Key(k.clone())), hold);
+    }
+
+    /// Tag bumps that could not reach Redis: applied to the fallback store, queued.
+    pub(crate) fn queue_tags<K: AsRef<str>>(&self, tag_keys: &[K]) {
+        if let Some(fallback) = self.fallback() {
+            let keys: Vec<&str> = tag_keys.iter().map(AsRef::as_ref).collect();
+            let _ = fallback.bump(&keys);
+        }
+        self.enqueue(
+            tag_keys
+                .iter()
+                .map(|k| Invalidation::Tag(k.as_ref().to_owned())),
+            self.hold,
+        );
+    }
+
+    /// A pattern invalidation that could not reach Redis, as the glob `SCAN MATCH` takes (the
+    /// full key prefix included): the fallback store is emptied (it cannot match patterns)
+    /// and the pattern queued, to be replayed as `SCAN MATCH` + the delete script.
+    #[allow(dead_code)] // for pattern.rs
+    pub(crate) fn queue_pattern(&self, glob: &str) {
+        if let Ok(mut fallback) = self.fallback.write() {
+            if fallback.is_some() {
+                *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
+            }
+        }
+        self.enqueue(
+            std::iter::once(Invalidation::Pattern(glob.to_owned())),
+            self.hold,
+        );
+    }
+
+    fn enqueue(&self, items: impl Iterator<Item = Invalidation>, hold: Duration) {
+        let mut dropped = 0u64;
+        let closed = {
+            let mut q = lock(&self.queue);
+            for item in items {
+                q.next_seq += 1;
+                let seq = q.next_seq;
+                let len = q.items.len();
+                match q.items.get_mut(&item) {
+                    Some(queued) => *queued = Queued { seq, hold },
+                    None if len < QUEUE_CAPACITY => {
+                        q.items.insert(item, Queued { seq, hold });
+                    }
+                    None => dropped += 1,
+                }
+            }
+            self.queued.store(q.items.len(), Ordering::Relaxed);
+            // Read under the lock: closing happens under it too, so an entry is either seen
+            // by the replay before closing, or replayed below.
+            self.state.load(Ordering::Acquire) == CLOSED
+        };
+        if dropped > 0 {
+            let before = self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
+            if before == 0 || self.state() != BreakerState::Closed {
+                tracing::error!(
+                    dropped,
+                    capacity = QUEUE_CAPACITY,
+                    "recovery queue full: invalidations issued while redis is unreachable are lost, entries they should have removed may be served after recovery"
+                );
+            }
+        }
+        if closed {
+            self.kick_replay();
+        }
+    }
+
+    /// Everything queued, oldest first.
+    fn take_all(&self) -> Vec<(Invalidation, Duration)> {
+        let mut q = lock(&self.queue);
+        let mut items: Vec<_> = q.items.drain().collect();
+        self.queued.store(0, Ordering::Relaxed);
+        drop(q);
+        items.sort_unstable_by_key(|(_, queued)| queued.seq);
+        items
+            .into_iter()
+            .map(|(item, queued)| (item, queued.hold))
+            .collect()
+    }
+
+    /// Puts back what a replay could not apply, unless something newer came meanwhile.
+    fn put_back(&self, items: impl IntoIterator<Item = (Invalidation, Duration)>) {
+        let mut q = lock(&self.queue);
+        for (item, hold) in items {
+            q.items.entry(item).or_insert(Queued { seq: 0, hold });
+        }
+        self.queued.store(q.items.len(), Ordering::Relaxed);
+    }
+
+    /// Applies the queue through `redis`; what fails is put back.
+    async fn replay(&self, redis: &RedisBackend, guarded: bool) -> Result<u64> {
+        let items = self.take_all();
+        let mut done = 0u64;
+        let mut rest = items.into_iter().peekable();
+        while rest.peek().is_some() {
+            let chunk: Vec<_> = rest.by_ref().take(REPLAY_CHUNK).collect();
+            if let Err(e) = redis.replay(&chunk, guarded).await {
+                self.put_back(chunk.into_iter().chain(rest));
+                self.counters.replayed.fetch_add(done, Ordering::Relaxed);
+                return Err(e);
+            }
+            done += chunk.len() as u64;
+        }
+        self.counters.replayed.fetch_add(done, Ordering::Relaxed);
+        Ok(done)
+    }
+
+    /// Replays entries queued while closed, in the background, through the guarded path.
+    fn kick_replay(&self) {
+        let Some(home) = self.home.get().cloned() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self
+            .replaying
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        runtime.spawn(async move {
+            let _done = Flag(home.clone(), |b| &b.replaying);
+            let Some(shared) = home.upgrade() else { return };
+            let Backend::Redis(redis) = &shared.backend else {
+                return;
+            };
+            match redis.breaker().replay(redis, true).await {
+                Ok(n) if n > 0 => tracing::info!(replayed = n, "queued invalidations replayed"),
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "queued invalidations kept for later"),
+            }
+        });
+    }
+
+    // ---- recovery --------------------------------------------------------------------------
+
+    /// Starts the recovery task unless it runs.
+    fn ensure_recovery(&self) {
+        let Some(home) = self.home.get().cloned() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self
+            .recovering
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        runtime.spawn(recover(home));
+    }
+
+    /// Closes if nothing is queued (under the queue's lock, see `enqueue`); false otherwise.
+    fn close_if_drained(&self) -> bool {
+        let q = lock(&self.queue);
+        if !q.items.is_empty() {
+            return false;
+        }
+        self.failures.store(0, Ordering::Relaxed);
+        self.state.store(CLOSED, Ordering::Release);
+        drop(q);
+        self.changed(BreakerState::Closed, self.opens());
+        if let Ok(mut fallback) = self.fallback.write() {
+            *fallback = None;
+        }
+        true
+    }
+
+    fn reopen(&self) {
+        self.state.store(OPEN, Ordering::Release);
+        self.changed(BreakerState::Open, self.opens());
+    }
+
+    /// The fallback store, while the breaker is not closed.
+    pub(crate) fn fallback(&self) -> Option<Arc<MemoryBackend>> {
+        self.fallback.read().ok().and_then(|f| f.clone())
+    }
+
+    /// A fallback hit.
+    fn fallback_hit(&self) {
+        self.counters.fallback_hits.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Clears one of the breaker's "task running" flags when the task ends, however it ends
+/// (including dropped with its runtime).
+struct Flag(Weak<Shared>, fn(&Breaker) -> &AtomicBool);
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            if let Backend::Redis(redis) = &shared.backend {
+                (self.1)(redis.breaker()).store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// The recovery task: after `open_for`, probe; on success replay the queue, then close; on
+/// failure open again. Ends when the breaker closes or the cache is dropped.
+async fn recover(home: Weak<Shared>) {
+    let _running = Flag(home.clone(), |b| &b.recovering);
+    loop {
+        let wait = {
+            let Some(shared) = home.upgrade() else { return };
+            let Backend::Redis(redis) = &shared.backend else {
+                return;
+            };
+            let b = redis.breaker();
+            if b.state() == BreakerState::Closed {
+                return;
+            }
+            b.open_for.saturating_sub(b.since_change())
+        };
+        tokio::time::sleep(wait).await;
+        let Some(shared) = home.upgrade() else { return };
+        let Backend::Redis(redis) = &shared.backend else {
+            return;
+        };
+        let b = redis.breaker();
+        b.state.store(HALF_OPEN, Ordering::Release);
+        b.changed(BreakerState::HalfOpen, b.opens());
+        let outage = b.epoch.elapsed();
+        let outcome = match redis.probe().await {
+            Ok(()) => b.replay(redis, false).await,
+            Err(e) => Err(e),
+        };
+        match outcome {
+            Ok(mut replayed) => {
+                // Entries queued during the replay are replayed before closing too.
+                loop {
+                    if b.close_if_drained() {
+                        tracing::info!(
+                            replayed,
+                            probe_took = ?b.epoch.elapsed().saturating_sub(outage),
+                            "redis answers again: circuit breaker closed"
+                        );
+                        return;
+                    }
+                    match b.replay(redis, false).await {
+                        Ok(n) => replayed += n,
+                        Err(_) => break,
+                    }
+                }
+                b.reopen();
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "circuit breaker probe failed, open again");
+                b.reopen();
+            }
+        }
+    }
+}
+
+/// Gives the breaker of a Redis root access to the root, for its background tasks.
+pub(crate) fn attach(shared: &Arc<Shared>) {
+    if let Backend::Redis(redis) = &shared.backend {
+        let _ = redis.breaker().home.set(Arc::downgrade(shared));
+    }
+}
+
+// ---- the cache's side ---------------------------------------------------------------------
+
+impl Cache {
+    /// The circuit breaker of this cache's root; `None` on the memory backend.
+    #[allow(dead_code)]
+    pub(crate) fn breaker(&self) -> Option<&Breaker> {
+        match &self.shared.backend {
+            Backend::Redis(redis) => Some(redis.breaker()),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// Adds the breaker's counters to a snapshot.
+    pub(crate) fn add_breaker_stats(&self, s: &mut StatsSnapshot) {
+        if let Backend::Redis(redis) = &self.shared.backend {
+            redis.breaker().add_stats(s);
+        }
+    }
+
+    /// The fallback store, if `e` is the breaker turning a read of the get-or-compute
+    /// pipeline away.
+    pub(crate) fn fallback_for(&self, e: &Error) -> Option<Arc<MemoryBackend>> {
+        match (e, &self.shared.backend) {
+            (Error::CircuitOpen { .. }, Backend::Redis(redis)) => redis.breaker().fallback(),
+            _ => None,
+        }
+    }
+
+    /// The fallback store, if the breaker is open or half-open.
+    pub(crate) fn open_fallback(&self) -> Option<Arc<MemoryBackend>> {
+        match &self.shared.backend {
+            Backend::Redis(redis) if redis.breaker().state() != BreakerState::Closed => {
+                redis.breaker().fallback()
+            }
+            _ => None,
+        }
+    }
+
+    /// The get-or-compute pipeline while the breaker is open: the fallback store's value, or
+    /// `compute`'s, kept there. `tag_keys` are the version keys of the entry's tags.
+    pub(crate) async fn compute_in_fallback<O, M: Mode<O>, F: Future<Output = O>>(
+        &self,
+        store: Arc<MemoryBackend>,
+        full: &str,
+        tag_keys: &[String],
+        ttl: Option<Duration>,
+        mode: M,
+        compute: F,
+    ) -> O {
+        let stats = &self.shared.stats;
+        let seen = match store.get_with_versions(full, tag_keys) {
+            Ok((Some(bytes), versions)) => {
+                if let Some(value) = fallback_value::<M::Stored>(&bytes, tag_keys, &versions) {
+                    stats.hit();
+                    if let Backend::Redis(redis) = &self.shared.backend {
+                        redis.breaker().fallback_hit();
+                    }
+                    return mode.restore(value);
+                }
+                Some(bytes)
+            }
+            _ => None,
+        };
+        stats.miss();
+        self.fill_fallback(&store, full, tag_keys, ttl, Some(seen), mode, compute)
+            .await
+    }
+
+    /// `_refresh` and `#[cache_put]` while the breaker is open: the value goes to the
+    /// fallback store, and the key's entry in Redis, older than this value, is invalidated
+    /// when Redis is back.
+    pub(crate) async fn put_in_fallback<O, M: Mode<O>, F: Future<Output = O>>(
+        &self,
+        store: Arc<MemoryBackend>,
+        full: &str,
+        tag_keys: &[String],
+        ttl: Option<Duration>,
+        mode: M,
+        compute: F,
+    ) -> O {
+        if let Backend::Redis(redis) = &self.shared.backend {
+            redis.breaker().enqueue(
+                std::iter::once(Invalidation::Key(full.to_owned())),
+                self.shared.config.invalidation_hold,
+            );
+        }
+        self.fill_fallback(&store, full, tag_keys, ttl, None, mode, compute)
+            .await
+    }
+
+    /// Computes and keeps the value in `store`: if `seen` is given, only if the key still
+    /// holds what the read found (an invalidation during the computation wins, as on Redis).
+    #[allow(clippy::too_many_arguments)]
+    async fn fill_fallback<O, M: Mode<O>, F: Future<Output = O>>(
+        &self,
+        store: &MemoryBackend,
+        full: &str,
+        tag_keys: &[String],
+        ttl: Option<Duration>,
+        seen: Option<Option<bytes::Bytes>>,
+        mode: M,
+        compute: F,
+    ) -> O {
+        // Versions read before computing, as on Redis: an invalidation during the
+        // computation wins.
+        let versions: Vec<u64> = store
+            .create_versions(tag_keys, codec::now_us())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.unwrap_or(0))
+            .collect();
+        self.shared.stats.compute();
+        let started = Instant::now();
+        let out = compute.await;
+        if let Some(value) = mode.stored(&out) {
+            let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
+            let ttl = self.ttl_or_default(ttl);
+            if let Some(bytes) = encode_for_fallback(
+                value,
+                ttl,
+                tag_keys,
+                &versions,
+                compute_us,
+                self.shared.config.compression_threshold,
+            ) {
+                let _ = match seen {
+                    Some(seen) => store
+                        .set_if_unchanged(full, bytes, ttl, seen.as_deref())
+                        .map(drop),
+                    None => store.set(full, bytes, ttl),
+                };
+            }
+        }
+        out
+    }
+}
+
+/// The value of a fallback entry whose tags all still have their recorded versions.
+fn fallback_value<T: serde::de::DeserializeOwned + 'static>(
+    bytes: &[u8],
+    tag_keys: &[String],
+    versions: &[Option<u64>],
+) -> Option<T> {
+    if codec::is_tombstone(bytes) {
+        return None;
+    }
+    let env = codec::parse(bytes).ok()?;
+    for (key, recorded) in env.tags() {
+        let i = tag_keys.iter().position(|k| k == key)?;
+        if versions.get(i).copied().flatten() != Some(recorded) {
+            return None;
+        }
+    }
+    env.value::<T>(codec::fingerprint::<T>()).ok()
+}
+
+fn encode_for_fallback<T: Serialize + 'static>(
+    value: &T,
+    ttl: Option<Duration>,
+    tag_keys: &[String],
+    tag_versions: &[u64],
+    compute_us: u32,
+    compression_threshold: usize,
+) -> Option<Vec<u8>> {
+    let now = codec::now_ms();
+    let meta = Meta {
+        created_at_ms: now,
+        expires_at_ms: ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t)),
+        compute_us,
+        fingerprint: codec::fingerprint::<T>(),
+        tag_keys,
+        tag_versions,
+        ..Default::default()
+    };
+    codec::encode(value, &meta, compression_threshold).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker(threshold: u32) -> Breaker {
+        let config = Config {
+            breaker_failures: threshold,
+            ..Config::default()
+        };
+        Breaker::new(&config)
+    }
+
+    fn down() -> Result<()> {
+        Err(Error::Timeout {
+            operation: "GET",
+            after: Duration::from_secs(1),
+        })
+    }
+
+    #[test]
+    fn opens_after_consecutive_unavailability_failures_only() {
+        let b = breaker(3);
+        b.record(&down());
+        b.record(&down());
+        b.record(&Ok(()));
+        b.record(&down());
+        b.record(&down());
+        assert_eq!(
+            b.state(),
+            BreakerState::Closed,
+            "a success resets the count"
+        );
+        let answered: Result<()> = Err(Error::WrongKind {
+            operation: "incr",
+            key: "k".into(),
+        });
+        b.record(&answered);
+        b.record(&down());
+        b.record(&down());
+        assert_eq!(b.state(), BreakerState::Closed, "an answered error too");
+        b.record(&down());
+        assert_eq!(b.state(), BreakerState::Open);
+        assert_eq!(b.opens(), 1);
+        assert!(matches!(
+            b.admit("GET"),
+            Err(Error::CircuitOpen { operation: "GET" })
+        ));
+        assert!(b.fallback().is_some(), "a fallback store while open");
+        assert_eq!(b.counters.rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn zero_failures_never_opens() {
+        let b = breaker(0);
+        for _ in 0..100 {
+            b.record(&down());
+        }
+        assert_eq!(b.state(), BreakerState::Closed);
+        assert!(b.admit("GET").is_ok());
+    }
+
+    #[test]
+    fn the_queue_keeps_the_newest_per_key_and_is_bounded() {
+        let b = breaker(1);
+        b.record(&down());
+        b.queue_keys(&["a".into(), "b".into()], Duration::from_secs(1));
+        b.queue_tags(&["t"]);
+        b.queue_keys(&["a".into()], Duration::from_secs(2));
+        b.queue_pattern("ns:user:*");
+        assert_eq!(b.queued(), 4);
+        let items = b.take_all();
+        assert_eq!(
+            items,
+            vec![
+                (Invalidation::Key("b".into()), Duration::from_secs(1)),
+                (Invalidation::Tag("t".into()), b.hold),
+                (Invalidation::Key("a".into()), Duration::from_secs(2)),
+                (Invalidation::Pattern("ns:user:*".into()), b.hold),
+            ],
+            "oldest first, one per key"
+        );
+        let many: Vec<String> = (0..QUEUE_CAPACITY + 5).map(|i| format!("k{i}")).collect();
+        b.queue_keys(&many, Duration::from_secs(1));
+        assert_eq!(b.queued(), QUEUE_CAPACITY);
+        assert_eq!(b.counters.dropped.load(Ordering::Relaxed), 5);
+        b.put_back(vec![(Invalidation::Key("k0".into()), Duration::ZERO)]);
+        assert_eq!(b.queued(), QUEUE_CAPACITY, "a newer entry is kept");
+    }
+
+    #[test]
+    fn the_fallback_store_follows_invalidations() {
+        let b = breaker(1);
+        b.record(&down());
+        let store = b.fallback().expect("open");
+        let tags = vec!["ns:~tag:t".to_owned()];
+        let versions: Vec<u64> = store
+            .create_versions(&tags, 7)
+            .expect("versions")
+            .into_iter()
+            .map(|v| v.unwrap_or(0))
+            .collect();
+        let bytes = encode_for_fallback(&5u32, None, &tags, &versions, 0, 4096).expect("encodes");
+        store.set("ns:k", bytes.clone(), None).expect("set");
+        store.set("ns:j", bytes, None).expect("set");
+        let read = |key: &str| {
+            let (bytes, versions) = store.get_with_versions(key, &tags).expect("read");
+            bytes.and_then(|b| fallback_value::<u32>(&b, &tags, &versions))
+        };
+        assert_eq!(read("ns:k"), Some(5));
+        b.queue_keys(&["ns:k".into()], Duration::from_secs(1));
+        assert_eq!(read("ns:k"), None, "deleted");
+        assert_eq!(read("ns:j"), Some(5));
+        b.queue_tags(&tags);
+        assert_eq!(read("ns:j"), None, "its tag bumped");
+    }
+}
