@@ -406,6 +406,17 @@ fn print_targets(rows: &[Row]) {
                 let v = ours.paired_ratio(reference, |r| r.p50_us);
                 (format!("p50 <= {x:.1}x"), v, v <= x)
             }
+            Bar::P50OverAtMost(x) => {
+                let v = ours.p50_us() - reference.p50_us();
+                let holds = v <= x;
+                println!(
+                    "  {:<4} {} vs {}: p50 over it <= {x:.1} us (measured {v:.2} us)",
+                    if holds { "ok" } else { "MISS" },
+                    t.ours,
+                    t.reference,
+                );
+                continue;
+            }
         };
         println!(
             "  {:<4} {} vs {}: {what} (measured {value:.2}x)",

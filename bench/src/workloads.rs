@@ -98,6 +98,9 @@ pub struct Ctx {
     pub ours: Cache,
     /// Ours in a namespace encrypted with a fixed key (the encrypted hit).
     pub ours_encrypted: Cache,
+    /// Ours on a port nothing listens on, its circuit breaker opened by `populate` (and kept
+    /// open for the run): `#[cached]` calls answered by the fallback store.
+    pub down: Cache,
     pub moka: moka::future::Cache<u64, User>,
     next_miss: AtomicU64,
 }
@@ -143,6 +146,18 @@ impl Ctx {
         let ours_encrypted = ours
             .namespace("enc")
             .with_encryption(cache_core::EncryptionKey::from_bytes([7; 32]));
+        let dead_port = ok(std::net::TcpListener::bind("127.0.0.1:0"), "a free port")
+            .local_addr()
+            .map_or(1, |a| a.port());
+        let down = ok(
+            Cache::builder()
+                .url(format!("redis://127.0.0.1:{dead_port}/"))
+                .namespace(run.as_str())
+                .connect_timeout(Duration::from_millis(200))
+                .breaker(1, Duration::from_secs(24 * 3600))
+                .build(),
+            "building the cache on a closed port",
+        );
         // Its keys are `namespace:prefix:id`: a namespace of its own keeps them off ours.
         let _ = THEIRS.set((url, format!("{run}-cached")));
         Ctx {
@@ -152,6 +167,7 @@ impl Ctx {
             cluster: matches!(deployment, Deployment::Cluster(_)),
             ours,
             ours_encrypted,
+            down,
             moka: moka::future::Cache::new(2 * KEYS),
             next_miss: AtomicU64::new(FIRST_MISS_ID),
         }
@@ -209,6 +225,14 @@ impl Ctx {
         }
         let mut conn = self.raw.clone();
         ok(pipe.query_async::<()>(&mut conn).await, "populating raw");
+        // One failed connection opens the breaker of the cache on a closed port; then its
+        // fallback store gets every user, as a service computing its hot keys in an outage.
+        let failed = self.down.get::<u8>("breaker").await;
+        assert!(
+            matches!(failed, Err(e) if e.is_unavailable()),
+            "nothing listens on the closed port"
+        );
+        assert_eq!(self.down.stats().breaker_opened, 1, "the breaker opened");
         for_each_id(move |id| async move {
             ours::user_refresh(&self.ours, id).await;
             ours::tagged_user_refresh(&self.ours, id % ORGS, id).await;
@@ -218,6 +242,7 @@ impl Ctx {
             ours::user_refresh(&self.ours_encrypted, id).await;
             ok(theirs::user(id).await, "populating the cached crate");
             self.moka.insert(id, User::load(id)).await;
+            check(&ours::down_user(&self.down, id).await, id);
         })
         .await;
     }
@@ -313,6 +338,12 @@ mod ours {
     #[cache_core::cached(key = "tuser:<org>:<id>", ttl = 900, tags = ["org:<org>"], cache = cache, skip = [cache])]
     pub async fn tagged_user(cache: &Cache, org: u64, id: u64) -> User {
         in_org(User::load(id), org)
+    }
+
+    /// The same function as `user`, called on the cache whose Redis is down.
+    #[cache_core::cached(key = "user:<id>", ttl = 900, cache = cache, skip = [cache])]
+    pub async fn down_user(cache: &Cache, id: u64) -> User {
+        User::load(id)
     }
 
     #[cache_core::cached(key = "miss:<id>", ttl = 900, cache = cache, skip = [cache])]
@@ -488,6 +519,8 @@ pub fn workloads() -> Vec<Workload> {
         w("ours limit sliding window c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::SlidingWindow))),
         w("raw EVALSHA gcra script c=64", None, Unchecked, |cx| Box::pin(raw_limit(cx, 64, Algorithm::Gcra))),
         w("ours limit gcra c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::Gcra))),
+        w("body alone c=1", None, Unchecked, |cx| Box::pin(body_alone(cx, 1))),
+        w("ours breaker open c=1", Some("body alone c=1"), Hits, |cx| Box::pin(ours_breaker_open(cx, 1))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
         w("moka get c=64", None, Unchecked, |cx| Box::pin(moka_get(cx, 64))),
         w("one 50 ms computation", None, Unchecked, |cx| Box::pin(one_slow_computation(cx))),
@@ -509,6 +542,8 @@ pub enum Bar {
     OpsAtLeast(f64),
     /// ours p50 <= x * reference p50
     P50AtMost(f64),
+    /// ours p50 - reference p50 <= x microseconds (an overhead over what the reference does)
+    P50OverAtMost(f64),
 }
 
 /// The bars of the benchmark's issue for what exists. Still to come with their capabilities:
@@ -565,6 +600,11 @@ pub fn targets() -> Vec<Target> {
             "ours limit gcra c=64",
             "raw EVALSHA gcra script c=64",
             OpsAtLeast(0.8),
+        ),
+        t(
+            "ours breaker open c=1",
+            "body alone c=1",
+            P50OverAtMost(5.0),
         ),
     ]
 }
@@ -745,6 +785,15 @@ async fn ours_stale_serve(cx: &'static Ctx, concurrency: usize) -> Round {
     .await
 }
 
+/// What a `#[cached]` call costs at least: its body (`User::load`, ~100 bytes of strings).
+async fn body_alone(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        check(&std::hint::black_box(User::load(id)), id);
+    })
+    .await
+}
+
 /// The trivial script the limiters are measured against: one key, one argument, `return 1`.
 static TRIVIAL: std::sync::LazyLock<redis::Script> =
     std::sync::LazyLock::new(|| redis::Script::new("return 1"));
@@ -852,6 +901,16 @@ async fn ours_limit(cx: &'static Ctx, concurrency: usize, algorithm: Algorithm) 
     measure(&cx.plan, concurrency, move |i| async move {
         let d = ok(limiter.check(i % KEYS).await, "rate limit check");
         assert!(d.allowed && d.limit == 1_000, "{d:?}");
+    })
+    .await
+}
+
+/// A `#[cached]` call while the circuit breaker is open (Redis down): the breaker turns the
+/// read away at once and the fallback store answers.
+async fn ours_breaker_open(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % KEYS;
+        check(&ours::down_user(&cx.down, id).await, id);
     })
     .await
 }

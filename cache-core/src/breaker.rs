@@ -462,19 +462,45 @@ impl Breaker {
         self.queued.store(q.items.len(), Ordering::Relaxed);
     }
 
-    /// Applies the queue through `redis`; what fails is put back.
+    /// Applies the queue through `redis`. What fails because Redis is unreachable is put
+    /// back (and the error returned); an entry Redis refuses (an ACL denial, a tag version
+    /// key holding something else) is dropped and counted, so that it cannot keep the
+    /// breaker open.
     async fn replay(&self, redis: &RedisBackend, guarded: bool) -> Result<u64> {
         let items = self.take_all();
         let mut done = 0u64;
         let mut rest = items.into_iter().peekable();
         while rest.peek().is_some() {
             let chunk: Vec<_> = rest.by_ref().take(REPLAY_CHUNK).collect();
-            if let Err(e) = redis.replay(&chunk, guarded).await {
+            let mut refused = 0u64;
+            let outcome = match redis.replay(&chunk, guarded).await {
+                Err(e) if !e.is_unavailable() => {
+                    // Which entry? One at a time, then.
+                    let mut outcome = Ok(());
+                    for item in &chunk {
+                        match redis.replay(std::slice::from_ref(item), guarded).await {
+                            Err(e) if e.is_unavailable() => {
+                                outcome = Err(e);
+                                break;
+                            }
+                            Err(e) => {
+                                refused += 1;
+                                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(error = %e, "redis refused a queued invalidation; dropped");
+                            }
+                            Ok(()) => {}
+                        }
+                    }
+                    outcome
+                }
+                outcome => outcome,
+            };
+            if let Err(e) = outcome {
                 self.put_back(chunk.into_iter().chain(rest));
                 self.counters.replayed.fetch_add(done, Ordering::Relaxed);
                 return Err(e);
             }
-            done += chunk.len() as u64;
+            done += chunk.len() as u64 - refused;
         }
         self.counters.replayed.fetch_add(done, Ordering::Relaxed);
         Ok(done)

@@ -479,7 +479,7 @@ impl RedisBackend {
                         } else {
                             self.run_unguarded("SCAN", scan).await?
                         };
-                        for group in self.split(&keys) {
+                        for group in self.split(&keys).into_iter().filter(|g| !g.is_empty()) {
                             let keys: Vec<String> =
                                 group.iter().map(|&i| keys[i].clone()).collect();
                             self.replay_delete(&keys, *hold, guarded).await?;
@@ -491,6 +491,9 @@ impl RedisBackend {
                     }
                 }
             }
+        }
+        if tags.is_empty() {
+            return Ok(());
         }
         for group in self.split(&tags) {
             let mut pipe = redis::pipe();

@@ -9,6 +9,7 @@ mod lock;
 mod macros;
 mod ops;
 mod rate_limit;
+mod resilience;
 mod security;
 mod sessions;
 mod stampede;
