@@ -35,7 +35,10 @@
 //! or pattern) and replayed when the breaker closes, before it closes: no read is served from
 //! Redis before the replay finished. Entries that do not fit are dropped, logged and counted
 //! (`StatsSnapshot::invalidations_dropped`). Entries queued while the breaker is closed (the
-//! failures before it opened) are replayed as soon as a command succeeds again.
+//! failures before it opened, or transient ones) wait for the next recovery: replaying them
+//! while other commands run could remove a value written after them. One exception: an
+//! invalidation turned away just before the breaker closed, and queued just after the
+//! replay, is replayed by its caller at once ([`RedisBackend::not_reached`]).
 //!
 //! # Hooks for other modules
 //!
@@ -44,8 +47,10 @@
 //! - [`Breaker::opens`] (a counter bumped each time it opens, cheap to poll) and
 //!   [`Breaker::subscribe`] (a `tokio::sync::watch` of [`BreakerStatus`]): for an L1 that
 //!   must flush when Redis was out of reach (its invalidation feed had a gap).
-//! - [`Breaker::queue_pattern`]: a pattern invalidation that failed, as the `SCAN MATCH`
-//!   glob (full key prefix included); replayed as `SCAN MATCH` + the delete script.
+//! - [`RedisBackend::not_reached`] with [`Breaker::queue_pattern`]: a pattern invalidation
+//!   that failed, as the `SCAN MATCH` glob (full key prefix included); replayed as
+//!   `SCAN MATCH` on every primary + the delete script:
+//!   `redis.not_reached(&err, |b| b.queue_pattern(&glob)).await`.
 //! - [`Cache::fallback_for`], [`Cache::compute_in_fallback`], [`Cache::open_fallback`] and
 //!   [`Cache::put_in_fallback`]: called from a few marked lines of `compute.rs`.
 
@@ -176,8 +181,6 @@ pub(crate) struct Breaker {
     status: watch::Sender<BreakerStatus>,
     /// The recovery task runs (at most one).
     recovering: AtomicBool,
-    /// A replay of entries queued while closed runs (at most one).
-    replaying: AtomicBool,
     /// The root's shared state, for the background tasks; set once the root is built.
     home: OnceLock<Weak<Shared>>,
     fallback: RwLock<Option<Arc<MemoryBackend>>>,
@@ -220,7 +223,6 @@ impl Breaker {
             })
             .0,
             recovering: AtomicBool::new(false),
-            replaying: AtomicBool::new(false),
             home: OnceLock::new(),
             fallback: RwLock::new(None),
             queue: Mutex::new(Queue::default()),
@@ -269,9 +271,6 @@ impl Breaker {
     #[cold]
     fn streak_ended(&self) {
         self.failures.store(0, Ordering::Relaxed);
-        if self.queued.load(Ordering::Relaxed) > 0 {
-            self.kick_replay();
-        }
     }
 
     #[cold]
@@ -366,16 +365,17 @@ impl Breaker {
     // ---- recovery queue --------------------------------------------------------------------
 
     /// Invalidations of `keys` that could not reach Redis: applied to the fallback store,
-    /// queued for Redis.
-    pub(crate) fn queue_keys(&self, keys: &[String], hold: Duration) {
+    /// queued for Redis. True if the breaker was closed by then.
+    pub(crate) fn queue_keys(&self, keys: &[String], hold: Duration) -> bool {
         if let Some(fallback) = self.fallback() {
             let _ = fallback.delete(keys, &codec::tombstone(), hold);
         }
-        self.enqueue(keys.iter().map(|k| Invalidation::Key(k.clone())), hold);
+        self.enqueue(keys.iter().map(|k| Invalidation::Key(k.clone())), hold)
     }
 
-    /// Tag bumps that could not reach Redis: applied to the fallback store, queued.
-    pub(crate) fn queue_tags<K: AsRef<str>>(&self, tag_keys: &[K]) {
+    /// Tag bumps that could not reach Redis: applied to the fallback store, queued. True if
+    /// the breaker was closed by then.
+    pub(crate) fn queue_tags<K: AsRef<str>>(&self, tag_keys: &[K]) -> bool {
         if let Some(fallback) = self.fallback() {
             let keys: Vec<&str> = tag_keys.iter().map(AsRef::as_ref).collect();
             let _ = fallback.bump(&keys);
@@ -385,14 +385,16 @@ impl Breaker {
                 .iter()
                 .map(|k| Invalidation::Tag(k.as_ref().to_owned())),
             self.hold,
-        );
+        )
     }
 
     /// A pattern invalidation that could not reach Redis, as the glob `SCAN MATCH` takes (the
     /// full key prefix included): the fallback store is emptied (it cannot match patterns)
-    /// and the pattern queued, to be replayed as `SCAN MATCH` + the delete script.
+    /// and the pattern queued, to be replayed as `SCAN MATCH` (on every primary of a
+    /// cluster) + the delete script. True if the breaker was closed by then. Call it through
+    /// [`RedisBackend::not_reached`].
     #[allow(dead_code)] // for pattern.rs
-    pub(crate) fn queue_pattern(&self, glob: &str) {
+    pub(crate) fn queue_pattern(&self, glob: &str) -> bool {
         if let Ok(mut fallback) = self.fallback.write() {
             if fallback.is_some() {
                 *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
@@ -401,10 +403,12 @@ impl Breaker {
         self.enqueue(
             std::iter::once(Invalidation::Pattern(glob.to_owned())),
             self.hold,
-        );
+        )
     }
 
-    fn enqueue(&self, items: impl Iterator<Item = Invalidation>, hold: Duration) {
+    /// Queues `items`; true if the breaker was closed by then (see
+    /// [`RedisBackend::not_reached`] for what that means).
+    fn enqueue(&self, items: impl Iterator<Item = Invalidation>, hold: Duration) -> bool {
         let mut dropped = 0u64;
         let closed = {
             let mut q = lock(&self.queue);
@@ -422,7 +426,7 @@ impl Breaker {
             }
             self.queued.store(q.items.len(), Ordering::Relaxed);
             // Read under the lock: closing happens under it too, so an entry is either seen
-            // by the replay before closing, or replayed below.
+            // by the replay before closing, or its caller learns that it came too late.
             self.state.load(Ordering::Acquire) == CLOSED
         };
         if dropped > 0 {
@@ -435,9 +439,7 @@ impl Breaker {
                 );
             }
         }
-        if closed {
-            self.kick_replay();
-        }
+        closed
     }
 
     /// Everything queued, oldest first.
@@ -466,7 +468,7 @@ impl Breaker {
     /// back (and the error returned); an entry Redis refuses (an ACL denial, a tag version
     /// key holding something else) is dropped and counted, so that it cannot keep the
     /// breaker open.
-    async fn replay(&self, redis: &RedisBackend, guarded: bool) -> Result<u64> {
+    pub(crate) async fn replay(&self, redis: &RedisBackend, guarded: bool) -> Result<u64> {
         let items = self.take_all();
         let mut done = 0u64;
         let mut rest = items.into_iter().peekable();
@@ -504,35 +506,6 @@ impl Breaker {
         }
         self.counters.replayed.fetch_add(done, Ordering::Relaxed);
         Ok(done)
-    }
-
-    /// Replays entries queued while closed, in the background, through the guarded path.
-    fn kick_replay(&self) {
-        let Some(home) = self.home.get().cloned() else {
-            return;
-        };
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if self
-            .replaying
-            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-            .is_err()
-        {
-            return;
-        }
-        runtime.spawn(async move {
-            let _done = Flag(home.clone(), |b| &b.replaying);
-            let Some(shared) = home.upgrade() else { return };
-            let Backend::Redis(redis) = &shared.backend else {
-                return;
-            };
-            match redis.breaker().replay(redis, true).await {
-                Ok(n) if n > 0 => tracing::info!(replayed = n, "queued invalidations replayed"),
-                Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "queued invalidations kept for later"),
-            }
-        });
     }
 
     // ---- recovery --------------------------------------------------------------------------
@@ -745,7 +718,7 @@ impl Cache {
         compute: F,
     ) -> O {
         if let Backend::Redis(redis) = &self.shared.backend {
-            redis.breaker().enqueue(
+            let _ = redis.breaker().enqueue(
                 std::iter::once(Invalidation::Key(full.to_owned())),
                 self.shared.config.invalidation_hold,
             );

@@ -367,12 +367,22 @@ impl RedisBackend {
     /// to route by, and a cluster connection would send it to one random node).
     #[allow(dead_code)] // pattern invalidation scans every primary with it
     pub(crate) async fn keyspace_nodes(&self) -> Result<Vec<Option<(String, u16)>>> {
+        self.keyspace_nodes_via(true).await
+    }
+
+    /// [`keyspace_nodes`](Self::keyspace_nodes), through the breaker (`guarded`) or around
+    /// it (its recovery task).
+    async fn keyspace_nodes_via(&self, guarded: bool) -> Result<Vec<Option<(String, u16)>>> {
         if !self.cluster {
             return Ok(vec![None]);
         }
         let mut cmd = redis::cmd("CLUSTER");
         cmd.arg("NODES");
-        let nodes: String = self.run("CLUSTER NODES", cmd).await?;
+        let nodes: String = if guarded {
+            self.run("CLUSTER NODES", cmd).await?
+        } else {
+            self.run_unguarded("CLUSTER NODES", cmd).await?
+        };
         Ok(super::cluster::serving_primaries(&nodes)
             .into_iter()
             .map(Some)
@@ -388,12 +398,26 @@ impl RedisBackend {
         operation: &'static str,
         cmd: Cmd,
     ) -> Result<T> {
-        let Some((host, port)) = node else {
+        let Some(node) = node else {
             return self.run(operation, cmd).await;
         };
+        if let Err(e) = self.breaker.admit(operation) {
+            return Err(turned_away(e).await);
+        }
+        let result = self.run_on_unguarded(node, operation, cmd).await;
+        self.breaker.record(&result);
+        result
+    }
+
+    async fn run_on_unguarded<T: FromRedisValue>(
+        &self,
+        (host, port): &(String, u16),
+        operation: &'static str,
+        cmd: Cmd,
+    ) -> Result<T> {
         let conn = self.conn().await?;
         let AnyConnection::Cluster(mut cluster) = conn.inner.clone() else {
-            return self.run(operation, cmd).await;
+            return self.run_unguarded(operation, cmd).await;
         };
         let routing = redis::cluster_routing::RoutingInfo::SingleNode(
             redis::cluster_routing::SingleNodeRoutingInfo::ByAddress {
@@ -445,6 +469,21 @@ impl RedisBackend {
         (self.connect_timeout, self.command_timeout)
     }
 
+    /// An invalidation (or a write) that failed with `e`: if Redis was unreachable, `queue`
+    /// puts it in the breaker's recovery queue (and applies it to the fallback store). One
+    /// the open breaker turned away, but queued after the breaker closed, missed the replay
+    /// that preceded the closing: it is replayed here, before its caller hears back, so that
+    /// the caller's next operation comes after it.
+    pub(crate) async fn not_reached(&self, e: &Error, queue: impl FnOnce(&Breaker) -> bool) {
+        if !e.is_unavailable() {
+            return;
+        }
+        let closed_meanwhile = queue(&self.breaker);
+        if closed_meanwhile && matches!(e, Error::CircuitOpen { .. }) {
+            let _ = self.breaker.replay(self, true).await;
+        }
+    }
+
     /// The breaker's probe: a `PING` on a pooled connection (bb8 connects if it has none).
     pub(crate) async fn probe(&self) -> Result<()> {
         self.run_unguarded("PING", redis::cmd("PING")).await
@@ -466,28 +505,9 @@ impl RedisBackend {
                 }
                 Invalidation::Tag(key) => tags.push(key.as_str()),
                 Invalidation::Pattern(glob) => {
-                    let mut cursor = 0u64;
-                    loop {
-                        let mut scan = redis::cmd("SCAN");
-                        scan.arg(cursor)
-                            .arg("MATCH")
-                            .arg(glob)
-                            .arg("COUNT")
-                            .arg(1000);
-                        let (next, keys): (u64, Vec<String>) = if guarded {
-                            self.run("SCAN", scan).await?
-                        } else {
-                            self.run_unguarded("SCAN", scan).await?
-                        };
-                        for group in self.split(&keys).into_iter().filter(|g| !g.is_empty()) {
-                            let keys: Vec<String> =
-                                group.iter().map(|&i| keys[i].clone()).collect();
-                            self.replay_delete(&keys, *hold, guarded).await?;
-                        }
-                        if next == 0 {
-                            break;
-                        }
-                        cursor = next;
+                    for node in self.keyspace_nodes_via(guarded).await? {
+                        self.replay_pattern(node.as_ref(), glob, *hold, guarded)
+                            .await?;
                     }
                 }
             }
@@ -507,6 +527,38 @@ impl RedisBackend {
             }
         }
         Ok(())
+    }
+
+    /// Tombstones every key `SCAN MATCH glob` finds on `node` (`None`: the one server).
+    async fn replay_pattern(
+        &self,
+        node: Option<&(String, u16)>,
+        glob: &str,
+        hold: Duration,
+        guarded: bool,
+    ) -> Result<()> {
+        let mut cursor = 0u64;
+        loop {
+            let mut scan = redis::cmd("SCAN");
+            scan.arg(cursor)
+                .arg("MATCH")
+                .arg(glob)
+                .arg("COUNT")
+                .arg(1000);
+            let (next, keys): (u64, Vec<String>) = match (guarded, node) {
+                (true, node) => self.run_on(node, "SCAN", scan).await?,
+                (false, None) => self.run_unguarded("SCAN", scan).await?,
+                (false, Some(node)) => self.run_on_unguarded(node, "SCAN", scan).await?,
+            };
+            for group in self.split(&keys).into_iter().filter(|g| !g.is_empty()) {
+                let keys: Vec<String> = group.iter().map(|&i| keys[i].clone()).collect();
+                self.replay_delete(&keys, hold, guarded).await?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
     }
 
     async fn replay_delete(&self, keys: &[String], hold: Duration, guarded: bool) -> Result<()> {
@@ -595,10 +647,11 @@ impl RedisBackend {
 
     pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let written = self.run("SET", Self::set_cmd(key, &value, ttl)).await;
-        if matches!(&written, Err(e) if e.is_unavailable()) {
+        if let Err(e) = &written {
             // Redis may keep an older value: it is invalidated when Redis is back.
-            self.breaker
-                .queue_keys(&[key.to_owned()], self.breaker.hold());
+            let hold = self.breaker.hold();
+            self.not_reached(e, |b| b.queue_keys(&[key.to_owned()], hold))
+                .await;
         }
         written
     }
@@ -643,10 +696,11 @@ impl RedisBackend {
             self.run_pipe::<()>("SET (batch)", pipe)
         });
         let written = try_join_all(pipes).await.map(drop);
-        if matches!(&written, Err(e) if e.is_unavailable()) {
+        if let Err(e) = &written {
             // Redis may keep older values: they are invalidated when Redis is back.
             let keys: Vec<String> = writes.into_iter().map(|(key, _, _)| key).collect();
-            self.breaker.queue_keys(&keys, self.breaker.hold());
+            let hold = self.breaker.hold();
+            self.not_reached(e, |b| b.queue_keys(&keys, hold)).await;
         }
         written
     }
@@ -681,9 +735,9 @@ impl RedisBackend {
             self.run_script::<u64>("delete", &invocation).await
         });
         let deleted = try_join_all(groups).await.map(|n| n.into_iter().sum());
-        if matches!(&deleted, Err(e) if e.is_unavailable()) {
+        if let Err(e) = &deleted {
             // Not lost: replayed when Redis is back (see breaker.rs).
-            self.breaker.queue_keys(keys, hold);
+            self.not_reached(e, |b| b.queue_keys(keys, hold)).await;
         }
         deleted
     }
@@ -756,10 +810,8 @@ impl RedisBackend {
         let answers = match try_join_all(pipes).await {
             Ok(answers) => answers,
             Err(e) => {
-                if e.is_unavailable() {
-                    // Not lost: replayed when Redis is back (see breaker.rs).
-                    self.breaker.queue_tags(tag_keys);
-                }
+                // Not lost: replayed when Redis is back (see breaker.rs).
+                self.not_reached(&e, |b| b.queue_tags(tag_keys)).await;
                 return Err(e);
             }
         };
