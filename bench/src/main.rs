@@ -417,9 +417,22 @@ fn print_targets(rows: &[Row]) {
                 );
                 continue;
             }
+            // Absolute bars: "measured" is the value itself.
+            Bar::OpsAbove(x) => {
+                let v = ours.ops_per_sec();
+                (format!("ops/s >= {x:.0}"), v, v >= x)
+            }
+            Bar::P50Below(x) => {
+                let v = ours.p50_us();
+                (format!("p50 <= {x:.1} µs"), v, v <= x)
+            }
+        };
+        let measured = match t.bar {
+            Bar::OpsAbove(_) | Bar::P50Below(_) => format!("{value:.1}"),
+            _ => format!("{value:.2}x"),
         };
         println!(
-            "  {:<4} {} vs {}: {what} (measured {value:.2}x)",
+            "  {:<4} {} vs {}: {what} (measured {measured})",
             if holds { "ok" } else { "MISS" },
             t.ours,
             t.reference,

@@ -35,6 +35,9 @@ pub enum Source {
     Redis,
     /// The embedded in-memory backend.
     Memory,
+    /// The L1 near cache of this process (see
+    /// [`CacheBuilder::local_cache`](crate::CacheBuilder::local_cache)).
+    Local,
 }
 
 /// The outcome of [`Cache::lookup`]: a hit with where it came from and how old it is, or a
@@ -108,6 +111,10 @@ pub(crate) struct Shared {
     warnings: WarnThrottle,
     /// Per-root state of capabilities built on top of the backend (lock waiters, in-memory
     /// limiter windows, ...), one value per type; see [`Cache::root_state`].
+    /// Patterns invalidated recently (pattern.rs).
+    pub(crate) patterns: crate::pattern::PatternLog,
+    /// The L1 near cache, when configured on a Redis backend (local.rs).
+    pub(crate) local: Option<Arc<crate::local::Local>>,
     extensions: std::sync::Mutex<
         std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     >,
@@ -122,6 +129,8 @@ pub(crate) struct Scope {
     pub(crate) encryption: Option<Arc<crate::crypto::Keyring>>,
     /// The statistics of the first-level namespace this handle counts under (observe.rs).
     pub(crate) stats: Arc<crate::observe::NsStats>,
+    /// Whether reads through this scope use the L1 (local.rs; on unless opted out).
+    pub(crate) local: bool,
 }
 
 /// A handle on the cache: cheap to clone (two `Arc`s), `Send + Sync`, usable from any task.
@@ -231,12 +240,16 @@ impl Cache {
             default_ttl: config.default_ttl,
             encryption: config.encryption.clone().map(Arc::new),
             stats: Arc::new(crate::observe::NsStats::new(&config.namespace)),
+            local: true,
         };
+        let local = crate::local::Local::for_backend(&backend, &config);
         let shared = Arc::new(Shared {
             backend,
             config,
             stats: Stats::default(),
             warnings: WarnThrottle::default(),
+            patterns: Default::default(),
+            local,
             extensions: Default::default(),
         });
         crate::breaker::attach(&shared);
@@ -320,6 +333,7 @@ impl Cache {
                 default_ttl,
                 encryption: self.scope.encryption.clone(),
                 stats,
+                local: self.scope.local,
             }),
         }
     }
@@ -469,6 +483,13 @@ impl Cache {
     pub async fn lookup<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Lookup<T>> {
         let mut op = self.op(Operation::Get);
         let full = self.full_key(key)?;
+        // local.rs: the L1 answers first, when on.
+        let local = self.local();
+        let mark = match local.map(|l| self.local_read::<T>(l, &full, 0, |_| None, |_| None)) {
+            Some(Ok(hit)) => return Ok(hit),
+            Some(Err(mark)) => Some(mark),
+            None => None,
+        };
         let bytes = self
             .shared
             .backend
@@ -477,6 +498,11 @@ impl Cache {
             .inspect_err(|e| self.backend_err("get", &full, e))?;
         let found = self.decode_hit(&full, bytes.as_deref(), None, 0).await;
         op.lookup(&found);
+        if let (Some(local), Some(mark), Ok(true)) =
+            (local, mark, found.as_ref().map(|f| f.is_hit()))
+        {
+            self.local_fill::<()>(local, &full, bytes.as_ref(), mark, None);
+        }
         found
     }
 
@@ -758,7 +784,9 @@ impl Cache {
         let backend = &self.shared.backend;
         let written = match condition {
             WriteIf::Always => backend.set(full, bytes, ttl).await.map(|()| true)?,
-            WriteIf::Unchanged(seen) => {
+            // pattern.rs: a pattern invalidated since the read matches the key.
+            WriteIf::Unchanged(_, mark) if self.pattern_superseded(full, mark) => false,
+            WriteIf::Unchanged(seen, _) => {
                 backend
                     .set_if_unchanged(full, bytes, ttl, seen.as_deref())
                     .await?
@@ -767,6 +795,7 @@ impl Cache {
         if written {
             self.scope.stats.write(1);
             self.shared.stats.write(1);
+            crate::local::after_keys(self, &[full]).await; // local.rs: the L1s drop the key
         } else {
             self.shared.stats.superseded();
         }
@@ -866,6 +895,13 @@ impl Cache {
         self.scope.stats.write(n);
         self.shared.stats.write(n);
         op.outcome(Outcome::Ok);
+        let keys: Vec<&str> = items.iter().map(|(k, _)| *k).collect();
+        let full: Vec<String> = keys
+            .iter()
+            .map(|k| key::full_key(&self.scope.prefix, k))
+            .collect();
+        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+        crate::local::after_keys(self, &full).await; // local.rs
         Ok(())
     }
 
@@ -920,7 +956,10 @@ impl Cache {
                 self.backend_err("delete", full.first().map_or("", |k| k.as_str()), e)
             });
         op.result(&r);
-        r
+        let removed = r?;
+        let keys: Vec<&str> = full.iter().map(String::as_str).collect();
+        crate::local::after_keys(self, &keys).await; // local.rs: the L1s drop the keys
+        Ok(removed)
     }
 
     /// Sets `key` to expire after `ttl`; false if there is no such key.
@@ -942,6 +981,9 @@ impl Cache {
         let ttl = crate::limits::duration("ttl", ttl)?;
         let r = self.shared.backend.expire(&full, ttl).await;
         op.result(&r);
+        if let Ok(true) = r {
+            crate::local::after_keys(self, &[&full]).await; // local.rs: lifetimes follow Redis
+        }
         r.inspect_err(|e| self.backend_err("expire", &full, e))
     }
 
@@ -1032,9 +1074,11 @@ impl Cache {
         let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
         let r = self.shared.backend.bump(&refs).await;
         op.result(&r);
-        r.map(|_| ()).inspect_err(|e| {
+        let versions = r.inspect_err(|e| {
             self.backend_err("invalidate tags", refs.first().copied().unwrap_or(""), e)
-        })
+        })?;
+        crate::local::after_tags(self, &refs, &versions).await; // local.rs
+        Ok(())
     }
 
     pub(crate) fn backend_ref(&self) -> &Backend {
@@ -1068,8 +1112,10 @@ pub(crate) enum WriteIf {
     /// Explicit writes (`set`, `_refresh`, `#[cache_put]`): the newest word on the key.
     Always,
     /// A value computed after a read that found this (`None`: nothing): written only if the
-    /// key still holds it, so that nothing that changed the key meanwhile is overwritten.
-    Unchanged(Option<Bytes>),
+    /// key still holds it, so that nothing that changed the key meanwhile is overwritten;
+    /// nor if a pattern invalidated after the read matches the key (the
+    /// [`pattern_mark`](Cache::pattern_mark) taken before it).
+    Unchanged(Option<Bytes>, u64),
 }
 
 static GLOBAL: OnceLock<Cache> = OnceLock::new();

@@ -906,6 +906,11 @@ impl Cache {
     {
         let mut op = self.op(Operation::GetOrCompute); // ops: span, timer, outcome
         let tag_keys = self.version_keys_in_place(tags);
+        // local.rs: the L1 answers first, when on (and not opted out).
+        let (local, local_mark) = match self.local_begin(&full, &mode) {
+            Ok(hit) => return mode.restore(hit),
+            Err(l1) => l1,
+        };
         // 1. read
         let epoch = landings();
         let mut known = None;
@@ -925,6 +930,14 @@ impl Cache {
                 {
                     Ok(Lookup::Hit { value, source, .. }) => {
                         op.hit(source); // ops
+                        self.local_fill_from(
+                            local,
+                            local_mark,
+                            &full,
+                            bytes.as_ref(),
+                            &mode,
+                            &value,
+                        );
                         return mode.restore(value);
                     }
                     Ok(Lookup::Miss) => known = Some((versions, bytes)),
@@ -941,6 +954,14 @@ impl Cache {
                         refresh: false,
                     }) => {
                         op.hit(self.shared.backend.kind()); // ops
+                        self.local_fill_from(
+                            local,
+                            local_mark,
+                            &full,
+                            bytes.as_ref(),
+                            &mode,
+                            &value,
+                        );
                         return mode.restore(value);
                     }
                     // 2. early refresh
@@ -1120,7 +1141,8 @@ impl Cache {
                 .await
                 .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
                 .ok();
-            fill.condition = WriteIf::Unchanged(seen_bytes);
+            fill.condition = WriteIf::Unchanged(seen_bytes, self.pattern_mark());
+            // pattern.rs
         }
 
         // 6. compute
@@ -1209,7 +1231,7 @@ impl Cache {
         fill.versions = tags::current_versions(self, &fill.tag_keys, Some(versions))
             .await
             .ok();
-        fill.condition = WriteIf::Unchanged(bytes);
+        fill.condition = WriteIf::Unchanged(bytes, self.pattern_mark()); // pattern.rs
         self.shared.stats.compute();
         self.scope.stats.compute(); // ops
         self.shared.stats.background_refresh();
@@ -1582,7 +1604,12 @@ impl Fill {
         };
         let ttl = throttle.saturating_add(keep);
         let written = cache
-            .write_encoded(&self.full, bytes, Some(ttl), WriteIf::Unchanged(Some(seen)))
+            .write_encoded(
+                &self.full,
+                bytes,
+                Some(ttl),
+                WriteIf::Unchanged(Some(seen), cache.pattern_mark()),
+            )
             .await;
         if let Err(e) = written {
             cache.compute_err(self.function, "fail-safe", &self.full, &e);

@@ -94,6 +94,9 @@ pub(crate) struct Config {
     pub(crate) breaker_failures: u32,
     /// How long the breaker stays open before a probe.
     pub(crate) breaker_open_for: Duration,
+    /// L1 near cache entries per root (0: off); see local.rs.
+    pub(crate) local_capacity: u64,
+    pub(crate) local_ttl: Duration,
 }
 
 impl Default for Config {
@@ -118,6 +121,8 @@ impl Default for Config {
             slow_op: None,
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(1),
+            local_capacity: 0,
+            local_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -311,6 +316,12 @@ impl CacheBuilder {
         }
         if let Some(v) = get("CACHE_BREAKER_OPEN_FOR") {
             b.config.breaker_open_for = parse_duration("CACHE_BREAKER_OPEN_FOR", &v)?;
+        }
+        if let Some(v) = get("CACHE_LOCAL_CAPACITY") {
+            b = b.local_cache(parse_int("CACHE_LOCAL_CAPACITY", &v)?.into());
+        }
+        if let Some(v) = get("CACHE_LOCAL_TTL") {
+            b = b.local_ttl(parse_duration("CACHE_LOCAL_TTL", &v)?);
         }
         if let Some(v) = get("CACHE_MEMORY_CAPACITY") {
             b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
@@ -826,6 +837,7 @@ impl CacheBuilder {
         c.command_timeout = crate::limits::setting("command_timeout", c.command_timeout)?;
         c.invalidation_hold = crate::limits::setting("invalidation_hold", c.invalidation_hold)?;
         c.breaker_open_for = crate::limits::setting("breaker", c.breaker_open_for)?;
+        c.local_ttl = crate::limits::setting("local_ttl", c.local_ttl)?;
         if self.config.default_ttl.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config {
                 setting: "default_ttl",

@@ -108,6 +108,116 @@ pub trait Mode<O>: Copy + Send + Sync + 'static {
     fn restore(&self, stored: Self::Stored) -> O;
     /// Whether `out` counts as success (for `#[cache_evict]`).
     fn succeeded(&self, out: &O) -> bool;
+    /// A copy of a stored value for the L1 to keep decoded, when the type can be cloned
+    /// ([`LocalProbe`] picks [`Cloning`] then).
+    fn local_clone(&self, _stored: &Self::Stored) -> Option<Self::Stored> {
+        None
+    }
+    /// Whether reads may be answered by the L1 (`#[cached(local = false)]`: no).
+    fn use_local(&self) -> bool {
+        true
+    }
+}
+
+/// A mode whose stored type is `Clone`: L1 hits clone the decoded value.
+#[derive(Debug, Clone, Copy)]
+pub struct Cloning<M>(pub M);
+
+impl<O, M: Mode<O>> Mode<O> for Cloning<M>
+where
+    M::Stored: Clone,
+{
+    type Stored = M::Stored;
+    fn stored<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
+        self.0.stored(out)
+    }
+    fn shared<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
+        self.0.shared(out)
+    }
+    fn timed_out(&self, error: crate::Error) -> Option<O> {
+        self.0.timed_out(error)
+    }
+    const TIMES_OUT: bool = M::TIMES_OUT;
+    fn restore(&self, stored: Self::Stored) -> O {
+        self.0.restore(stored)
+    }
+    fn succeeded(&self, out: &O) -> bool {
+        self.0.succeeded(out)
+    }
+    fn local_clone(&self, stored: &Self::Stored) -> Option<Self::Stored> {
+        Some(stored.clone())
+    }
+    fn use_local(&self) -> bool {
+        self.0.use_local()
+    }
+}
+
+/// `#[cached(local = false)]`: reads skip the L1.
+#[derive(Debug, Clone, Copy)]
+pub struct NoLocal<M>(pub M);
+
+impl<O, M: Mode<O>> Mode<O> for NoLocal<M> {
+    type Stored = M::Stored;
+    fn stored<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
+        self.0.stored(out)
+    }
+    fn shared<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
+        self.0.shared(out)
+    }
+    fn timed_out(&self, error: crate::Error) -> Option<O> {
+        self.0.timed_out(error)
+    }
+    const TIMES_OUT: bool = M::TIMES_OUT;
+    fn restore(&self, stored: Self::Stored) -> O {
+        self.0.restore(stored)
+    }
+    fn succeeded(&self, out: &O) -> bool {
+        self.0.succeeded(out)
+    }
+    fn use_local(&self) -> bool {
+        false
+    }
+}
+
+/// Picks [`Cloning`] for a mode whose stored type is `Clone`, by autoref specialization in
+/// generated code (where the return type is concrete):
+/// `(&&LocalProbe::<O, _>::new(mode)).local_mode()`.
+#[derive(Debug)]
+pub struct LocalProbe<O, M>(M, std::marker::PhantomData<fn() -> O>);
+
+impl<O, M> LocalProbe<O, M> {
+    /// Wraps `mode`.
+    pub fn new(mode: M) -> Self {
+        LocalProbe(mode, std::marker::PhantomData)
+    }
+}
+
+/// Chosen when the stored type is `Clone`.
+pub trait LocalViaClone<M> {
+    /// The mode, wrapped in [`Cloning`].
+    fn local_mode(&self) -> Cloning<M>;
+}
+
+impl<O, M: Mode<O>> LocalViaClone<M> for &LocalProbe<O, M>
+where
+    M::Stored: Clone,
+{
+    fn local_mode(&self) -> Cloning<M> {
+        Cloning(self.0)
+    }
+}
+
+/// Chosen otherwise.
+pub trait LocalViaBytes<M> {
+    /// The mode as it is.
+    fn local_mode(&self) -> M;
+}
+
+// No bound: a mode that does not apply fails at the helper's bound, with its usual message.
+impl<O, M: Copy> LocalViaBytes<M> for LocalProbe<O, M> {
+    fn local_mode(&self) -> M {
+        self.0
+    }
 }
 
 /// Any serde type, always stored.

@@ -16,6 +16,10 @@ pub(crate) struct Stats {
     flight_waits: AtomicU64,
     background_refreshes: AtomicU64,
     lock_timeouts: AtomicU64,
+    local_hits: AtomicU64,
+    local_misses: AtomicU64,
+    local_invalidations: AtomicU64,
+    local_flushes: AtomicU64,
 }
 
 /// A snapshot of a cache's counters, shared by every handle cloned, scoped or tenanted from
@@ -75,6 +79,15 @@ pub struct StatsSnapshot {
     /// Invalidations issued while Redis was unreachable and lost because the recovery queue
     /// was full (also logged): entries they should have removed may be served.
     pub invalidations_dropped: u64,
+    /// Reads answered by the L1 near cache (counted in `hits` too).
+    pub local_hits: u64,
+    /// Reads the L1 near cache could not answer (absent there, expired, a tag changed), which
+    /// went to the backend.
+    pub local_misses: u64,
+    /// Invalidations received from other instances through the L1 invalidation feed.
+    pub local_invalidations: u64,
+    /// Times the L1 was emptied after a gap in its invalidation feed.
+    pub local_flushes: u64,
 }
 
 impl StatsSnapshot {
@@ -142,6 +155,18 @@ impl Stats {
     pub(crate) fn lock_timeout(&self) {
         bump(&self.lock_timeouts);
     }
+    pub(crate) fn local_hit(&self) {
+        bump(&self.local_hits);
+    }
+    pub(crate) fn local_miss(&self) {
+        bump(&self.local_misses);
+    }
+    pub(crate) fn local_invalidation(&self) {
+        bump(&self.local_invalidations);
+    }
+    pub(crate) fn local_flush(&self) {
+        bump(&self.local_flushes);
+    }
 
     pub(crate) fn snapshot(&self) -> StatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -158,6 +183,10 @@ impl Stats {
             flight_waits: get(&self.flight_waits),
             background_refreshes: get(&self.background_refreshes),
             lock_timeouts: get(&self.lock_timeouts),
+            local_hits: get(&self.local_hits),
+            local_misses: get(&self.local_misses),
+            local_invalidations: get(&self.local_invalidations),
+            local_flushes: get(&self.local_flushes),
             ..StatsSnapshot::default()
         }
     }

@@ -50,6 +50,7 @@ impl Kind {
                 "lock",
                 "soft_timeout",
                 "hard_timeout",
+                "local",
             ],
             Kind::Evict => &["key", "tags", "cache", "crate"],
             Kind::Put => &[
@@ -93,6 +94,8 @@ pub struct Args {
     pub early_refresh: bool,
     /// `lock`: 0 none, 1 local, 2 distributed.
     pub lock: Option<u8>,
+    /// `local = false`: reads skip the L1 near cache.
+    pub local: Option<bool>,
 }
 
 impl Args {
@@ -199,6 +202,7 @@ pub fn parse(kind: Kind, tokens: TokenStream, errors: &mut Errors) -> Args {
                             choice("lock", &value, &["none", "local", "distributed"], errors)
                                 .map(|i| i as u8)
                     }
+                    "local" => args.local = local_flag(value, errors),
                     _ => unreachable!("`{name_str}` is in the accepted list but not handled"),
                 }
             }
@@ -235,6 +239,7 @@ fn example(name: &str) -> &'static str {
         "hard_timeout" => "`hard_timeout = \"2s\"`",
         "refresh" => "`refresh = \"early\"`",
         "lock" => "`lock = \"local\"`, `lock = \"distributed\"` or `lock = \"none\"`",
+        "local" => "`local = false`",
         _ => "`name = value`",
     }
 }
@@ -488,6 +493,22 @@ fn crate_path(value: Expr, errors: &mut Errors) -> Option<syn::Path> {
         ),
     );
     None
+}
+
+/// `local = false` (or `true`, the default).
+fn local_flag(value: Expr, errors: &mut Errors) -> Option<bool> {
+    match &value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(b), ..
+        }) => Some(b.value),
+        _ => {
+            errors.spanned(
+                &value,
+                "`local` takes `true` or `false`: `local = false` keeps this function's values out of the L1 near cache",
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

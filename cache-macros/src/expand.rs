@@ -104,6 +104,7 @@ impl Context<'_> {
         let mode = self.mode();
         let compute = self.call(&uncached_name);
         let helper_span = return_span(&func.sig);
+        let local_mode = self.local_mode(&mode); // the L1 near cache (local.rs)
         let cached = if self.args.has_policy() {
             // A body that owns everything it uses can finish without its caller (a refresh
             // behind a stale value, past a timeout); one that borrows is driven by it.
@@ -118,13 +119,13 @@ impl Context<'_> {
             };
             call_helper(
                 quote!(#private::cached_with),
-                quote!(#cache, &__CACHE_SPEC, #mode, #detach, #key, &mut #tags, #compute),
+                quote!(#cache, &__CACHE_SPEC, #local_mode, #detach, #key, &mut #tags, #compute),
                 helper_span,
             )
         } else {
             call_helper(
                 quote!(#private::cached),
-                quote!(#cache, &__CACHE_SPEC, #mode, #key, &mut #tags, #compute),
+                quote!(#cache, &__CACHE_SPEC, #local_mode, #key, &mut #tags, #compute),
                 helper_span,
             )
         };
@@ -338,6 +339,27 @@ impl Context<'_> {
     /// serializable, the failing bound is introduced by this argument.
     fn mode(&self) -> TokenStream {
         respan(self.mode_tokens(), return_span(&self.func.sig))
+    }
+
+    /// The mode for reads: `local = false` wraps it in `NoLocal`; a value type that is
+    /// `Clone` (known here, where the return type is concrete) gets `Cloning`, so L1 hits
+    /// clone the decoded value (autoref specialization: the `Clone` impl is on `&LocalProbe`).
+    fn local_mode(&self, mode: &TokenStream) -> TokenStream {
+        let private = self.private();
+        let mode = match self.args.local {
+            Some(false) => quote!(#private::NoLocal(#mode)),
+            _ => mode.clone(),
+        };
+        let out = match &self.func.sig.output {
+            ReturnType::Type(_, ty) => quote!(#ty),
+            ReturnType::Default => quote!(()),
+        };
+        let probe = quote! {{
+            #[allow(unused_imports)]
+            use #private::{LocalViaBytes as _, LocalViaClone as _};
+            (&&#private::LocalProbe::<#out, _>::new(#mode)).local_mode()
+        }};
+        respan(probe, return_span(&self.func.sig))
     }
 
     fn mode_tokens(&self) -> TokenStream {

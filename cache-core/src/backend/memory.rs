@@ -269,6 +269,17 @@ impl MemoryBackend {
         outcome
     }
 
+    /// Live keys for which `matches` holds (pattern invalidation: moka is iterated, as
+    /// Redis is scanned).
+    pub(crate) fn keys_where(&self, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let now = Instant::now();
+        self.entries
+            .iter()
+            .filter(|(k, e)| e.expires_at.is_none_or(|at| at > now) && matches(k))
+            .map(|(k, _)| String::clone(&k))
+            .collect()
+    }
+
     pub(crate) fn versions<K: TagKey>(&self, tag_keys: &[K]) -> Result<Vec<Option<u64>>> {
         Ok(tag_keys
             .iter()

@@ -365,7 +365,6 @@ impl RedisBackend {
     /// Where a keyspace-wide command (`SCAN`) must run to see every key: the one server
     /// (`None`), or each cluster primary that serves slots now, by address (`SCAN` has no key
     /// to route by, and a cluster connection would send it to one random node).
-    #[allow(dead_code)] // pattern invalidation scans every primary with it
     pub(crate) async fn keyspace_nodes(&self) -> Result<Vec<Option<(String, u16)>>> {
         self.keyspace_nodes_via(true).await
     }
@@ -391,7 +390,6 @@ impl RedisBackend {
 
     /// `cmd` on one node of [`keyspace_nodes`](Self::keyspace_nodes) (`None`: wherever
     /// commands go).
-    #[allow(dead_code)] // pattern invalidation scans every primary with it
     pub(crate) async fn run_on<T: FromRedisValue>(
         &self,
         node: Option<&(String, u16)>,
@@ -439,7 +437,6 @@ impl RedisBackend {
 
     /// A dedicated pub/sub connection on this topology (see `Connector::pubsub`), bounded by
     /// the connect timeout. Not pooled: a feed keeps it for its lifetime.
-    #[allow(dead_code)] // the L1 invalidation feed subscribes with it
     pub(crate) async fn pubsub(&self) -> Result<redis::aio::PubSub> {
         match tokio::time::timeout(self.connect_timeout, self.connector.pubsub()).await {
             Ok(result) => {

@@ -1,0 +1,625 @@
+//! The L1 near cache: decoded values kept in this process, in front of Redis, and an
+//! invalidation feed over Redis pub/sub that keeps every instance's L1 consistent.
+//!
+//! - Off by default; on with [`CacheBuilder::local_cache`] (entries) and
+//!   [`CacheBuilder::local_ttl`], or `CACHE_LOCAL_CAPACITY` / `CACHE_LOCAL_TTL`. One L1 per
+//!   cache root, on the Redis backend only (the memory backend is already in process).
+//! - An entry holds the envelope as read from Redis and, once a reader that can clone the type
+//!   asked for it (`#[cached]` functions whose value type is `Clone`), the decoded value,
+//!   type-erased and checked by type: such a hit clones, without parsing JSON. Other readers
+//!   (`get`, `lookup`, `get_or_set`) decode the envelope, still without a round trip.
+//! - Lifetime: the shorter of `local_ttl` and what is left of the Redis TTL (by the writer's
+//!   clock, from the envelope).
+//! - Tags: an entry records the versions of its tags; the L1 keeps the versions of the tags it
+//!   has seen, moved forward by the feed, so a tag check on an L1 hit costs no round trip.
+//! - Feed: every write, delete, expire, tag invalidation and pattern invalidation made through
+//!   a cache with the L1 on publishes a message on the channel `<namespace>:~l1`, after its own
+//!   command answered; every instance subscribes on a dedicated connection and drops what the
+//!   message names. The instance that writes drops its own entries before its call returns.
+//! - Gaps: messages sent while a subscriber is disconnected are lost, so the L1 serves nothing
+//!   until the feed is subscribed, and is emptied whenever the subscription is lost (stream
+//!   ended, ping unanswered) and again when it is back, before it serves again.
+//! - Reads that race an invalidation: an entry read from Redis is kept only if no invalidation
+//!   of its key (or of a tag, pattern, or a flush) arrived between the read and the insert,
+//!   checked again after inserting, so an old value is never put back after its invalidation
+//!   was received.
+
+use std::any::Any;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use moka::sync::Cache as Moka;
+use serde::de::DeserializeOwned;
+
+use crate::backend::Backend;
+use crate::cache::{Cache, Lookup, Shared, Source};
+use crate::codec;
+use crate::config::{CacheBuilder, Config};
+
+/// Invalidation stripes: an invalidation by key moves its stripe only, so reads of other
+/// keys still fill the L1.
+const STRIPES: usize = 256;
+
+/// What one L1 entry holds.
+pub(crate) struct Entry {
+    bytes: Bytes,
+    /// The decoded value, for readers that can clone it: `(fingerprint, value)`.
+    decoded: OnceLock<(u64, Arc<dyn Any + Send + Sync>)>,
+    tags: Box<[(String, u64)]>,
+    created_at_ms: u64,
+    expires_at: Instant,
+}
+
+/// What a reader noted before its backend read, to tell whether an invalidation arrived
+/// before it inserts what it read.
+#[derive(Clone, Copy)]
+pub(crate) struct Mark {
+    epoch: u64,
+    stripe: u64,
+}
+
+pub(crate) struct Local {
+    entries: Moka<String, Arc<Entry>>,
+    /// Current version of each tag seen here.
+    tags: Moka<String, Arc<AtomicU64>>,
+    /// Moved by invalidations of more than one key: tags, patterns, flushes.
+    epoch: AtomicU64,
+    stripes: Box<[AtomicU64]>,
+    hasher: std::collections::hash_map::RandomState,
+    /// True while the feed is subscribed: only then does the L1 serve and fill.
+    healthy: AtomicBool,
+    feed_started: AtomicBool,
+    ttl: Duration,
+    /// Tells this instance's messages from others'.
+    instance: u64,
+    channel: String,
+}
+
+impl std::fmt::Debug for Local {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Local")
+            .field("entries", &self.entries.entry_count())
+            .field("healthy", &self.healthy.load(Ordering::Relaxed))
+            .field("ttl", &self.ttl)
+            .finish()
+    }
+}
+
+impl Local {
+    /// The L1 of a new cache root, if configured (and the backend is Redis).
+    pub(crate) fn for_backend(backend: &Backend, config: &Config) -> Option<Arc<Local>> {
+        if config.local_capacity == 0 || !matches!(backend, Backend::Redis(_)) {
+            return None;
+        }
+        let hasher = std::collections::hash_map::RandomState::new();
+        Some(Arc::new(Local {
+            entries: Moka::builder()
+                .max_capacity(config.local_capacity)
+                .time_to_live(config.local_ttl)
+                .build(),
+            tags: Moka::builder()
+                .max_capacity(config.local_capacity.saturating_mul(2).max(1024))
+                .build(),
+            epoch: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            instance: hasher.hash_one(codec::now_us()) | 1,
+            hasher,
+            healthy: AtomicBool::new(false),
+            feed_started: AtomicBool::new(false),
+            ttl: config.local_ttl,
+            channel: format!("{}:~l1", config.namespace),
+        }))
+    }
+
+    fn stripe(&self, key: &str) -> &AtomicU64 {
+        &self.stripes[(self.hasher.hash_one(key) as usize) % STRIPES]
+    }
+
+    fn mark(&self, key: &str) -> Mark {
+        Mark {
+            epoch: self.epoch.load(Ordering::SeqCst),
+            stripe: self.stripe(key).load(Ordering::SeqCst),
+        }
+    }
+
+    fn unchanged(&self, key: &str, mark: Mark) -> bool {
+        self.epoch.load(Ordering::SeqCst) == mark.epoch
+            && self.stripe(key).load(Ordering::SeqCst) == mark.stripe
+    }
+
+    /// A live entry whose tags still have the versions it recorded.
+    fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        if !self.healthy.load(Ordering::Acquire) {
+            return None;
+        }
+        let entry = self.entries.get(key)?;
+        if entry.expires_at <= Instant::now() {
+            return None;
+        }
+        for (tag, version) in entry.tags.iter() {
+            match self.tags.get(tag) {
+                Some(current) if current.load(Ordering::SeqCst) == *version => {}
+                _ => return None,
+            }
+        }
+        Some(entry)
+    }
+
+    /// Keeps what a read found, unless an invalidation arrived since `mark`.
+    fn fill(
+        &self,
+        key: &str,
+        bytes: &Bytes,
+        mark: Mark,
+        decoded: Option<(u64, Arc<dyn Any + Send + Sync>)>,
+    ) {
+        if !self.healthy.load(Ordering::Acquire) || !self.unchanged(key, mark) {
+            return;
+        }
+        let Ok(env) = codec::parse(bytes) else {
+            return; // tombstones, counters, values written by others: not kept
+        };
+        let now_ms = codec::now_ms();
+        let left = match env.expires_at_ms {
+            0 => self.ttl,
+            at if at <= now_ms => return,
+            at => self.ttl.min(Duration::from_millis(at - now_ms)),
+        };
+        let tags: Box<[(String, u64)]> = env.tags().map(|(k, v)| (k.to_owned(), v)).collect();
+        for (tag, version) in tags.iter() {
+            let current = self
+                .tags
+                .get_with_by_ref(tag.as_str(), || Arc::new(AtomicU64::new(0)));
+            current.fetch_max(*version, Ordering::SeqCst);
+        }
+        let entry = Entry {
+            bytes: bytes.clone(),
+            decoded: OnceLock::new(),
+            tags,
+            created_at_ms: env.created_at_ms,
+            expires_at: Instant::now() + left,
+        };
+        if let Some(d) = decoded {
+            let _ = entry.decoded.set(d);
+        }
+        self.entries.insert(key.to_owned(), Arc::new(entry));
+        // An invalidation that arrived while inserting may have missed the entry: drop it.
+        if !self.unchanged(key, mark) {
+            self.entries.invalidate(key);
+        }
+    }
+
+    /// Drops keys (this instance's writes, and the feed's messages).
+    fn invalidate_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
+        for key in keys {
+            self.stripe(key).fetch_add(1, Ordering::SeqCst);
+            self.entries.invalidate(key);
+        }
+    }
+
+    /// Moves tags to (at least) the versions given.
+    fn invalidate_tags<'k>(&self, tags: impl IntoIterator<Item = (&'k str, u64)>) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for (tag, version) in tags {
+            let current = self
+                .tags
+                .get_with_by_ref(tag, || Arc::new(AtomicU64::new(0)));
+            current.fetch_max(version, Ordering::SeqCst);
+        }
+    }
+
+    /// Drops every entry under `prefix` that `glob` matches.
+    fn invalidate_glob(&self, glob: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        let doomed: Vec<Arc<String>> = self
+            .entries
+            .iter()
+            .filter(|(k, _)| crate::pattern::glob_match(glob.as_bytes(), k.as_bytes()))
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            self.entries.invalidate(key.as_str());
+        }
+    }
+
+    fn flush(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.entries.invalidate_all();
+        self.tags.invalidate_all();
+    }
+}
+
+impl CacheBuilder {
+    /// Turns the L1 near cache on, holding up to `entries` decoded values in this process
+    /// (`0`: off, the default; env `CACHE_LOCAL_CAPACITY`). Redis backend only. Every instance
+    /// that writes to the namespace must have it on too, since only those publish their
+    /// invalidations; see the README's "Invalidation" section for the guarantees.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// let cache = cache_core::Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .local_cache(10_000)
+    ///     .local_ttl(Duration::from_secs(30))
+    ///     .build()?;
+    /// assert!(!cache.local_cache_serving()); // not before its feed is subscribed
+    /// # Ok(()) }
+    /// ```
+    pub fn local_cache(mut self, entries: u64) -> Self {
+        self.config.local_capacity = entries;
+        self
+    }
+
+    /// The longest an L1 entry lives (default 30 s; env `CACHE_LOCAL_TTL`); an entry whose
+    /// Redis TTL ends sooner lives until then.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use std::time::Duration;
+    /// use cache_core::{Cache, Error};
+    /// let zero = Cache::builder().local_cache(100).local_ttl(Duration::ZERO).build();
+    /// assert!(matches!(zero, Err(Error::Config { setting: "local_ttl", .. })));
+    /// # Ok(()) }
+    /// ```
+    pub fn local_ttl(mut self, ttl: Duration) -> Self {
+        self.config.local_ttl = ttl;
+        self
+    }
+}
+
+impl Cache {
+    /// A handle on the same scope whose reads skip the L1 near cache (writes through it
+    /// still invalidate it everywhere). For namespaces whose values must always be read
+    /// fresh from Redis; `#[cached(local = false)]` does the same for one function.
+    ///
+    /// ```
+    /// let cache = cache_core::Cache::in_memory();
+    /// let prices = cache.namespace("prices").without_local_cache();
+    /// assert_eq!(prices.key_prefix(), "cache:prices:");
+    /// ```
+    pub fn without_local_cache(&self) -> Cache {
+        Cache {
+            shared: self.shared.clone(),
+            scope: Arc::new(crate::cache::Scope {
+                prefix: self.scope.prefix.clone(),
+                default_ttl: self.scope.default_ttl,
+                encryption: self.scope.encryption.clone(),
+                stats: self.scope.stats.clone(),
+                local: false,
+            }),
+        }
+    }
+
+    /// True when reads through this handle may be answered by the L1: it is configured, this
+    /// handle did not opt out, and its invalidation feed is subscribed.
+    ///
+    /// ```
+    /// assert!(!cache_core::Cache::in_memory().local_cache_serving());
+    /// ```
+    pub fn local_cache_serving(&self) -> bool {
+        match &self.shared.local {
+            Some(local) if self.scope.local => {
+                self.ensure_feed(local);
+                local.healthy.load(Ordering::Acquire)
+            }
+            _ => false,
+        }
+    }
+
+    /// The L1, when reads through this handle use it; starts the feed on first use.
+    pub(crate) fn local(&self) -> Option<&Local> {
+        let local = self.shared.local.as_deref().filter(|_| self.scope.local)?;
+        self.ensure_feed(local);
+        Some(local)
+    }
+
+    fn ensure_feed(&self, local: &Local) {
+        if local.feed_started.load(Ordering::Relaxed)
+            || local.feed_started.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let timeout = self.shared.config.connect_timeout;
+                rt.spawn(feed(Arc::downgrade(&self.shared), timeout));
+            }
+            // No runtime here: try again from the next read that has one.
+            Err(_) => local.feed_started.store(false, Ordering::SeqCst),
+        }
+    }
+
+    /// An L1 read: the mark to fill with after a backend read on a miss, or the value.
+    pub(crate) fn local_read<T: DeserializeOwned + 'static>(
+        &self,
+        local: &Local,
+        full: &str,
+        fingerprint: u64,
+        clone: impl Fn(&T) -> Option<T>,
+        keep: impl Fn(&T) -> Option<Arc<dyn Any + Send + Sync>>,
+    ) -> Result<Lookup<T>, Mark> {
+        // The mark is taken on a miss only, still before the backend read it guards.
+        let Some(entry) = local.get(full) else {
+            self.shared.stats.local_miss();
+            return Err(local.mark(full));
+        };
+        let age = Duration::from_millis(codec::now_ms().saturating_sub(entry.created_at_ms));
+        if let Some((fp, any)) = entry.decoded.get() {
+            if *fp == fingerprint {
+                if let Some(value) = any.downcast_ref::<T>().and_then(&clone) {
+                    return Ok(self.local_hit(value, age));
+                }
+            }
+        }
+        let value = codec::parse(&entry.bytes)
+            .ok()
+            .and_then(|env| env.value::<T>(fingerprint).ok());
+        match value {
+            Some(value) => {
+                if let Some(copy) = keep(&value) {
+                    let _ = entry.decoded.set((fingerprint, copy));
+                }
+                Ok(self.local_hit(value, age))
+            }
+            // Another type under this key: the backend path decides (and counts).
+            None => {
+                self.shared.stats.local_miss();
+                Err(local.mark(full))
+            }
+        }
+    }
+
+    fn local_hit<T>(&self, value: T, age: Duration) -> Lookup<T> {
+        self.shared.stats.hit();
+        self.shared.stats.local_hit();
+        Lookup::Hit {
+            value,
+            source: Source::Local,
+            age,
+        }
+    }
+
+    /// Keeps a value just read from the backend (a hit) in the L1.
+    pub(crate) fn local_fill<T: Send + Sync + 'static>(
+        &self,
+        local: &Local,
+        full: &str,
+        bytes: Option<&Bytes>,
+        mark: Mark,
+        decoded: Option<(u64, T)>,
+    ) {
+        if let Some(bytes) = bytes {
+            let decoded = decoded.map(|(fp, v)| (fp, Arc::new(v) as Arc<dyn Any + Send + Sync>));
+            local.fill(full, bytes, mark, decoded);
+        }
+    }
+}
+
+// ---- what writers do ----------------------------------------------------------------------
+
+const KIND_KEYS: u8 = b'k';
+const KIND_TAGS: u8 = b't';
+const KIND_PATTERN: u8 = b'p';
+
+/// After keys were written, deleted or given a new TTL: drop them here, then tell the others.
+pub(crate) async fn after_keys(cache: &Cache, keys: &[&str]) {
+    let Some(local) = cache.shared.local.as_deref() else {
+        return;
+    };
+    local.invalidate_keys(keys.iter().copied());
+    publish(cache, KIND_KEYS, keys.join("\n")).await;
+}
+
+/// After tags were bumped to `versions`.
+pub(crate) async fn after_tags(cache: &Cache, tag_keys: &[&str], versions: &[u64]) {
+    let Some(local) = cache.shared.local.as_deref() else {
+        return;
+    };
+    local.invalidate_tags(tag_keys.iter().copied().zip(versions.iter().copied()));
+    let mut body = String::new();
+    for (k, v) in tag_keys.iter().zip(versions) {
+        body.push_str(k);
+        body.push('\n');
+        body.push_str(itoa::Buffer::new().format(*v));
+        body.push('\n');
+    }
+    publish(cache, KIND_TAGS, body).await;
+}
+
+/// After an invalidation by pattern (the full glob).
+pub(crate) async fn after_pattern(cache: &Cache, glob: &str) {
+    let Some(local) = cache.shared.local.as_deref() else {
+        return;
+    };
+    local.invalidate_glob(glob);
+    publish(cache, KIND_PATTERN, glob.to_owned()).await;
+}
+
+async fn publish(cache: &Cache, kind: u8, body: String) {
+    let Some(local) = cache.shared.local.as_deref() else {
+        return;
+    };
+    let Backend::Redis(redis) = &cache.shared.backend else {
+        return;
+    };
+    let mut message = Vec::with_capacity(9 + body.len());
+    message.extend_from_slice(&local.instance.to_le_bytes());
+    message.push(kind);
+    message.extend_from_slice(body.as_bytes());
+    let mut cmd = redis::cmd("PUBLISH");
+    cmd.arg(&local.channel).arg(message);
+    // The change itself is made; other instances keep their copy until their L1 TTL, or
+    // until their feed notices the outage and flushes.
+    if let Err(e) = redis.run::<u64>("PUBLISH", cmd).await {
+        cache.shared.stats.backend_error();
+        tracing::warn!(error = %e, "L1 invalidation not published; other instances may serve their copy until their local TTL");
+    }
+}
+
+// ---- the feed -------------------------------------------------------------------------------
+
+/// How often the subscription is pinged: a connection that died without closing is noticed
+/// within about this (plus the connect timeout).
+const FEED_PING: Duration = Duration::from_secs(1);
+
+async fn feed(shared: Weak<Shared>, timeout: Duration) {
+    let mut backoff = Duration::from_millis(20);
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let (Some(local), Backend::Redis(redis)) = (strong.local.clone(), &strong.backend) else {
+            return;
+        };
+        let channel = local.channel.clone();
+        // The backend's pub/sub connection: the server, Sentinel's primary, or a cluster node
+        // (a plain PUBLISH reaches the subscribers of every node).
+        let subscribed = async {
+            let mut pubsub = redis.pubsub().await?;
+            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
+                .await
+                .map_err(|_| crate::Error::Connection {
+                    message: format!("SUBSCRIBE unanswered within {timeout:?}"),
+                    source: None,
+                })?
+                .map_err(|e| crate::Error::from_redis("subscribe", e, timeout))?;
+            Ok::<_, crate::Error>(pubsub)
+        }
+        .await;
+        drop(strong);
+        let pubsub = match subscribed {
+            Ok(pubsub) => pubsub,
+            Err(e) => {
+                let reason = e.to_string();
+                tracing::debug!(%reason, "L1 invalidation feed: cannot subscribe, retrying");
+                drop(local);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(20);
+        // Whatever was published before the subscription is lost: start from nothing.
+        local.flush();
+        local.healthy.store(true, Ordering::Release);
+        tracing::debug!(%channel, "L1 invalidation feed subscribed");
+        drop(local);
+        let (mut sink, mut stream) = pubsub.split();
+        let mut ping = tokio::time::interval(FEED_PING);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = futures_util::StreamExt::next(&mut stream);
+            tokio::select! {
+                msg = next => {
+                    let Some(msg) = msg else { break };
+                    let Some(shared) = shared.upgrade() else { return };
+                    receive(&shared, msg.get_payload_bytes());
+                }
+                _ = ping.tick() => {
+                    if shared.strong_count() == 0 {
+                        return;
+                    }
+                    let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break;
+                    }
+                }
+            }
+        }
+        // A gap: what was published meanwhile is lost. Serve nothing until subscribed again.
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        if let Some(local) = &shared.local {
+            local.healthy.store(false, Ordering::Release);
+            local.flush();
+            shared.stats.local_flush();
+            tracing::warn!(channel = %local.channel, "L1 invalidation feed lost; L1 flushed, resubscribing");
+        }
+    }
+}
+
+/// One message of the feed.
+fn receive(shared: &Shared, payload: &[u8]) {
+    let Some(local) = &shared.local else { return };
+    if payload.len() < 9 {
+        return;
+    }
+    let (sender, rest) = payload.split_at(8);
+    if sender == local.instance.to_le_bytes() {
+        return; // ours: applied before the call that sent it returned
+    }
+    let Ok(body) = std::str::from_utf8(&rest[1..]) else {
+        return;
+    };
+    shared.stats.local_invalidation();
+    match rest[0] {
+        KIND_KEYS => local.invalidate_keys(body.split('\n')),
+        KIND_TAGS => {
+            let mut lines = body.split('\n');
+            let mut tags = Vec::new();
+            while let (Some(k), Some(v)) = (lines.next(), lines.next()) {
+                if let Ok(v) = v.parse::<u64>() {
+                    tags.push((k, v));
+                }
+            }
+            local.invalidate_tags(tags);
+        }
+        KIND_PATTERN => {
+            local.invalidate_glob(body);
+            // Computations in this process of keys the pattern matches do not store either.
+            shared
+                .patterns
+                .record(body, shared.config.invalidation_hold);
+        }
+        _ => local.flush(),
+    }
+}
+
+// ---- the get-or-compute read (compute.rs) ---------------------------------------------------
+
+impl Cache {
+    /// The L1 step of a get-or-compute read: the value, or the L1 and the mark to fill it
+    /// with after the backend read.
+    pub(crate) fn local_begin<O, M: crate::private::Mode<O>>(
+        &self,
+        full: &str,
+        mode: &M,
+    ) -> Result<M::Stored, (Option<&Local>, Option<Mark>)> {
+        let Some(local) = self.local().filter(|_| mode.use_local()) else {
+            return Err((None, None));
+        };
+        let fingerprint = codec::fingerprint::<M::Stored>();
+        let keep = |v: &M::Stored| {
+            let copy = mode.local_clone(v)?;
+            Some(Arc::new(copy) as Arc<dyn Any + Send + Sync>)
+        };
+        match self.local_read::<M::Stored>(local, full, fingerprint, |v| mode.local_clone(v), keep)
+        {
+            Ok(Lookup::Hit { value, .. }) => Ok(value),
+            Ok(Lookup::Miss) => Err((None, None)),
+            Err(mark) => Err((Some(local), Some(mark))),
+        }
+    }
+
+    /// Keeps a get-or-compute hit in the L1 (decoded, when the mode can clone it).
+    pub(crate) fn local_fill_from<O, M: crate::private::Mode<O>>(
+        &self,
+        local: Option<&Local>,
+        mark: Option<Mark>,
+        full: &str,
+        bytes: Option<&Bytes>,
+        mode: &M,
+        value: &M::Stored,
+    ) {
+        if let (Some(local), Some(mark)) = (local, mark) {
+            let fingerprint = codec::fingerprint::<M::Stored>();
+            let decoded = mode.local_clone(value).map(|v| (fingerprint, v));
+            self.local_fill(local, full, bytes, mark, decoded);
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! Invalidation by pattern: `SCAN MATCH` over the keyspace, and every key found that holds a
+//! value replaced by a tombstone, as [`Cache::delete`] does (never `KEYS`, which blocks the
+//! server for the whole keyspace).
+//!
+//! The glob is the handle's scope prefix, glob-escaped, followed by the caller's pattern, so
+//! whatever the pattern holds (`*`, `?`, `[`, `\`, `:`), a key outside the scope cannot match:
+//! a glob matches from its first byte, and the prefix is literal. Parts built with
+//! [`key!`](crate::key!) or [`KeyPart`](crate::KeyPart) carry no glob character (they are
+//! escaped as `%XX`), so user data inside a pattern matches only itself.
+//!
+//! The cache's own keys (tag versions, locks, limiters: a `:`-separated segment made of `~`
+//! and lowercase letters, such as `~tag`) are skipped even when the glob matches them;
+//! values stored under long keys that were hashed (`~h`) are data and are removed.
+//!
+//! Running computations: a key that holds something when the invalidation passes gets a
+//! tombstone, so a computation that read it before does not store over it, in any process.
+//! A key that held nothing then cannot be found by a scan; computations of such keys in this
+//! process are stopped from storing by an in-process log of recent patterns (and in other
+//! processes when the L1 invalidation feed delivers the pattern before they store).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::backend::redis::RedisBackend;
+use crate::backend::Backend;
+use crate::cache::Cache;
+use crate::codec;
+use crate::error::{Error, Result};
+
+/// Keys asked of each `SCAN` step (`COUNT`): large enough that round trips do not dominate,
+/// small enough that one step stays well under a millisecond of server time.
+const SCAN_COUNT: u32 = 2000;
+
+impl Cache {
+    /// Removes every key of this handle's scope matching `pattern` (a Redis glob: `*`, `?`,
+    /// `[...]`, `\` escapes), and returns how many held a value.
+    ///
+    /// The pattern is relative to the handle's scope: on a tenant handle, `"*"` removes that
+    /// tenant's keys and nothing else; on the root handle it reaches the keys of every
+    /// namespace and tenant below it. The cache's own bookkeeping (tag versions, locks) is
+    /// never removed. Like [`delete`](Cache::delete), each removed key keeps a tombstone for
+    /// the [`invalidation_hold`](crate::CacheBuilder::invalidation_hold), so a computation
+    /// already running does not store its result after this returned.
+    ///
+    /// Cost: a full `SCAN` of the server's keyspace (every key is visited, whatever the
+    /// pattern), in steps of a few thousand keys that never block the server for long. For
+    /// invalidations on a hot path, attach tags instead ([`invalidate_tag`](Cache::invalidate_tag)
+    /// is one command whatever the number of entries).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::key;
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.set(&key!("user", 1, "profile"), &"ann", None).await?;
+    /// cache.set(&key!("user", 2, "profile"), &"bob", None).await?;
+    /// cache.set(&key!("order", 1), &"book", None).await?;
+    /// assert_eq!(cache.invalidate_pattern("user:*").await?, 2);
+    /// assert_eq!(cache.get::<String>("user:1:profile").await?, None);
+    /// assert!(cache.exists("order:1").await?);
+    ///
+    /// let acme = cache.tenant("acme");
+    /// acme.set("user:1", &"carol", None).await?;
+    /// assert_eq!(acme.invalidate_pattern("*").await?, 1); // the tenant only
+    /// assert!(cache.exists("order:1").await?);
+    /// # Ok(()) }
+    /// ```
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+        check_pattern(pattern)?;
+        let prefix = &self.scope.prefix;
+        let glob = full_glob(prefix, pattern);
+        let log = &self.shared.patterns;
+        // Recorded before the scan: a computation of a key the scan cannot see (it held
+        // nothing yet) that stores after this returned is one the log stops.
+        log.record(&glob, self.shared.config.invalidation_hold);
+        let removed = match &self.shared.backend {
+            // One scan per node holding keys: the server, or each cluster primary (`SCAN`
+            // has no key to route by).
+            Backend::Redis(redis) => {
+                let mut removed = 0;
+                for node in redis.keyspace_nodes().await? {
+                    removed +=
+                        invalidate_on_node(self, redis, node.as_ref(), prefix, &glob).await?;
+                }
+                Ok(removed)
+            }
+            Backend::Memory(memory) => {
+                let keys = memory.keys_where(|k| in_scope_match(prefix, &glob, k));
+                let mut removed = 0;
+                for chunk in keys.chunks(SCAN_COUNT as usize) {
+                    removed += self.delete_scanned(chunk.to_vec()).await?;
+                }
+                Ok(removed)
+            }
+        };
+        // TODO(breaker): when Redis is unreachable, queue the pattern on the breaker's
+        // recovery queue for replay instead of failing.
+        let removed = removed.inspect_err(|e| {
+            self.shared.stats.backend_error();
+            tracing::warn!(pattern = %crate::key::shorten_for_display(&glob), error = %e, "invalidation by pattern failed");
+        })?;
+        crate::local::after_pattern(self, &glob).await;
+        Ok(removed)
+    }
+
+    /// Tombstones for keys a scan found (the same step as [`Cache::delete`]).
+    async fn delete_scanned(&self, keys: Vec<String>) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let hold = self.shared.config.invalidation_hold;
+        self.shared
+            .backend
+            .delete(&keys, &codec::tombstone(), hold)
+            .await
+    }
+}
+
+/// The scan of one Redis node (`None`: the one server): `SCAN MATCH glob COUNT n` until the
+/// cursor comes back to 0, each page's keys (filtered) tombstoned while the next page is
+/// scanned (on a cluster, the tombstones go by slot, wherever the keys live).
+pub(crate) async fn invalidate_on_node(
+    cache: &Cache,
+    redis: &RedisBackend,
+    node: Option<&(String, u16)>,
+    prefix: &str,
+    glob: &str,
+) -> Result<u64> {
+    let mut cursor = 0u64;
+    let mut pending: Vec<String> = Vec::new();
+    let mut removed = 0;
+    loop {
+        let batch = std::mem::take(&mut pending);
+        let (page, deleted) = tokio::join!(
+            scan_page(redis, node, glob, cursor, SCAN_COUNT),
+            cache.delete_scanned(batch)
+        );
+        removed += deleted?;
+        let (next, keys) = page?;
+        pending = keys
+            .into_iter()
+            .filter(|k| in_scope_match(prefix, glob, k))
+            .collect();
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    removed += cache.delete_scanned(pending).await?;
+    Ok(removed)
+}
+
+/// One `SCAN` step on one node: the next cursor and the keys of this page.
+pub(crate) async fn scan_page(
+    redis: &RedisBackend,
+    node: Option<&(String, u16)>,
+    glob: &str,
+    cursor: u64,
+    count: u32,
+) -> Result<(u64, Vec<String>)> {
+    let mut cmd = redis::cmd("SCAN");
+    cmd.arg(cursor)
+        .arg("MATCH")
+        .arg(glob)
+        .arg("COUNT")
+        .arg(count);
+    let (next, keys): (String, Vec<Vec<u8>>) = redis.run_on(node, "SCAN", cmd).await?;
+    let next = next.parse().map_err(|_| Error::Command {
+        operation: "SCAN",
+        source: redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "SCAN returned a cursor that is not a number",
+        )),
+    })?;
+    // Keys that are not UTF-8 were not written by this cache.
+    let keys = keys
+        .into_iter()
+        .filter_map(|k| String::from_utf8(k).ok())
+        .collect();
+    Ok((next, keys))
+}
+
+/// A pattern the caller may give: not empty, not reaching for the reserved `~` keys, no
+/// whitespace or control bytes (no key holds them, so such a pattern is a mistake).
+fn check_pattern(pattern: &str) -> Result<()> {
+    let reason = if pattern.is_empty() {
+        "a pattern cannot be empty; `*` removes every key of the handle's scope"
+    } else if pattern.starts_with('~') {
+        "patterns starting with `~` would reach the cache's own bookkeeping, which they cannot"
+    } else if pattern.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        "patterns cannot contain whitespace or control characters (no key does)"
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid_key(&format!("pattern {pattern}"), reason))
+}
+
+/// The glob sent to Redis: the scope prefix with its glob characters escaped (it holds none
+/// today: namespaces are checked and scopes escaped, but the glob must not depend on that),
+/// then the caller's pattern.
+pub(crate) fn full_glob(prefix: &str, pattern: &str) -> String {
+    let mut glob = String::with_capacity(prefix.len() + pattern.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            glob.push('\\');
+        }
+        glob.push(c);
+    }
+    glob.push_str(pattern);
+    glob
+}
+
+/// True for a key under `prefix` that `glob` matches and that is not one of the cache's own.
+/// Checked on every key a scan returns, besides Redis's own match: the prefix check keeps a
+/// scope's invalidation inside it whatever the server answers.
+pub(crate) fn in_scope_match(prefix: &str, glob: &str, key: &str) -> bool {
+    match key.strip_prefix(prefix) {
+        Some(rest) => !is_reserved(rest) && glob_match(glob.as_bytes(), key.as_bytes()),
+        None => false,
+    }
+}
+
+/// True if the part of a key below a scope is one of the cache's own keys: a segment of `~`
+/// and lowercase letters (`~tag`, `~lock`, ...), except `~h`, which holds values under long
+/// keys that were hashed. A `None` key part renders as `~` alone, which is data.
+fn is_reserved(rest: &str) -> bool {
+    rest.split(':').any(|segment| {
+        segment.strip_prefix('~').is_some_and(|mark| {
+            !mark.is_empty() && mark != "h" && mark.bytes().all(|b| b.is_ascii_lowercase())
+        })
+    })
+}
+
+/// Redis's glob matching (`stringmatchlen` in util.c), byte for byte: `*`, `?`, `[...]` with
+/// `^` and ranges, `\` escaping the next byte. Used where Redis does not match for us (the
+/// memory backend, the L1) and to check what a scan returned.
+pub(crate) fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0usize, 0usize);
+    // Backtracking point of the last `*`: pattern position after it, and the next string
+    // position to try. Linear in practice; the classic iterative form of Redis's recursion.
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    while p < pattern.len() && pattern[p] == b'*' {
+                        p += 1;
+                    }
+                    if p == pattern.len() {
+                        return true;
+                    }
+                    star = Some((p, i));
+                    continue;
+                }
+                _ if i < s.len() => {
+                    if let Some(next) = match_one(pattern, p, s[i]) {
+                        p = next;
+                        i += 1;
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+        } else if i == s.len() {
+            return true;
+        }
+        // Mismatch: let the last `*` swallow one more byte, if there is one.
+        match star {
+            Some((sp, si)) if si < s.len() => {
+                star = Some((sp, si + 1));
+                p = sp;
+                i = si + 1;
+            }
+            _ => return false,
+        }
+    }
+}
+
+/// Matches one pattern element at `p` (not `*`) against byte `c`; the position after the
+/// element if it matches.
+fn match_one(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
+    match pattern[p] {
+        b'?' => Some(p + 1),
+        b'[' => {
+            p += 1;
+            let not = pattern.get(p) == Some(&b'^');
+            if not {
+                p += 1;
+            }
+            let mut matched = false;
+            loop {
+                match pattern.get(p) {
+                    // An unclosed class ends at the end of the pattern, as in Redis.
+                    None => {
+                        p -= 1;
+                        break;
+                    }
+                    Some(b'\\') if p + 1 < pattern.len() => {
+                        p += 1;
+                        if pattern[p] == c {
+                            matched = true;
+                        }
+                    }
+                    Some(b']') => break,
+                    Some(&lo) if pattern.get(p + 1) == Some(&b'-') && p + 2 < pattern.len() => {
+                        let hi = pattern[p + 2];
+                        let (lo, hi) = if lo > hi { (hi, lo) } else { (lo, hi) };
+                        p += 2;
+                        if c >= lo && c <= hi {
+                            matched = true;
+                        }
+                    }
+                    Some(&b) => {
+                        if b == c {
+                            matched = true;
+                        }
+                    }
+                }
+                p += 1;
+            }
+            (matched != not).then_some(p + 1)
+        }
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
+        b => (b == c).then_some(p + 1),
+    }
+}
+
+/// Patterns invalidated recently in this process (or heard of through the L1 feed), so a
+/// computation of a key that held nothing when the scan passed does not store after the
+/// invalidation returned.
+#[derive(Default)]
+pub(crate) struct PatternLog {
+    /// Bumped with every pattern recorded; a computation notes it before it starts.
+    epoch: AtomicU64,
+    recent: Mutex<VecDeque<(u64, Instant, String)>>,
+}
+
+impl PatternLog {
+    pub(crate) fn record(&self, glob: &str, hold: Duration) {
+        let now = Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        while recent.front().is_some_and(|(_, until, _)| *until <= now) {
+            recent.pop_front();
+        }
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        recent.push_back((epoch, now + hold, glob.to_owned()));
+    }
+
+    fn superseded(&self, full_key: &str, since: u64) -> bool {
+        if self.epoch.load(Ordering::SeqCst) == since {
+            return false;
+        }
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.iter().any(|(epoch, _, glob)| {
+            *epoch > since && glob_match(glob.as_bytes(), full_key.as_bytes())
+        })
+    }
+}
+
+impl Cache {
+    /// Noted by a computation before it reads: see [`Cache::pattern_superseded`].
+    pub(crate) fn pattern_mark(&self) -> u64 {
+        self.shared.patterns.epoch.load(Ordering::SeqCst)
+    }
+
+    /// True if a pattern invalidated since `mark` matches `full_key`: the computation's
+    /// result must not be stored.
+    pub(crate) fn pattern_superseded(&self, full_key: &str, mark: u64) -> bool {
+        self.shared.patterns.superseded(full_key, mark)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, s: &str) -> bool {
+        glob_match(p.as_bytes(), s.as_bytes())
+    }
+
+    #[test]
+    fn globs_match_as_redis_does() {
+        assert!(m("*", ""));
+        assert!(m("user:*", "user:1"));
+        assert!(!m("user:*", "users:1"));
+        assert!(m("u?er", "user"));
+        assert!(m("a*b*c", "axxbyyc"));
+        assert!(!m("a*b*c", "axxbyy"));
+        assert!(m("[abc]x", "bx"));
+        assert!(!m("[^abc]x", "bx"));
+        assert!(m("[a-c]x", "bx"));
+        assert!(m("[c-a]x", "bx"));
+        assert!(m("\\*", "*"));
+        assert!(!m("\\*", "x"));
+        assert!(m("[\\]]", "]"));
+        assert!(m("a\\", "a\\") || !m("a\\", "a\\")); // a trailing `\` must not panic
+        assert!(!m("[", "x"));
+        assert!(!m("[a", "b"));
+        assert!(m("*:1", "user:x:1"));
+    }
+
+    #[test]
+    fn the_prefix_is_literal_and_reserved_keys_are_skipped() {
+        let glob = full_glob("cache:@7:", "*");
+        assert!(in_scope_match("cache:@7:", &glob, "cache:@7:user:1"));
+        assert!(!in_scope_match("cache:@7:", &glob, "cache:@8:user:1"));
+        assert!(!in_scope_match("cache:@7:", &glob, "cache:@7:~tag:org"));
+        assert!(!in_scope_match("cache:@7:", &glob, "cache:@7:ns:~lock:x"));
+        assert!(in_scope_match("cache:@7:", &glob, "cache:@7:~h:#abc"));
+        assert!(in_scope_match("cache:@7:", &glob, "cache:@7:user:~"));
+        assert_eq!(full_glob("a*b:", "x"), "a\\*b:x");
+        assert!(check_pattern("").is_err());
+        assert!(check_pattern("~tag:*").is_err());
+        assert!(check_pattern("a b").is_err());
+    }
+}

@@ -1,0 +1,301 @@
+//! The L1 near cache and its invalidation feed, on a real Redis: two `Cache` instances with
+//! their own connections, as two processes would have. Waits are bounded polls on what the
+//! instance exposes (its feed being subscribed, its counters), never fixed sleeps.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cache_core::{cached, Cache, Lookup, Source};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn instance(ns: &str, local: bool) -> Cache {
+    instance_at(&tests::redis_url(), ns, local)
+}
+
+fn instance_at(url: &str, ns: &str, local: bool) -> Cache {
+    let b = Cache::builder().url(url).namespace(ns);
+    let b = if local {
+        b.local_cache(10_000).local_ttl(Duration::from_secs(60))
+    } else {
+        b
+    };
+    b.build().expect("build")
+}
+
+/// Polls `check` until it holds, or panics after the deadline.
+async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) {
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "not within {DEADLINE:?}: {what}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Two instances with the L1 on, their feeds subscribed.
+async fn pair() -> (Cache, Cache) {
+    let ns = tests::unique_namespace();
+    let (a, b) = (instance(&ns, true), instance(&ns, true));
+    for c in [&a, &b] {
+        eventually("feed subscribed", || async { c.local_cache_serving() }).await;
+    }
+    (a, b)
+}
+
+async fn source<T: serde::de::DeserializeOwned + 'static>(
+    c: &Cache,
+    key: &str,
+) -> Option<(T, Source)> {
+    match c.lookup::<T>(key).await.expect("lookup") {
+        Lookup::Hit { value, source, .. } => Some((value, source)),
+        Lookup::Miss => None,
+    }
+}
+
+#[tokio::test]
+async fn writes_deletes_tags_and_patterns_on_one_instance_reach_the_others_l1() {
+    let (a, b) = pair().await;
+    // A write.
+    a.set("k", &1u32, None).await.expect("set");
+    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Redis)));
+    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
+    a.set("k", &2u32, None).await.expect("set");
+    eventually("b sees the write", || async {
+        b.get::<u32>("k").await.expect("get") == Some(2)
+    })
+    .await;
+    assert_eq!(source::<u32>(&b, "k").await, Some((2, Source::Local)));
+    // A delete.
+    a.delete("k").await.expect("delete");
+    eventually("b sees the delete", || async {
+        b.get::<u32>("k").await.expect("get").is_none()
+    })
+    .await;
+    // A tag.
+    a.set_tagged("m", &3u32, None, &["org"]).await.expect("set");
+    eventually("b reads m from its L1", || async {
+        matches!(source::<u32>(&b, "m").await, Some((3, Source::Local)))
+    })
+    .await;
+    a.invalidate_tag("org").await.expect("invalidate");
+    eventually("b sees the tag", || async {
+        b.get::<u32>("m").await.expect("get").is_none()
+    })
+    .await;
+    // A pattern.
+    a.set("user:1", &4u32, None).await.expect("set");
+    eventually("b reads user:1 from its L1", || async {
+        matches!(source::<u32>(&b, "user:1").await, Some((4, Source::Local)))
+    })
+    .await;
+    assert_eq!(a.invalidate_pattern("user:*").await.expect("pattern"), 1);
+    eventually("b sees the pattern", || async {
+        b.get::<u32>("user:1").await.expect("get").is_none()
+    })
+    .await;
+    let stats = b.stats();
+    assert!(
+        stats.local_hits >= 4 && stats.local_invalidations >= 4,
+        "{stats:?}"
+    );
+    // Opted out: reads through this handle never come from the L1.
+    let fresh = b.without_local_cache();
+    a.set("n", &5u32, None).await.expect("set");
+    for _ in 0..3 {
+        assert_eq!(source::<u32>(&fresh, "n").await, Some((5, Source::Redis)));
+    }
+}
+
+#[tokio::test]
+async fn a_killed_feed_connection_flushes_the_l1_before_it_serves_again() {
+    // A server of its own: `CLIENT KILL TYPE pubsub` would cut the other tests' feeds too.
+    let server = tests::RedisServer::start();
+    let ns = tests::unique_namespace();
+    let (b, quiet) = (
+        instance_at(&server.url(), &ns, true),
+        instance_at(&server.url(), &ns, false),
+    );
+    eventually("feed subscribed", || async { b.local_cache_serving() }).await;
+    quiet.set("k", &1u32, None).await.expect("set");
+    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Redis)));
+    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
+    // A writer without the L1 publishes nothing: b keeps its copy...
+    quiet.set("k", &2u32, None).await.expect("set");
+    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
+    // ...until its feed has a gap, which empties it.
+    let mut con = server.client().get_connection().expect("connect");
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut con)
+        .expect("kill");
+    assert!(killed >= 1);
+    eventually("the gap is noticed", || async {
+        b.stats().local_flushes >= 1
+    })
+    .await;
+    assert_eq!(
+        b.get::<u32>("k").await.expect("get"),
+        Some(2),
+        "flushed before serving again"
+    );
+    eventually("feed subscribed again", || async {
+        b.local_cache_serving()
+    })
+    .await;
+    assert_eq!(b.get::<u32>("k").await.expect("get"), Some(2));
+    eventually("served from the L1 again", || async {
+        matches!(source::<u32>(&b, "k").await, Some((2, Source::Local)))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_racing_an_invalidation_never_brings_the_old_value_back() {
+    let (a, b) = pair().await;
+    a.set("k", &0u64, None).await.expect("set");
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (b, stop, reads) = (b.clone(), stop.clone(), reads.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = b.get::<u64>("k").await;
+                    reads.fetch_add(1, Ordering::Relaxed);
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for i in 1..=100u64 {
+        let received = b.stats().local_invalidations;
+        a.set("k", &i, None).await.expect("set");
+        // The invalidation returned; once b's feed delivered it, b never serves older.
+        eventually("delivered", || async {
+            b.stats().local_invalidations > received
+        })
+        .await;
+        for _ in 0..5 {
+            let seen = b.get::<u64>("k").await.expect("get");
+            assert_eq!(seen, Some(i), "round {i}");
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.await.expect("reader");
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+    assert!(b.stats().local_hits > 0, "{:?}", b.stats());
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct User {
+    id: u64,
+    name: String,
+}
+
+/// Not `Clone`: its L1 hits decode the envelope instead.
+#[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Opaque(u64);
+
+#[cached(cache = cache, skip = [cache], key = "user:<id>")]
+async fn user(cache: &Cache, id: u64) -> User {
+    User {
+        id,
+        name: format!("user {id}"),
+    }
+}
+
+#[cached(cache = cache, skip = [cache], key = "maybe:<id>")]
+async fn maybe(cache: &Cache, id: u64) -> Option<User> {
+    id.is_multiple_of(2).then(|| User {
+        id,
+        name: "even".into(),
+    })
+}
+
+#[cached(cache = cache, skip = [cache], key = "fallible:<id>")]
+async fn fallible(cache: &Cache, id: u64) -> Result<User, String> {
+    if id == 0 {
+        Err("zero".into())
+    } else {
+        Ok(User {
+            id,
+            name: "ok".into(),
+        })
+    }
+}
+
+#[cached(cache = cache, skip = [cache], key = "opaque:<id>")]
+async fn opaque(cache: &Cache, id: u64) -> Opaque {
+    Opaque(id)
+}
+
+#[cached(cache = cache, skip = [cache], key = "never:<id>", local = false)]
+async fn never_local(cache: &Cache, id: u64) -> u64 {
+    id
+}
+
+#[tokio::test]
+async fn l1_hits_return_what_the_redis_path_returns_in_every_return_mode() {
+    let (a, b) = pair().await;
+    for id in [1u64, 2] {
+        let from_redis = (
+            user(&a, id).await,
+            maybe(&a, id).await,
+            fallible(&a, id).await,
+            opaque(&a, id).await,
+        );
+        let before = b.stats().local_hits;
+        let first = (
+            user(&b, id).await,
+            maybe(&b, id).await,
+            fallible(&b, id).await,
+            opaque(&b, id).await,
+        );
+        let local = (
+            user(&b, id).await,
+            maybe(&b, id).await,
+            fallible(&b, id).await,
+            opaque(&b, id).await,
+        );
+        assert_eq!(first, from_redis);
+        assert_eq!(local, from_redis);
+        let hits = if id.is_multiple_of(2) { 4 } else { 3 }; // `None` is not cached
+        assert_eq!(b.stats().local_hits - before, hits, "{:?}", b.stats());
+    }
+    assert_eq!(fallible(&b, 0).await, Err("zero".into()));
+    let before = b.stats().local_hits;
+    for _ in 0..3 {
+        assert_eq!(never_local(&b, 7).await, 7);
+    }
+    assert_eq!(b.stats().local_hits, before, "`local = false` reads Redis");
+}
+
+#[tokio::test]
+async fn the_memory_backend_has_no_l1() {
+    let cache = Cache::builder()
+        .in_memory()
+        .local_cache(100)
+        .build()
+        .expect("build");
+    cache.set("k", &1u8, None).await.expect("set");
+    assert!(!cache.local_cache_serving());
+    assert!(matches!(
+        cache.lookup::<u8>("k").await.expect("lookup"),
+        Lookup::Hit {
+            source: Source::Memory,
+            ..
+        }
+    ));
+}
