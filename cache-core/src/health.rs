@@ -120,7 +120,7 @@ pub struct Health {
     pub pool: Option<PoolHealth>,
     /// The embedded backend (memory mode only).
     pub memory: Option<MemoryHealth>,
-    /// The circuit breaker (Redis backend only, once it exists).
+    /// The circuit breaker (Redis backend only).
     pub breaker: Option<BreakerHealth>,
     /// What the startup advisor would change on the server (memory limit, eviction policy,
     /// version).
@@ -286,9 +286,13 @@ impl Cache {
         h
     }
 
-    /// The breaker's state, once the breaker exists.
+    /// The breaker's state (Redis backend only).
     fn breaker_health(&self) -> Option<BreakerHealth> {
-        None
+        let breaker = self.breaker()?;
+        Some(BreakerHealth {
+            state: breaker.state().as_str().to_owned(),
+            since_change_ms: u64::try_from(breaker.since_change().as_millis()).unwrap_or(u64::MAX),
+        })
     }
 
     /// The report's figures as `metrics` gauges (feature `metrics`).

@@ -260,6 +260,8 @@ async fn health_json_shape_is_pinned() {
         "pool.idle",
         "memory",
         "breaker",
+        "breaker.state",
+        "breaker.since_change_ms",
         "warnings",
         "stats",
         "stats.hits",
@@ -959,4 +961,46 @@ async fn expired_misses_and_stale_serves_are_counted_per_namespace() {
             "{backend}: the whole counts it too"
         );
     }
+}
+
+#[tokio::test]
+async fn health_with_the_breaker_open_is_down_in_fallback_mode() {
+    let port = {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("a free loopback port");
+        l.local_addr().expect("its address").port()
+    };
+    let cache = Cache::builder()
+        .url(format!("redis://127.0.0.1:{port}/"))
+        .namespace(tests::unique_namespace())
+        .connect_timeout(Duration::from_millis(300))
+        .breaker(3, Duration::from_secs(60))
+        .build()
+        .expect("a cache");
+    let h = cache.health_within(Duration::from_secs(2)).await;
+    assert_eq!(
+        h.breaker.as_ref().map(|b| b.state.as_str()),
+        Some("closed"),
+        "{h:?}"
+    );
+    for _ in 0..10 {
+        if cache.stats().breaker_opened > 0 {
+            break;
+        }
+        let _ = cache.get::<u8>("k").await;
+    }
+    assert!(cache.stats().breaker_opened > 0, "the breaker opens");
+    let h = cache.health().await;
+    assert_eq!(
+        (h.status, h.mode),
+        (HealthStatus::Down, HealthMode::Fallback),
+        "{h:?}"
+    );
+    let b = h.breaker.as_ref().expect("breaker figures");
+    assert_eq!(b.state, "open");
+    assert!(b.since_change_ms < 60_000, "{b:?}");
+    let json = serde_json::to_value(&h).expect("serializes");
+    assert_eq!(
+        (json["mode"].as_str(), json["breaker"]["state"].as_str()),
+        (Some("fallback"), Some("open"))
+    );
 }
