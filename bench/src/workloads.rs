@@ -547,6 +547,8 @@ pub fn workloads() -> Vec<Workload> {
         w("ours limit sliding window c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::SlidingWindow))),
         w("raw EVALSHA gcra script c=64", None, Unchecked, |cx| Box::pin(raw_limit(cx, 64, Algorithm::Gcra))),
         w("ours limit gcra c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::Gcra))),
+        w("raw GET+PEXPIRE c=64", None, Unchecked, |cx| Box::pin(raw_session_get(cx, 64))),
+        w("ours session get c=64", Some("raw GET+PEXPIRE c=64"), Hits, |cx| Box::pin(ours_session_get(cx, 64))),
         w("body alone c=1", None, Unchecked, |cx| Box::pin(body_alone(cx, 1))),
         w("ours breaker open c=1", Some("body alone c=1"), Hits, |cx| Box::pin(ours_breaker_open(cx, 1))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
@@ -608,6 +610,11 @@ pub fn targets() -> Vec<Target> {
             "ours 1000 cold callers of one key",
             "one 50 ms computation",
             P50AtMost(1.2),
+        ),
+        t(
+            "ours session get c=64",
+            "raw GET+PEXPIRE c=64",
+            OpsAtLeast(0.8),
         ),
         t(
             "ours limit sliding log c=64",
@@ -1192,6 +1199,87 @@ async fn ours_pattern(cx: &'static Ctx) -> Round {
     let prefix = scope.key_prefix().trim_end_matches(':').to_owned();
     pattern_round(cx, &prefix, &POPULATED, || async {
         ok(scope.invalidate_pattern("m:*").await, "invalidate_pattern")
+    })
+    .await
+}
+
+// ---- sessions --------------------------------------------------------------------------------
+
+/// Sessions the session rows read: one per user of the first `SESSIONS`, created on first use
+/// (before the first round's timing starts), in each system's format.
+const SESSIONS: u64 = 1000;
+/// The session rows' idle timeout, which the raw client's `PEXPIRE` sets on every read.
+const SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+static SESSION_IDS: tokio::sync::OnceCell<Vec<cache_core::SessionId>> =
+    tokio::sync::OnceCell::const_new();
+static RAW_SESSIONS: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+async fn session_ids(cx: &'static Ctx) -> &'static [cache_core::SessionId] {
+    SESSION_IDS
+        .get_or_init(|| async {
+            let sessions = cx.ours.sessions().idle_timeout(SESSION_IDLE);
+            let mut ids = Vec::with_capacity(SESSIONS as usize);
+            for id in 0..SESSIONS {
+                ids.push(ok(
+                    sessions.create(None, &User::load(id)).await,
+                    "session create",
+                ));
+            }
+            ids
+        })
+        .await
+}
+
+/// Raw redis-rs sliding a session as a hand-written store would: `GET` + `PEXPIRE` in one
+/// pipeline (a write on every read), then `serde_json` decoding.
+async fn raw_session_get(cx: &'static Ctx, concurrency: usize) -> Round {
+    RAW_SESSIONS
+        .get_or_init(|| async {
+            let mut pipe = redis::pipe();
+            for id in 0..SESSIONS {
+                let json = ok(serde_json::to_vec(&User::load(id)), "encoding");
+                pipe.cmd("SET")
+                    .arg(cx.raw_key("session", id))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(SESSION_IDLE.as_millis() as u64)
+                    .ignore();
+            }
+            ok(
+                pipe.query_async::<()>(&mut cx.raw.clone()).await,
+                "raw sessions",
+            );
+        })
+        .await;
+    measure(&cx.plan, concurrency, move |i| async move {
+        let id = i % SESSIONS;
+        let key = cx.raw_key("session", id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("GET")
+            .arg(&key)
+            .cmd("PEXPIRE")
+            .arg(&key)
+            .arg(SESSION_IDLE.as_millis() as u64)
+            .ignore();
+        let (bytes,): (Vec<u8>,) = ok(
+            pipe.query_async(&mut cx.raw.clone()).await,
+            "raw GET+PEXPIRE",
+        );
+        check(&ok(serde_json::from_slice(&bytes), "raw decode"), id);
+    })
+    .await
+}
+
+/// `sessions.get`: one `EVALSHA` that reads the record and slides its idle timeout (a
+/// `PEXPIRE` only when that adds at least the slide threshold), then `serde_json` decoding.
+async fn ours_session_get(cx: &'static Ctx, concurrency: usize) -> Round {
+    static SESSIONS_OF_RUN: OnceLock<cache_core::Sessions> = OnceLock::new();
+    let ids = session_ids(cx).await;
+    let sessions = SESSIONS_OF_RUN.get_or_init(|| cx.ours.sessions().idle_timeout(SESSION_IDLE));
+    measure(&cx.plan, concurrency, move |i| async move {
+        let n = i % SESSIONS;
+        let user: Option<User> = ok(sessions.get(&ids[n as usize]).await, "session get");
+        check(&user.unwrap_or_else(|| panic!("session {n} is gone")), n);
     })
     .await
 }

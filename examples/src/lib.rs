@@ -1,0 +1,3 @@
+//! Code shared by the examples and their tests.
+
+pub mod axum_service;
