@@ -549,6 +549,10 @@ pub fn workloads() -> Vec<Workload> {
         w("ours limit gcra c=64", Some("raw EVALSHA trivial c=64"), Unchecked, |cx| Box::pin(ours_limit(cx, 64, Algorithm::Gcra))),
         w("raw GET+PEXPIRE c=64", None, Unchecked, |cx| Box::pin(raw_session_get(cx, 64))),
         w("ours session get c=64", Some("raw GET+PEXPIRE c=64"), Hits, |cx| Box::pin(ours_session_get(cx, 64))),
+        w("raw EVALSHA lock+unlock c=1", None, Unchecked, |cx| Box::pin(raw_lock(cx, 1))),
+        w("ours lock+unlock c=1", Some("raw EVALSHA lock+unlock c=1"), Unchecked, |cx| Box::pin(ours_lock(cx, 1))),
+        w("raw EVALSHA lock+unlock c=64", None, Unchecked, |cx| Box::pin(raw_lock(cx, 64))),
+        w("ours lock+unlock c=64", Some("raw EVALSHA lock+unlock c=64"), Unchecked, |cx| Box::pin(ours_lock(cx, 64))),
         w("body alone c=1", None, Unchecked, |cx| Box::pin(body_alone(cx, 1))),
         w("ours breaker open c=1", Some("body alone c=1"), Hits, |cx| Box::pin(ours_breaker_open(cx, 1))),
         w("moka get c=1", None, Unchecked, |cx| Box::pin(moka_get(cx, 1))),
@@ -614,6 +618,16 @@ pub fn targets() -> Vec<Target> {
         t(
             "ours session get c=64",
             "raw GET+PEXPIRE c=64",
+            OpsAtLeast(0.8),
+        ),
+        t(
+            "ours lock+unlock c=1",
+            "raw EVALSHA lock+unlock c=1",
+            OpsAtLeast(0.8),
+        ),
+        t(
+            "ours lock+unlock c=64",
+            "raw EVALSHA lock+unlock c=64",
             OpsAtLeast(0.8),
         ),
         t(
@@ -1280,6 +1294,53 @@ async fn ours_session_get(cx: &'static Ctx, concurrency: usize) -> Round {
         let n = i % SESSIONS;
         let user: Option<User> = ok(sessions.get(&ids[n as usize]).await, "session get");
         check(&user.unwrap_or_else(|| panic!("session {n} is gone")), n);
+    })
+    .await
+}
+
+/// The lock's own scripts, run by hand: what a client writing its lock on redis-rs would do.
+static RAW_LOCK_ACQUIRE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(include_str!(
+        "../../cache-core/src/scripts/lock_acquire.lua"
+    ))
+});
+static RAW_LOCK_RELEASE: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(include_str!(
+        "../../cache-core/src/scripts/lock_release.lua"
+    ))
+});
+
+/// Raw redis-rs lock: `EVALSHA` of the acquire script (`SET NX PX` + fencing `INCR`), then
+/// `EVALSHA` of the compare-and-delete release; a free lock per operation (ids cycle over
+/// `KEYS`, far more than the concurrency), an owner made from the operation's index.
+async fn raw_lock(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let key = format!("{}:raw:~lock:{{lock:{}}}", cx.run, i % KEYS);
+        let owner = format!("{i:032x}");
+        let mut conn = cx.raw.clone();
+        let mut acquire = RAW_LOCK_ACQUIRE.key(&key);
+        acquire
+            .key(format!("{key}:fence"))
+            .arg(&owner)
+            .arg(10_000)
+            .arg(7 * 24 * 3_600_000u64);
+        let (token, _): (u64, i64) = ok(acquire.invoke_async(&mut conn).await, "raw lock");
+        assert!(token > 0, "raw lock {key} was held");
+        let mut release = RAW_LOCK_RELEASE.key(&key);
+        release.arg(&owner);
+        let released: u8 = ok(release.invoke_async(&mut conn).await, "raw unlock");
+        assert_eq!(released, 1, "raw unlock of {key}");
+    })
+    .await
+}
+
+/// `cache.lock(name).acquire()` then `guard.release()`, on a free lock per operation.
+async fn ours_lock(cx: &'static Ctx, concurrency: usize) -> Round {
+    measure(&cx.plan, concurrency, move |i| async move {
+        let name = format!("lock:{}", i % KEYS);
+        let lock = cx.ours.lock(&name).ttl(Duration::from_secs(10));
+        let guard = ok(lock.acquire().await, "lock");
+        assert!(ok(guard.release().await, "unlock"), "lock {name} lost");
     })
     .await
 }
