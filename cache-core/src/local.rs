@@ -556,7 +556,6 @@ fn receive(shared: &Shared, payload: &[u8]) {
     let Ok(body) = std::str::from_utf8(&rest[1..]) else {
         return;
     };
-    shared.stats.local_invalidation();
     match rest[0] {
         KIND_KEYS => local.invalidate_keys(body.split('\n')),
         KIND_TAGS => {
@@ -578,6 +577,9 @@ fn receive(shared: &Shared, payload: &[u8]) {
         }
         _ => local.flush(),
     }
+    // Counted once applied: whoever sees the count (a test, a dashboard) may rely on the L1
+    // no longer serving what the message invalidated.
+    shared.stats.local_invalidation();
 }
 
 // ---- the get-or-compute read (compute.rs) ---------------------------------------------------
