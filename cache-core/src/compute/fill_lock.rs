@@ -101,9 +101,20 @@ pub(crate) async fn acquire(
             .arg(lease);
         match redis.run::<Option<String>>("SET NX (fill lock)", set).await {
             Ok(Some(_)) => {
-                return Acquired::Held(Guard {
+                let guard = Guard {
                     held: Some((lock_key, owner)),
-                })
+                };
+                // The holder before us may have stored the value and released the lock
+                // between our read and our `SET NX`: look once more before computing it again.
+                let mut get = redis::cmd("GET");
+                get.arg(full);
+                if let Ok(Some(now)) = redis.run::<Option<Vec<u8>>>("GET", get).await {
+                    if !codec::is_tombstone(&now) && seen != Some(&now[..]) {
+                        guard.release(cache).await;
+                        return Acquired::Arrived;
+                    }
+                }
+                return Acquired::Held(guard);
             }
             Ok(None) if has_stale => return Acquired::Stale,
             Ok(None) => {}
