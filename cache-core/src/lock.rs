@@ -330,7 +330,9 @@ impl Lock {
             Backend::Redis(_) => {
                 // In a task of its own, so that a caller who stops waiting (a cancelled
                 // acquire) still has the outcome looked at: a lock granted with nobody left to
-                // hold it is released at once, instead of staying taken for its lease.
+                // hold it is released at once, instead of staying taken for its lease. The
+                // answer can be dropped unread at two points (the caller gone before the send,
+                // or after it with the answer still in the channel); `Answer`'s drop covers both.
                 let cache = self.cache.clone();
                 let key = key.to_owned();
                 let (answer, answered) = oneshot::channel();
@@ -339,20 +341,19 @@ impl Lock {
                         return;
                     };
                     let outcome = redis_take(redis, &key, owner, ttl).await;
-                    if let Err(Ok(Attempt::Taken(_))) = answer.send(outcome) {
-                        if let Ok(true) = redis_release(redis, &key, owner).await {
-                            cache.root_state::<Waiting>().wake(&key);
-                        }
-                    }
+                    let unclaimed = matches!(outcome, Ok(Attempt::Taken(_)))
+                        .then(|| (cache.clone(), key, owner));
+                    let _ = answer.send(Answer { outcome, unclaimed });
                 });
-                answered.await.unwrap_or_else(|_| {
-                    Err(Error::Connection {
+                match answered.await {
+                    Ok(answer) => answer.claim(),
+                    Err(_) => Err(Error::Connection {
                         message:
                             "the lock request ended without an answer (runtime shutting down?)"
                                 .to_owned(),
                         source: None,
-                    })
-                })
+                    }),
+                }
             }
         }
     }
@@ -665,6 +666,39 @@ async fn redis_take(
     } else {
         Attempt::Held(u64::try_from(left).ok().map(Duration::from_millis))
     })
+}
+
+/// The outcome of one try at a Redis lock, on its way to the caller. A grant dropped unread
+/// (its caller stopped waiting) releases the lock in a task of its own.
+struct Answer {
+    outcome: Result<Attempt>,
+    unclaimed: Option<(Cache, String, Owner)>,
+}
+
+impl Answer {
+    fn claim(mut self) -> Result<Attempt> {
+        self.unclaimed = None;
+        std::mem::replace(&mut self.outcome, Ok(Attempt::Held(None)))
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        let Some((cache, key, owner)) = self.unclaimed.take() else {
+            return;
+        };
+        // Outside a runtime (it is shutting down) the lease runs out instead.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let Backend::Redis(redis) = &cache.shared.backend else {
+                    return;
+                };
+                if let Ok(true) = redis_release(redis, &key, owner).await {
+                    cache.root_state::<Waiting>().wake(&key);
+                }
+            });
+        }
+    }
 }
 
 async fn redis_release(redis: &RedisBackend, key: &str, owner: Owner) -> Result<bool> {
