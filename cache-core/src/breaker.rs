@@ -727,6 +727,36 @@ impl Cache {
             .await
     }
 
+    /// Keeps `value` in the fallback store for `ttl`, for a write to Redis the open breaker
+    /// refused: the stale value a failed refresh extends (fail-safe) stays servable during
+    /// the outage, instead of the failing source being called on every read.
+    pub(crate) fn keep_in_fallback<T: Serialize + 'static>(
+        &self,
+        store: &MemoryBackend,
+        full: &str,
+        value: &T,
+        tag_keys: &[String],
+        ttl: Duration,
+        compute_us: u32,
+    ) {
+        let versions: Vec<u64> = store
+            .create_versions(tag_keys, codec::now_us())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.unwrap_or(0))
+            .collect();
+        if let Some(bytes) = encode_for_fallback(
+            value,
+            Some(ttl),
+            tag_keys,
+            &versions,
+            compute_us,
+            self.shared.config.compression_threshold,
+        ) {
+            let _ = store.set(full, bytes, Some(ttl));
+        }
+    }
+
     /// Computes and keeps the value in `store`: if `seen` is given, only if the key still
     /// holds what the read found (an invalidation during the computation wins, as on Redis).
     #[allow(clippy::too_many_arguments)]

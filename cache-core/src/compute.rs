@@ -1617,6 +1617,7 @@ impl Fill {
             return;
         };
         let ttl = throttle.saturating_add(keep);
+        let compute_us = env.compute_us;
         let written = cache
             .write_encoded(
                 &self.full,
@@ -1626,7 +1627,19 @@ impl Fill {
             )
             .await;
         if let Err(e) = written {
-            cache.compute_err(self.function, "fail-safe", &self.full, &e);
+            match cache.fallback_for(&e) {
+                // The breaker opened since the stale value was read: it is served from the
+                // fallback store for the throttle, as it would have been from Redis.
+                Some(store) => cache.keep_in_fallback(
+                    &store,
+                    &self.full,
+                    &value,
+                    &self.tag_keys,
+                    throttle,
+                    compute_us,
+                ),
+                None => cache.compute_err(self.function, "fail-safe", &self.full, &e),
+            }
         }
     }
 }

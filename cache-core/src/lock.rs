@@ -814,6 +814,39 @@ impl MemoryLocks {
 
 // ---- waiting ---------------------------------------------------------------------------------
 
+/// Wake-ups on the release of one Redis key used as a lock by any process: for the fill lock
+/// of get-or-compute (`compute/fill_lock.rs`), whose release script publishes on the key's
+/// channel as [`Lock`]'s does. Waiting this way is not a poll: the caller still sleeps with a
+/// bounded backoff, as a safety net for a missed message.
+pub(crate) struct ReleaseWatch {
+    queue: Arc<Queue>,
+    // Field order is drop order: the subscription goes before the place in the queue.
+    _subscription: Option<Subscription>,
+    _place: Place,
+}
+
+impl ReleaseWatch {
+    /// Subscribes to `key`'s release messages; returns once the subscription is live (or
+    /// there is no feed, and then only the backoff wakes the caller).
+    pub(crate) async fn new(cache: &Cache, redis: &RedisBackend, key: &str) -> ReleaseWatch {
+        let waiting = cache.root_state::<Waiting>();
+        let place = waiting.join(key);
+        let queue = place.queue();
+        let subscription = waiting.subscribe(redis, key).await;
+        ReleaseWatch {
+            queue,
+            _subscription: subscription,
+            _place: place,
+        }
+    }
+
+    /// Resolves at the next release; make it before looking at the key, so that a release
+    /// between the look and the wait still wakes.
+    pub(crate) fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.queue.released.notified()
+    }
+}
+
 /// The waiters of a cache root, per lock key, and the pub/sub feed that wakes them when
 /// another process releases a lock.
 #[derive(Default)]

@@ -202,6 +202,35 @@ pub async fn raw_connection() -> RawConnection {
     }
 }
 
+/// The pub/sub channels matching `pattern` that have a subscriber, on every server of the
+/// selected [`topology`] (a cluster's classic pub/sub subscriptions live on the node the
+/// subscriber connected to, so each node is asked).
+pub async fn subscribed_channels(pattern: &str) -> Vec<String> {
+    let urls = match topology() {
+        Topology::Single => vec![redis_url()],
+        Topology::Cluster => shared_cluster().urls(),
+        Topology::Sentinel => {
+            let port = shared_sentinel()
+                .current_primary_port()
+                .unwrap_or_else(|| panic!("the sentinels name no primary"));
+            vec![format!("redis://127.0.0.1:{port}/")]
+        }
+    };
+    let mut channels = Vec::new();
+    for url in urls {
+        let mut con = redis::Client::open(url.as_str())
+            .and_then(|client| client.get_connection())
+            .unwrap_or_else(|e| panic!("a connection to {url}: {e}"));
+        let found: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg(pattern)
+            .query(&mut con)
+            .unwrap_or_else(|e| panic!("PUBSUB CHANNELS on {url}: {e}"));
+        channels.extend(found);
+    }
+    channels
+}
+
 /// What [`raw_connection`] returns: use it with `redis::cmd(..).query_async(&mut con)`.
 #[derive(Clone)]
 pub enum RawConnection {

@@ -2,12 +2,15 @@
 //! missing key while the others wait for its value.
 //!
 //! A lease in Redis, `<prefix>~fill:<key>`, taken with `SET NX PX` by a random 128-bit owner
-//! and released by compare-and-delete after the value is stored. A process that does not get
-//! it serves its stale value if it has one; otherwise it looks again, backing off from 2 ms to
-//! 50 ms (each look a `GET` of the value, then a `SET NX` of the lock: single-key commands, so
-//! a cluster routes each by its own slot), until the value arrives, the lock frees (its
-//! holder failed, or died and its lease ran out: then this process takes it), or the lock wait
-//! passes: then it computes anyway and counts a lock timeout (availability over strictness).
+//! and released by compare-and-delete after the value is stored; the release is published on
+//! the lock key's channel. A process that does not get it serves its stale value if it has
+//! one; otherwise it subscribes to that channel (through the lock module's feed, one pub/sub
+//! connection per cache root) and waits for the release, then looks again (a `GET` of the
+//! value, then a `SET NX` of the lock: single-key commands, so a cluster routes each by its own
+//! slot), until the value arrives, the lock frees (its holder failed, or died and its lease ran
+//! out: then this process takes it), or the lock wait passes: then it computes anyway and
+//! counts a lock timeout (availability over strictness). A backoff from 10 ms to 500 ms is the
+//! safety net for a lost message and for a lease that runs out, which publishes nothing.
 //!
 //! The memory backend lives in one process, where single-flight already is the whole story.
 
@@ -20,12 +23,13 @@ use super::Policy;
 use crate::backend::Backend;
 use crate::cache::Cache;
 use crate::codec;
+use crate::lock::ReleaseWatch;
 
 static UNLOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/fill_unlock.lua")));
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(2);
-const MAX_BACKOFF: Duration = Duration::from_millis(50);
+const FIRST_BACKOFF: Duration = Duration::from_millis(10);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
 /// A fill lock held by this process (nothing to release on the memory backend).
 #[derive(Debug)]
@@ -78,9 +82,11 @@ pub(crate) async fn acquire(
     let lease = crate::limits::millis(policy.lock_lease);
     let deadline = Instant::now() + policy.lock_wait;
     let mut backoff = FIRST_BACKOFF;
-    let mut first = true;
+    // Subscribed after the first refusal: an uncontended fill pays no pub/sub round trip.
+    let mut watch: Option<ReleaseWatch> = None;
     loop {
-        if !first {
+        let released = watch.as_ref().map(ReleaseWatch::released);
+        if watch.is_some() {
             // Has the value arrived (something else than what the read found, and not a
             // tombstone)?
             let mut get = redis::cmd("GET");
@@ -120,13 +126,23 @@ pub(crate) async fn acquire(
             Ok(None) => {}
             Err(e) => return unavailable(e),
         }
-        first = false;
         let now = Instant::now();
         if now >= deadline {
             return Acquired::TimedOut;
         }
-        tokio::time::sleep(backoff.min(deadline - now)).await;
-        backoff = (backoff * 2).min(MAX_BACKOFF);
+        let Some(released) = released else {
+            // Subscribed now, then straight back to look: the holder may have released
+            // before the subscription was live.
+            drop(released);
+            watch = Some(ReleaseWatch::new(cache, redis, &lock_key).await);
+            continue;
+        };
+        tokio::select! {
+            _ = released => {}
+            _ = tokio::time::sleep(backoff.min(deadline - now)) => {
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
     }
 }
 

@@ -59,6 +59,95 @@ fn redis_hits(s: StatsSnapshot) -> u64 {
     s.hits - s.fallback_hits
 }
 
+// ---- fail-safe while the breaker is open (#12) ----------------------------------------------
+
+/// A stale value read before an outage, whose refresh fails during it, is served while the
+/// breaker is open (from the fallback store, for the fail-safe throttle) without calling the
+/// failing source again; when Redis is back, a refresh stores the new value in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_value_is_served_while_the_breaker_is_open() {
+    let mut server = tests::RedisServer::builder()
+        .arg("--appendonly")
+        .arg("yes")
+        .arg("--appendfsync")
+        .arg("always")
+        .start();
+    let cache = cache_on(&server.url(), 3, Duration::from_millis(300));
+    let options = cache_core::ComputeOptions::new()
+        .ttl(Duration::from_millis(300))
+        .stale(Duration::from_secs(3600))
+        .fail_safe_throttle(Duration::from_secs(3600))
+        // The caller waits for the refresh: when it returns, the refresh has settled.
+        .soft_timeout(Duration::from_secs(60));
+    let first = cache
+        .try_get_or_set_with("price", &options, || async { Ok::<u32, String>(1) })
+        .await;
+    assert_eq!(first, Ok(1));
+    within("the value to pass its TTL", MARGIN * 5, || async {
+        cache.get::<u32>("price").await.expect("get").is_none()
+    })
+    .await;
+
+    // The refresh starts with Redis up (it read the stale value), and fails once the
+    // breaker has opened.
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let refresh = tokio::spawn({
+        let (cache, options, gate) = (cache.clone(), options, gate.clone());
+        async move {
+            cache
+                .try_get_or_set_with("price", &options, move || async move {
+                    gate.notified().await;
+                    Err::<u32, String>("the source is down too".into())
+                })
+                .await
+        }
+    });
+    within("the refresh to start", MARGIN * 5, || async {
+        cache.stats().computes >= 2
+    })
+    .await;
+    server.kill();
+    within("the breaker to open", MARGIN * 5, || async {
+        let _ = cache.get::<u32>("other").await;
+        cache.stats().breaker_opened >= 1
+    })
+    .await;
+    gate.notify_one();
+    assert_eq!(
+        refresh.await.expect("joins"),
+        Ok(1),
+        "the stale value, served"
+    );
+
+    // During the outage: served again, from the fallback store, the source not called.
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..10 {
+        let counted = calls.clone();
+        let v = cache
+            .try_get_or_set_with("price", &options, move || async move {
+                counted.fetch_add(1, Ordering::SeqCst);
+                Err::<u32, String>("down".into())
+            })
+            .await;
+        assert_eq!(v, Ok(1));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        0,
+        "the failing source is throttled"
+    );
+    assert!(cache.stats().fallback_hits >= 10, "{:?}", cache.stats());
+
+    // Redis back: the stale entry there is refreshed, and the new value stored.
+    server.restart();
+    within("the breaker to close", MARGIN * 5, || closed(&cache)).await;
+    let fresh = cache
+        .try_get_or_set_with("price", &options, || async { Ok::<u32, String>(2) })
+        .await;
+    assert_eq!(fresh, Ok(2));
+    assert_eq!(cache.get::<u32>("price").await.expect("get"), Some(2));
+}
+
 // ---- Redis down: the fallback store --------------------------------------------------------
 
 #[cached(cache = cache, skip = [cache, calls], key = "double:<n>", ttl = "1h")]

@@ -455,6 +455,73 @@ async fn early_refresh_recomputes_before_expiry_and_not_on_every_read() {
 
 // ---- the distributed fill lock --------------------------------------------------------------
 
+/// A process waiting for another's fill sleeps on the lock's release message, not on a hot
+/// poll: it subscribes to the fill lock's channel, and when the holder stores the value and
+/// releases, it returns that value without computing. Two cache roots (each its own
+/// single-flight and connections) stand for two processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fill_waiter_wakes_on_the_release_and_takes_the_value() {
+    let namespace = tests::unique_namespace();
+    let holder = tests::redis_builder()
+        .namespace(namespace.as_str())
+        .build()
+        .expect("cache");
+    let waiter = tests::redis_builder()
+        .namespace(namespace.as_str())
+        .build()
+        .expect("cache");
+    let options = ComputeOptions::new()
+        .lock(FillLock::Distributed)
+        .lock_wait(LONG);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let go = Arc::new(Notify::new());
+    let compute = |calls: Arc<AtomicUsize>, go: Arc<Notify>, value: &'static str| async move {
+        calls.fetch_add(1, Ordering::SeqCst);
+        go.notified().await;
+        value.to_owned()
+    };
+    let first = tokio::spawn({
+        let (options, calls, go) = (options, calls.clone(), go.clone());
+        async move {
+            holder
+                .get_or_set_with("cold", &options, move || compute(calls, go, "holder's"))
+                .await
+        }
+    });
+    until("the holder to compute", LONG, || {
+        calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let second = tokio::spawn({
+        let (options, calls, go) = (options, calls.clone(), go.clone());
+        async move {
+            waiter
+                .get_or_set_with("cold", &options, move || compute(calls, go, "waiter's"))
+                .await
+        }
+    });
+    let channel = format!("{namespace}*~fill:*");
+    until_async(
+        "the waiter to subscribe to the lock's channel",
+        LONG,
+        || async { !tests::subscribed_channels(&channel).await.is_empty() },
+    )
+    .await;
+    go.notify_one();
+    assert_eq!(first.await.expect("joins"), "holder's");
+    // A waiter that computed would wait for a `go` that never comes: bounded.
+    let second = tokio::time::timeout(LONG, second).await;
+    assert_eq!(
+        second.expect("the waiter returns").expect("joins"),
+        "holder's"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "one computation in both roots"
+    );
+}
+
 const CHILD: &str = "STAMPEDE_FILL_CHILD";
 const PROCESSES: usize = 4;
 
