@@ -686,23 +686,36 @@ impl Cache {
         mode: M,
         compute: F,
     ) -> O {
-        let stats = &self.shared.stats;
-        let seen = match store.get_with_versions(full, tag_keys) {
-            Ok((Some(bytes), versions)) => {
-                if let Some(value) = fallback_value::<M::Stored>(&bytes, tag_keys, &versions) {
-                    stats.hit();
+        let seen = match self.fallback_lookup::<M::Stored>(&store, full, tag_keys) {
+            Ok(value) => return mode.restore(value),
+            Err(seen) => seen,
+        };
+        self.shared.stats.miss();
+        self.fill_fallback(&store, full, tag_keys, ttl, Some(seen), mode, compute)
+            .await
+    }
+
+    /// The fallback store's value of `full` (counted as a hit), or what the store holds
+    /// there instead (an entry of another type, or invalidated by a tag; `None`: nothing).
+    pub(crate) fn fallback_lookup<S: serde::de::DeserializeOwned + 'static>(
+        &self,
+        store: &MemoryBackend,
+        full: &str,
+        tag_keys: &[String],
+    ) -> std::result::Result<S, Option<bytes::Bytes>> {
+        match store.get_with_versions(full, tag_keys) {
+            Ok((Some(bytes), versions)) => match fallback_value::<S>(&bytes, tag_keys, &versions) {
+                Some(value) => {
+                    self.shared.stats.hit();
                     if let Backend::Redis(redis) = &self.shared.backend {
                         redis.breaker().fallback_hit();
                     }
-                    return mode.restore(value);
+                    Ok(value)
                 }
-                Some(bytes)
-            }
-            _ => None,
-        };
-        stats.miss();
-        self.fill_fallback(&store, full, tag_keys, ttl, Some(seen), mode, compute)
-            .await
+                None => Err(Some(bytes)),
+            },
+            _ => Err(None),
+        }
     }
 
     /// `_refresh` and `#[cache_put]` while the breaker is open: the value goes to the

@@ -1008,9 +1008,9 @@ impl Cache {
             // (boxed, like the miss path, to keep the hit's future small).
             Err(e) => match self.fallback_for(&e) {
                 Some(store) => {
-                    return Box::pin(
-                        self.compute_in_fallback(store, &full, tag_keys, ttl, mode, compute),
-                    )
+                    return Box::pin(self.fallback_in_flight(
+                        store, &full, tag_keys, ttl, policy, epoch, mode, compute,
+                    ))
                     .await
                 }
                 None => self.compute_err(function, "get", &full, &e),
@@ -1032,6 +1032,79 @@ impl Cache {
             .instrument(span),
         )
         .await
+    }
+
+    /// While the breaker is open: the fallback store's value or the computation's, with the
+    /// same single-flight as on Redis (the callers of one key during an outage run its
+    /// computation once; a failed one is taken over by a waiter).
+    #[allow(clippy::too_many_arguments)] // one private step
+    async fn fallback_in_flight<O, M, F>(
+        &self,
+        store: Arc<crate::backend::memory::MemoryBackend>,
+        full: &str,
+        tag_keys: &[String],
+        ttl: Option<Duration>,
+        policy: &Policy,
+        epoch: u64,
+        mode: M,
+        compute: F,
+    ) -> O
+    where
+        M: Mode<O>,
+        F: Future<Output = O>,
+    {
+        // A hit in the fallback store pays no flight.
+        if let Ok(value) = self.fallback_lookup::<M::Stored>(&store, full, tag_keys) {
+            return mode.restore(value);
+        }
+        let mut leader = None;
+        // `lock = "none"` opts out of single-flight, here as on Redis.
+        let single_flight = policy.lock != FillLock::None;
+        while single_flight && leader.is_none() {
+            match self.flights().join(full, &Seen::Unread, epoch) {
+                Joined::Lead(lead) => leader = Some(lead),
+                Joined::Landed(bytes) => match decode_shared::<M::Stored>(self, full, &bytes) {
+                    Some(value) => return mode.restore(value),
+                    None => break,
+                },
+                Joined::Wait(rx) => {
+                    self.shared.stats.flight_wait();
+                    match wait(rx, None).await {
+                        Waited::Value(bytes) => {
+                            match decode_shared::<M::Stored>(self, full, &bytes) {
+                                Some(value) => return mode.restore(value),
+                                None => break,
+                            }
+                        }
+                        Waited::Failed => continue,
+                        Waited::TimedOut => break,
+                    }
+                }
+            }
+        }
+        let out = self
+            .compute_in_fallback(store, full, tag_keys, ttl, mode, compute)
+            .await;
+        if let Some(leader) = leader {
+            // Handed over as the Redis path hands it (an entry as `encode_entry` makes it,
+            // encrypted if the handle encrypts); a value that does not encode lands as failed,
+            // and a waiter computes.
+            let bytes = mode.shared(&out).and_then(|value| {
+                let no_versions = vec![0; tag_keys.len()];
+                self.encode_entry(
+                    full,
+                    value,
+                    self.ttl_or_default(ttl),
+                    None,
+                    (tag_keys, &no_versions),
+                    0,
+                    codec::fingerprint::<M::Stored>(),
+                )
+                .ok()
+            });
+            leader.land(bytes.map(Bytes::from));
+        }
+        out
     }
 
     /// Steps 3 to 6, after a read that found no fresh value (`known`: what it found, `None`

@@ -156,6 +156,65 @@ async fn double(cache: &Cache, calls: &AtomicUsize, n: u64) -> u64 {
     n * 2
 }
 
+/// While the breaker is open, 200 concurrent callers of one cold key run its computation
+/// once (single-flight, as on Redis), and a failed computation is taken over by a waiter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_breaker_open_concurrent_callers_of_a_key_compute_once() {
+    let url = format!("redis://127.0.0.1:{}/", dead_port());
+    let cache = cache_on(&url, 1, Duration::from_secs(600));
+    while cache.stats().breaker_opened == 0 {
+        let _ = cache.get::<u64>("k").await;
+    }
+    const CALLERS: usize = 200;
+    for (round, fails) in [(0u64, false), (1, true)] {
+        let key = format!("hot:{round}");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let waits_before = cache.stats().flight_waits;
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let (cache, key, calls, gate) =
+                    (cache.clone(), key.clone(), calls.clone(), gate.clone());
+                tokio::spawn(async move {
+                    cache
+                        .try_get_or_set(&key, None, move || async move {
+                            let n = calls.fetch_add(1, Ordering::SeqCst);
+                            if n == 0 {
+                                gate.notified().await;
+                                if fails {
+                                    return Err("the first computation fails".to_owned());
+                                }
+                            }
+                            Ok::<u64, String>(7)
+                        })
+                        .await
+                })
+            })
+            .collect();
+        within(
+            "every other caller to wait for the computation",
+            MARGIN * 5,
+            || async { cache.stats().flight_waits - waits_before >= (CALLERS - 1) as u64 },
+        )
+        .await;
+        gate.notify_one();
+        let mut errors = 0;
+        for caller in callers {
+            match caller.await.expect("joins") {
+                Ok(v) => assert_eq!(v, 7),
+                Err(_) => errors += 1,
+            }
+        }
+        let expected = if fails { 2 } else { 1 };
+        assert_eq!(calls.load(Ordering::SeqCst), expected, "round {round}");
+        assert_eq!(
+            errors,
+            usize::from(fails),
+            "only the failed caller sees its error"
+        );
+    }
+}
+
 /// Nothing listens: the first calls each wait for a connection attempt (bounded by the
 /// connect timeout), then the breaker opens and 1,000 `#[cached]` calls over ten keys run the
 /// body once per key, none waiting for the network.
