@@ -752,12 +752,7 @@ impl Cache {
         ttl: Duration,
         compute_us: u32,
     ) {
-        let versions: Vec<u64> = store
-            .create_versions(tag_keys, codec::now_us())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.unwrap_or(0))
-            .collect();
+        let versions = fallback_versions(store, tag_keys);
         if let Some(bytes) = encode_for_fallback(
             value,
             Some(ttl),
@@ -785,12 +780,7 @@ impl Cache {
     ) -> O {
         // Versions read before computing, as on Redis: an invalidation during the
         // computation wins.
-        let versions: Vec<u64> = store
-            .create_versions(tag_keys, codec::now_us())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|v| v.unwrap_or(0))
-            .collect();
+        let versions = fallback_versions(store, tag_keys);
         self.shared.stats.compute();
         let started = Instant::now();
         let out = compute.await;
@@ -815,6 +805,16 @@ impl Cache {
         }
         out
     }
+}
+
+/// The fallback store's current versions of `tag_keys` (created where missing).
+fn fallback_versions(store: &MemoryBackend, tag_keys: &[String]) -> Vec<u64> {
+    store
+        .create_versions(tag_keys, codec::now_us())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.unwrap_or(0))
+        .collect()
 }
 
 /// The value of a fallback entry whose tags all still have their recorded versions.

@@ -55,6 +55,17 @@ async fn closed(cache: &Cache) -> bool {
     cache.exists("breaker-check").await.is_ok()
 }
 
+/// A redis-server that keeps its data across a kill and restart (append-only file, synced on
+/// every write).
+fn durable_server() -> tests::RedisServer {
+    tests::RedisServer::builder()
+        .arg("--appendonly")
+        .arg("yes")
+        .arg("--appendfsync")
+        .arg("always")
+        .start()
+}
+
 fn redis_hits(s: StatsSnapshot) -> u64 {
     s.hits - s.fallback_hits
 }
@@ -66,12 +77,7 @@ fn redis_hits(s: StatsSnapshot) -> u64 {
 /// failing source again; when Redis is back, a refresh stores the new value in Redis.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_value_is_served_while_the_breaker_is_open() {
-    let mut server = tests::RedisServer::builder()
-        .arg("--appendonly")
-        .arg("yes")
-        .arg("--appendfsync")
-        .arg("always")
-        .start();
+    let mut server = durable_server();
     let cache = cache_on(&server.url(), 3, Duration::from_millis(300));
     let options = cache_core::ComputeOptions::new()
         .ttl(Duration::from_millis(300))
@@ -306,12 +312,7 @@ const GROUPS: u64 = 8;
 /// hits come from Redis again, and the two invalidations were replayed into it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_under_load_callers_see_no_error_and_invalidations_are_replayed() {
-    let mut server = tests::RedisServer::builder()
-        .arg("--appendonly")
-        .arg("yes")
-        .arg("--appendfsync")
-        .arg("always")
-        .start();
+    let mut server = durable_server();
     let open_for = Duration::from_millis(500);
     let cache = cache_on(&server.url(), 5, open_for);
     let generation = Arc::new(AtomicU64::new(0));
