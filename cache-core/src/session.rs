@@ -4,8 +4,13 @@
 //!
 //! On Redis a record is a hash (`d` data, `u` user, `c` created-at, `x` absolute deadline,
 //! `v` version) under `<scope>~session:<id>`, whose TTL is always `min(idle timeout,
-//! deadline - now)` by the server's clock, so Redis itself drops it; reads slide the TTL with
-//! a `PEXPIRE` inside the read's script (one round trip, the record is not rewritten). A
+//! deadline - now)` by the server's clock, so Redis itself drops it, at its deadline at the
+//! latest. A read is one pipeline of plain commands on the record's key (`HMGET` of its
+//! fields and `PTTL`): nothing to check by script, since expiry enforces both timeouts. Only
+//! when the TTL left has fallen at least the slide threshold below `min(idle timeout,
+//! deadline - now)` does the read run the slide script (a second round trip, a `PEXPIRE` by
+//! the server's `TIME`; so about once per threshold per session and process, and the record
+//! is never rewritten). A
 //! user's index is a sorted set `<scope>~session-user:<user>` of ids scored by their
 //! deadline: entries past it are dropped on every write, the set expires with its last
 //! deadline, and each write checks a random sample of its ids for records gone earlier (idle,
@@ -31,6 +36,7 @@ use serde::Serialize;
 use crate::backend::redis::RedisBackend;
 use crate::backend::Backend;
 use crate::cache::Cache;
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::key::{self, KeyBuf};
 use crate::limits;
@@ -266,9 +272,10 @@ impl<T: AsSessionId + ?Sized> AsSessionId for &T {
 /// - **Ids**: [`SessionId`], 128 random bits from the operating system.
 /// - **Idle timeout** (default 30 minutes): a session not read, touched or updated for this
 ///   long is gone. [`get`](Sessions::get), [`touch`](Sessions::touch) and
-///   [`update`](Sessions::update) slide it in the same round trip, with a `PEXPIRE` (the
-///   record is not rewritten), and only when that adds at least the
-///   [`slide_threshold`](Sessions::slide_threshold), so most reads write nothing.
+///   [`update`](Sessions::update) slide it with a `PEXPIRE` (the record is not rewritten),
+///   only when that adds at least the [`slide_threshold`](Sessions::slide_threshold). A
+///   `get` is one round trip (`HMGET` + `PTTL` pipelined) and takes a second one, the slide
+///   script, only on the reads that slide: about one per threshold per session and process.
 /// - **Maximum lifetime** (default 24 hours): counted from creation, never extended; the
 ///   session is gone then however active it is (a [`rotate`](Sessions::rotate) keeps it).
 /// - **Users**: a session created for a user is listed by
@@ -371,7 +378,8 @@ impl Sessions {
     /// Reads slide the idle timeout only when that adds at least this much (default: a tenth
     /// of the idle timeout, at most one minute). A session may so end up to this much before
     /// a full idle timeout after its last read; in exchange, most reads write nothing (no
-    /// `PEXPIRE` sent to replicas and the AOF). Zero slides on every read.
+    /// `PEXPIRE` sent to replicas and the AOF) and, on Redis, take one round trip instead of
+    /// two. Zero slides on every read that adds a millisecond or more.
     ///
     /// ```
     /// use std::time::Duration;
@@ -622,6 +630,13 @@ impl Sessions {
     /// The session's data, sliding its idle timeout; `None` if there is no such session
     /// (never was, expired, deleted, malformed id) or its data does not decode as `T`.
     ///
+    /// On Redis: one round trip (`HMGET` + `PTTL` on the record, pipelined); when the TTL has
+    /// fallen at least the [`slide_threshold`](Sessions::slide_threshold) below
+    /// `min(idle timeout, deadline - now)`, a second one runs the slide script, which sets
+    /// the TTL by the server's clock (the decision to ask uses this process's clock). The
+    /// maximum lifetime needs no check on a read: every slide caps the TTL at the deadline,
+    /// so Redis drops the record then.
+    ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
     /// let sessions = cache_core::Cache::in_memory().sessions();
@@ -654,10 +669,31 @@ impl Sessions {
                 .get(&key, times)
                 .map(|(data, version)| (id, data, version)));
         };
-        let mut invocation = GET.key(&key);
-        invocation.arg(times.idle).arg(times.step).arg("1");
-        let found: Option<(Vec<u8>, u64)> = redis.run_script("session get", &invocation).await?;
-        Ok(found.map(|(data, version)| (id, data, version)))
+        // One pipeline of plain commands on the record's key (one slot on a cluster): its
+        // fields and its TTL. Expiry needs no script: every slide caps the TTL at the
+        // deadline, so Redis drops the record at its deadline at the latest.
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET").arg(&key).arg("x").arg("d").arg("v");
+        pipe.cmd("PTTL").arg(&key);
+        let ((deadline, data, version), pttl): ((Option<u64>, Option<Vec<u8>>, Option<u64>), i64) =
+            redis.run_pipe("session get", pipe).await?;
+        let (Some(deadline), Some(data)) = (deadline, data) else {
+            return Ok(None);
+        };
+        if pttl == -2 {
+            return Ok(None);
+        }
+        if needs_slide(deadline, pttl, times, codec::now_ms()) {
+            // The slide itself is the touch script, by the server's clock: it may find the
+            // record gone meanwhile (deleted, ended), and then this read is a miss too.
+            let mut invocation = GET.key(&key);
+            invocation.arg(times.idle).arg(times.step).arg("0");
+            let found: Option<i64> = redis.run_script("session touch", &invocation).await?;
+            if found.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some((id, data, version.unwrap_or(1))))
     }
 
     /// Replaces the session's data, sliding its idle timeout; false if there is no such
@@ -1040,6 +1076,21 @@ impl Sessions {
         }
         Ok(())
     }
+}
+
+/// Whether a read that found the record with `pttl` ms left (-1: no expiry), `deadline` its
+/// absolute deadline in unix ms, should slide its idle timeout: when that would add at least
+/// the slide threshold (and at least a millisecond). `now` is this process's clock, which only
+/// decides whether to ask: the slide script recomputes the TTL with the server's `TIME`. A
+/// clock behind the server's makes a few reads near the deadline ask for a slide that adds
+/// nothing; one ahead makes reads near the deadline skip a slide that would have added less
+/// than that skew.
+fn needs_slide(deadline: u64, pttl: i64, times: Times, now: u64) -> bool {
+    if pttl < 0 {
+        return true; // no expiry: the script sets it
+    }
+    let want = times.idle.min(deadline.saturating_sub(now));
+    want.saturating_sub(pttl as u64) >= times.step.max(1)
 }
 
 /// A record to write.
@@ -1618,6 +1669,32 @@ mod tests {
         ] {
             assert!(SessionId::decode(bad).is_none(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn reads_ask_for_a_slide_only_when_it_adds_the_threshold() {
+        let times = Times {
+            idle: 10_000,
+            max: 100_000,
+            step: 1_000,
+        };
+        let now = 1_000_000;
+        let far = now + 50_000;
+        assert!(!needs_slide(far, 10_000, times, now), "fresh");
+        assert!(!needs_slide(far, 9_001, times, now), "less than the step");
+        assert!(needs_slide(far, 9_000, times, now), "the step");
+        assert!(needs_slide(far, -1, times, now), "no expiry");
+        // Near the deadline the TTL is capped there: nothing to add.
+        let near = now + 3_000;
+        assert!(!needs_slide(near, 3_000, times, now));
+        assert!(!needs_slide(near, 2_500, times, now));
+        assert!(needs_slide(near, 2_000, times, now));
+        // Past it by this clock: never asks (Redis drops the record at its deadline).
+        assert!(!needs_slide(now - 5, 100, times, now));
+        // A zero threshold asks whenever a millisecond would be added.
+        let every = Times { step: 0, ..times };
+        assert!(!needs_slide(far, 10_000, every, now));
+        assert!(needs_slide(far, 9_999, every, now));
     }
 
     #[test]

@@ -634,3 +634,69 @@ mod tower {
         }
     }
 }
+
+/// Calls of `command` since the last `CONFIG RESETSTAT`, from `INFO commandstats`.
+async fn calls(con: &mut redis::aio::MultiplexedConnection, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(con)
+        .await
+        .expect("INFO");
+    let head = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(head.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a count"))
+}
+
+#[tokio::test]
+async fn a_get_is_one_round_trip_and_runs_the_slide_script_only_when_it_slides() {
+    // A private server, so that its command counts are this test's alone.
+    let server = tests::RedisServer::start();
+    let cache = tests::redis_cache_at(&server.url());
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let sessions = cache
+        .sessions()
+        .idle_timeout(Duration::from_secs(60))
+        .slide_threshold(Duration::from_secs(20));
+    let id = sessions.create(Some("ann"), &"data").await.expect("create");
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut con)
+        .await
+        .expect("RESETSTAT");
+    for _ in 0..50 {
+        let data = sessions.get::<String>(&id).await.expect("get");
+        assert_eq!(data.as_deref(), Some("data"));
+    }
+    // Reads within the 20 s threshold: no slide, no script; one HMGET + PTTL each.
+    let (hmget, pttl, evalsha) = (
+        calls(&mut con, "hmget").await,
+        calls(&mut con, "pttl").await,
+        calls(&mut con, "evalsha").await + calls(&mut con, "eval").await,
+    );
+    assert_eq!((hmget, pttl, evalsha), (50, 50, 0));
+
+    // Once the TTL has fallen by the threshold, a read slides it back up (by the script).
+    let sessions = sessions.slide_threshold(Duration::from_millis(300));
+    let before = sessions.ttl(&id).await.expect("ttl").expect("alive");
+    let slid = eventually(Duration::from_secs(10), || async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let data = sessions.get::<String>(&id).await.expect("get");
+        assert_eq!(data.as_deref(), Some("data"));
+        sessions.ttl(&id).await.expect("ttl").expect("alive") > before
+    })
+    .await;
+    assert!(slid, "no read slid the idle timeout");
+    let slides = calls(&mut con, "evalsha").await + calls(&mut con, "eval").await;
+    assert!(slides > evalsha, "the slide ran no script");
+
+    // A read after the record is gone is a miss.
+    assert!(sessions.delete(&id).await.expect("delete"));
+    assert_eq!(sessions.get::<String>(&id).await.expect("get"), None);
+    assert!(!sessions.exists(&id).await.expect("exists"));
+}
