@@ -1284,8 +1284,9 @@ async fn raw_session_get(cx: &'static Ctx, concurrency: usize) -> Round {
     .await
 }
 
-/// `sessions.get`: one `EVALSHA` that reads the record and slides its idle timeout (a
-/// `PEXPIRE` only when that adds at least the slide threshold), then `serde_json` decoding.
+/// `sessions.get`: one pipeline of `HMGET` (deadline, data, version) and `PTTL` on the
+/// record, then `serde_json` decoding; the slide script (a second round trip) runs only when
+/// the TTL has fallen by the slide threshold (a minute here), so not within a run's rounds.
 async fn ours_session_get(cx: &'static Ctx, concurrency: usize) -> Round {
     static SESSIONS_OF_RUN: OnceLock<cache_core::Sessions> = OnceLock::new();
     let ids = session_ids(cx).await;
