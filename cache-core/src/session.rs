@@ -20,8 +20,12 @@
 //! where an operation spans a record and an index, the index is written first, so a live
 //! session is never missing from its user's index.
 //!
+//! With an encryption key on the handle, the data field is a raw envelope (`codec.rs`)
+//! sealed by `crypto.rs` with the record's full key as associated data; a rotation opens it
+//! under the old key and seals it for the new one.
+//!
 //! The embedded backend keeps the same records and indexes in per-root state, with its own
-//! monotonic clock.
+//! monotonic clock (and no encryption: its state is the process's memory).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -288,6 +292,15 @@ impl<T: AsSessionId + ?Sized> AsSessionId for &T {
 ///   ([`Error::is_unavailable`]); nothing falls back to a local copy, so a session deleted
 ///   elsewhere can never be read back.
 /// - Sessions live under the handle's scope: a tenant's sessions are invisible to another.
+/// - **Encryption at rest**: from a handle with an encryption key
+///   ([`Cache::with_encryption`], or the builder's), the data of each session is stored
+///   encrypted on Redis (XChaCha20-Poly1305, as cached values are, bound to the record's key
+///   so it does not open under another id); the user id, creation time, deadline and version
+///   stay readable. Data that does not open with the handle's keys (another key, plaintext
+///   from a handle without one, a copy from another record) reads as no session, never an
+///   error; old keys ([`Cache::with_old_encryption_keys`]) still read. Turning encryption on
+///   so ends the sessions stored before. The embedded backend keeps sessions in the
+///   process's memory, unencrypted.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -472,6 +485,43 @@ impl Sessions {
         }
     }
 
+    /// The data to store under `key`: the plaintext, or, when the handle encrypts, a raw
+    /// envelope sealed with its key and bound to `key` (a ciphertext copied under another
+    /// record does not open).
+    fn seal(&self, key: &str, data: Vec<u8>) -> Result<Vec<u8>> {
+        if !self.cache.is_encrypted() {
+            return Ok(data);
+        }
+        let envelope =
+            codec::encode(&data, &codec::Meta::default(), usize::MAX).map_err(|source| {
+                Error::Encode {
+                    key: key::shorten_for_display(key),
+                    source,
+                }
+            })?;
+        self.cache.seal(key, envelope)
+    }
+
+    /// The plaintext of data read from `key`; `None` when the handle encrypts and it does not
+    /// open (another key, not encrypted, tampered with, moved from another record): the
+    /// session reads as gone, and the log says why.
+    fn open(&self, id: &SessionId, key: &str, stored: Vec<u8>) -> Option<Vec<u8>> {
+        if !self.cache.is_encrypted() {
+            return Some(stored);
+        }
+        let opened = codec::parse(&stored)
+            .map_err(str::to_owned)
+            .and_then(|env| self.cache.open_value::<Vec<u8>>(key, &stored, &env, 0));
+        match opened {
+            Ok(plaintext) => Some(plaintext),
+            Err(reason) => {
+                tracing::warn!(session = ?id, %reason,
+                    "session data does not decrypt with this handle's keys: treated as no session");
+                None
+            }
+        }
+    }
+
     fn redis(&self) -> Option<&RedisBackend> {
         match &self.cache.shared.backend {
             Backend::Redis(r) => Some(r),
@@ -540,9 +590,10 @@ impl Sessions {
         if let Some(index) = index {
             deadline = self.index_add(redis, index, id, deadline, times).await?;
         }
+        let data = self.seal(&key, record.data.clone())?;
         let mut invocation = CREATE.key(&key);
         invocation
-            .arg(&record.data[..])
+            .arg(data)
             .arg(&record.user)
             .arg(deadline)
             .arg(times.idle)
@@ -683,6 +734,9 @@ impl Sessions {
         if pttl == -2 {
             return Ok(None);
         }
+        let Some(data) = self.open(&id, &key, data) else {
+            return Ok(None);
+        };
         if needs_slide(deadline, pttl, times, codec::now_ms()) {
             // The slide itself is the touch script, by the server's clock: it may find the
             // record gone meanwhile (deleted, ended), and then this read is a miss too.
@@ -735,6 +789,7 @@ impl Sessions {
         let Some(redis) = self.redis() else {
             return Ok(self.memory().write(&key, data, expected, user, times));
         };
+        let data = self.seal(&key, data)?;
         let mut invocation = UPDATE.key(&key);
         invocation
             .arg(data)
@@ -948,6 +1003,15 @@ impl Sessions {
             .run_script("session take", &TAKE.key(&old_key))
             .await?;
         let Some((data, user, created, deadline, version)) = taken else {
+            return Ok(None);
+        };
+        // Encrypted data is bound to its record's key: opened here, sealed for the new one.
+        let Some(data) = self.open(&old, &old_key, data) else {
+            if !user.is_empty() {
+                let mut cmd = redis::cmd("ZREM");
+                cmd.arg(self.index_key(&user)?).arg(old.to_string());
+                redis.run::<i64>("session index remove", cmd).await?;
+            }
             return Ok(None);
         };
         let record = Record {

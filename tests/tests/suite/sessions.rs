@@ -700,3 +700,98 @@ async fn a_get_is_one_round_trip_and_runs_the_slide_script_only_when_it_slides()
     assert_eq!(sessions.get::<String>(&id).await.expect("get"), None);
     assert!(!sessions.exists(&id).await.expect("exists"));
 }
+
+#[tokio::test]
+async fn session_data_is_encrypted_at_rest_with_the_caches_key() {
+    use cache_core::EncryptionKey;
+    let (old_key, new_key) = (
+        EncryptionKey::generate().expect("key"),
+        EncryptionKey::generate().expect("key"),
+    );
+    let plain = tests::redis_cache();
+    let cache = plain.with_encryption(old_key.clone());
+    let sessions = cache.sessions();
+    let secret = "card 4111-1111-1111-1111".to_owned();
+    let id = sessions.create(Some("ann"), &secret).await.expect("create");
+    let record = format!("{}~session:{id}", cache.key_prefix());
+    let stored: Vec<u8> = raw(redis::cmd("HGET").arg(&record).arg("d")).await;
+    assert!(!stored.is_empty());
+    let needle = b"4111-1111";
+    assert!(
+        !stored.windows(needle.len()).any(|w| w == needle),
+        "the stored data holds the plaintext"
+    );
+    assert_eq!(
+        sessions.get::<String>(&id).await.expect("get"),
+        Some(secret.clone())
+    );
+
+    // Another key, or no key: a miss, not an error.
+    let stranger = plain.with_encryption(new_key.clone()).sessions();
+    assert_eq!(stranger.get::<String>(&id).await.expect("get"), None);
+    assert_eq!(
+        plain.sessions().get::<String>(&id).await.expect("get"),
+        None
+    );
+    assert_eq!(
+        stranger
+            .modify(&id, |s: &mut String| s.push('!'))
+            .await
+            .expect("modify"),
+        None
+    );
+
+    // A key rotation: the new key with the old one listed reads, and writes with the new one.
+    let rotated = plain
+        .with_encryption(new_key.clone())
+        .with_old_encryption_keys([old_key.clone()])
+        .sessions();
+    assert_eq!(
+        rotated.get::<String>(&id).await.expect("get"),
+        Some(secret.clone())
+    );
+    assert!(rotated
+        .update(&id, &"updated".to_owned())
+        .await
+        .expect("update"));
+    assert_eq!(
+        stranger.get::<String>(&id).await.expect("get").as_deref(),
+        Some("updated")
+    );
+    assert_eq!(
+        sessions.get::<String>(&id).await.expect("get"),
+        None,
+        "the old key alone"
+    );
+
+    // The ciphertext is bound to its record: copied under another session, it does not open.
+    let other = rotated
+        .create(None, &"other".to_owned())
+        .await
+        .expect("create");
+    let sealed: Vec<u8> = raw(redis::cmd("HGET").arg(&record).arg("d")).await;
+    let other_record = format!("{}~session:{other}", cache.key_prefix());
+    let _: i64 = raw(redis::cmd("HSET").arg(&other_record).arg("d").arg(sealed)).await;
+    assert_eq!(rotated.get::<String>(&other).await.expect("get"), None);
+
+    // A rotation of the id opens the data under the old record and seals it for the new.
+    let moved = rotated.rotate(&id).await.expect("rotate").expect("exists");
+    assert_eq!(
+        rotated.get::<String>(&moved).await.expect("get").as_deref(),
+        Some("updated")
+    );
+    assert_eq!(
+        rotated.list_for_user("ann").await.expect("list"),
+        vec![moved]
+    );
+    // One that does not open under this handle's keys is gone (and leaves the index).
+    let foreign = sessions.create(Some("bob"), &1u8).await.expect("create");
+    assert_eq!(stranger.rotate(&foreign).await.expect("rotate"), None);
+    assert!(stranger
+        .list_for_user("bob")
+        .await
+        .expect("list")
+        .is_empty());
+    assert!(rotated.touch(&moved).await.expect("touch"));
+    assert!(rotated.delete(&moved).await.expect("delete"));
+}
