@@ -726,8 +726,8 @@ impl Sessions {
         let mut pipe = redis::pipe();
         pipe.cmd("HMGET").arg(&key).arg("x").arg("d").arg("v");
         pipe.cmd("PTTL").arg(&key);
-        let ((deadline, data, version), pttl): ((Option<u64>, Option<Vec<u8>>, Option<u64>), i64) =
-            redis.run_pipe("session get", pipe).await?;
+        let (fields, pttl): (RecordFields, i64) = redis.run_pipe("session get", pipe).await?;
+        let (deadline, data, version) = fields;
         let (Some(deadline), Some(data)) = (deadline, data) else {
             return Ok(None);
         };
@@ -1156,6 +1156,9 @@ fn needs_slide(deadline: u64, pttl: i64, times: Times, now: u64) -> bool {
     let want = times.idle.min(deadline.saturating_sub(now));
     want.saturating_sub(pttl as u64) >= times.step.max(1)
 }
+
+/// The `x`, `d` and `v` fields of a record, as `HMGET` returns them.
+type RecordFields = (Option<u64>, Option<Vec<u8>>, Option<u64>);
 
 /// A record to write.
 struct Record {
