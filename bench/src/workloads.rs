@@ -262,7 +262,12 @@ impl Ctx {
                 .await;
         })
         .await;
-        // The L1 serves once its invalidation feed is subscribed.
+        self.l1_serving().await;
+    }
+
+    /// Waits for the L1 caches to serve, which they do once their invalidation feed is
+    /// subscribed.
+    async fn l1_serving(&self) {
         for c in [&self.l1, &self.l1_writer] {
             let start = std::time::Instant::now();
             while !c.local_cache_serving() {
@@ -308,8 +313,12 @@ impl Ctx {
             ours::tagged_user_refresh(&self.ours, id % ORGS, id).await;
             ours::stale_user_populate(&self.ours, id).await;
             self.moka.insert(id, User::load(id)).await;
+            self.moka_arc
+                .insert(id, std::sync::Arc::new(User::load(id)))
+                .await;
         })
         .await;
+        self.l1_serving().await;
     }
 }
 
@@ -1090,6 +1099,7 @@ async fn pattern_populate(cx: &'static Ctx, prefix: &str, with_rest: bool) {
     let mut conn = cx.raw.clone();
     let mut pipe = redis::pipe();
     let mut queued = 0;
+    let mut cluster_sets = Vec::new();
     for i in 0..n {
         let matching = i % 10 == 0;
         if !matching && !with_rest {
@@ -1100,6 +1110,14 @@ async fn pattern_populate(cx: &'static Ctx, prefix: &str, with_rest: bool) {
         } else {
             format!("{prefix}:o:{i}")
         };
+        if cx.cluster {
+            // A pipeline must stay in one slot: one command each, 10,000 in flight.
+            cluster_sets.push(key);
+            if cluster_sets.len() == 10_000 {
+                set_each(cx, std::mem::take(&mut cluster_sets)).await;
+            }
+            continue;
+        }
         pipe.cmd("SET")
             .arg(key)
             .arg("1")
@@ -1115,6 +1133,59 @@ async fn pattern_populate(cx: &'static Ctx, prefix: &str, with_rest: bool) {
     }
     if queued > 0 {
         ok(pipe.query_async::<()>(&mut conn).await, "populating");
+    }
+    set_each(cx, cluster_sets).await;
+}
+
+/// `SET key 1 PX ..` of each key, all in flight at once (a cluster connection routes each).
+async fn set_each(cx: &'static Ctx, keys: Vec<String>) {
+    let mut sets = tokio::task::JoinSet::new();
+    for key in keys {
+        let mut conn = cx.raw.clone();
+        sets.spawn(async move {
+            redis::cmd("SET")
+                .arg(key)
+                .arg("1")
+                .arg("PX")
+                .arg(TTL.as_millis() as u64)
+                .query_async::<()>(&mut conn)
+                .await
+        });
+    }
+    while let Some(set) = sets.join_next().await {
+        ok(ok(set, "a SET task"), "populating the cluster");
+    }
+}
+
+/// A connection to each node holding keys: the server, or each cluster primary (from
+/// `CLUSTER NODES`), for the raw scan.
+async fn scan_nodes(cx: &'static Ctx) -> Vec<redis::aio::MultiplexedConnection> {
+    let mut conn = cx.raw.clone();
+    match conn {
+        RawConnection::Single(single) => vec![single],
+        RawConnection::Cluster(_) => {
+            let nodes: String = ok(
+                redis::cmd("CLUSTER")
+                    .arg("NODES")
+                    .query_async(&mut conn)
+                    .await,
+                "CLUSTER NODES",
+            );
+            let mut primaries = Vec::new();
+            for line in nodes.lines() {
+                let fields: Vec<&str> = line.split(' ').collect();
+                if fields.len() < 3 || !fields[2].contains("master") {
+                    continue;
+                }
+                let addr = fields[1].split('@').next().unwrap_or_default();
+                let client = ok(redis::Client::open(format!("redis://{addr}/")), "node url");
+                primaries.push(ok(
+                    client.get_multiplexed_async_connection().await,
+                    "connecting to a primary",
+                ));
+            }
+            primaries
+        }
     }
 }
 
@@ -1159,51 +1230,65 @@ async fn raw_pattern(cx: &'static Ctx) -> Round {
     let prefix = format!("{}:rawpat", cx.run);
     let glob = format!("{prefix}:m:*");
     pattern_round(cx, &prefix, &POPULATED, || async {
-        let mut conn = cx.raw.clone();
-        let (mut cursor, mut removed, mut pending) = (0u64, 0u64, Vec::<String>::new());
-        loop {
-            let mut pipe = redis::pipe();
-            pipe.cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&glob)
-                .arg("COUNT")
-                .arg(2000);
-            if !pending.is_empty() {
-                pipe.cmd("UNLINK").arg(&pending);
-            }
-            let reply: Vec<redis::Value> = ok(pipe.query_async(&mut conn).await, "raw SCAN");
-            let mut reply = reply.into_iter();
-            let (next, keys): (u64, Vec<String>) = ok(
-                redis::from_redis_value(reply.next().expect("SCAN reply")),
-                "SCAN reply",
-            );
-            if !pending.is_empty() {
-                let n: u64 = ok(
-                    redis::from_redis_value(reply.next().expect("UNLINK reply")),
-                    "UNLINK reply",
-                );
-                removed += n;
-            }
-            pending = keys;
-            cursor = next;
-            if cursor == 0 {
-                break;
-            }
-        }
-        if !pending.is_empty() {
-            let n: u64 = ok(
-                redis::cmd("UNLINK")
-                    .arg(&pending)
-                    .query_async(&mut conn)
-                    .await,
-                "UNLINK",
-            );
-            removed += n;
+        let mut removed = 0;
+        // One node after the other, as `invalidate_pattern` visits them.
+        for mut conn in scan_nodes(cx).await {
+            removed += scan_unlink(&mut conn, &glob, cx.cluster).await;
         }
         removed
     })
     .await
+}
+
+/// `SCAN MATCH glob COUNT 2000` of one node to the end, each page's keys `UNLINK`ed in the
+/// same pipeline as the next `SCAN`; the keys removed. On a cluster node a multi-key command
+/// must stay in one slot, so there each key is its own `UNLINK` (`per_key`), in the pipeline.
+async fn scan_unlink(
+    conn: &mut redis::aio::MultiplexedConnection,
+    glob: &str,
+    per_key: bool,
+) -> u64 {
+    let unlink = |pipe: &mut redis::Pipeline, keys: &[String]| {
+        if per_key {
+            for key in keys {
+                pipe.cmd("UNLINK").arg(key);
+            }
+        } else if !keys.is_empty() {
+            pipe.cmd("UNLINK").arg(keys);
+        }
+    };
+    let (mut cursor, mut removed, mut pending) = (0u64, 0u64, Vec::<String>::new());
+    loop {
+        let mut pipe = redis::pipe();
+        pipe.cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(glob)
+            .arg("COUNT")
+            .arg(2000);
+        unlink(&mut pipe, &pending);
+        let reply: Vec<redis::Value> = ok(pipe.query_async(conn).await, "raw SCAN");
+        let mut reply = reply.into_iter();
+        let (next, keys): (u64, Vec<String>) = ok(
+            redis::from_redis_value(reply.next().expect("SCAN reply")),
+            "SCAN reply",
+        );
+        for n in reply {
+            removed += ok(redis::from_redis_value::<u64>(n), "UNLINK reply");
+        }
+        pending = keys;
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let mut pipe = redis::pipe();
+    unlink(&mut pipe, &pending);
+    if !pending.is_empty() {
+        let replies: Vec<u64> = ok(pipe.query_async(conn).await, "UNLINK");
+        removed += replies.iter().sum::<u64>();
+    }
+    removed
 }
 
 /// `invalidate_pattern` over the same shape of keyspace (tombstones, not plain `UNLINK`).
