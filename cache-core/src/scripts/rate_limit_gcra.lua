@@ -4,8 +4,9 @@
 -- ARGV[1]: emission interval T (us, period / limit); ARGV[2]: burst; ARGV[3]: cost;
 -- ARGV[4]: '1' to consume, '0' to peek.
 -- Returns {allowed (0/1), remaining, retry_after (us, -1: none), reset_after (us), now (us)}.
--- Timestamps go back to Redis as strings ("%.0f"): a Lua number handed to redis.call is
--- formatted with "%.14g", which would round a microsecond timestamp.
+-- The TAT goes to redis.call as a number: Redis writes it with all its digits ("%.17g"
+-- before 7.0, the shortest exact form since), where Lua's tostring ("%.14g") would round a
+-- microsecond timestamp and string.format('%.0f') costs more.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local key = KEYS[1]
@@ -24,7 +25,7 @@ local retry = -1
 if allowed then
   if ARGV[4] == '1' and cost > 0 then
     tat = new_tat
-    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now) / 1000))
+    redis.call('SET', key, tat, 'PX', math.ceil((tat - now) / 1000))
   end
 else
   retry = allow_at - now

@@ -5,52 +5,57 @@
 -- ARGV[1]: limit; ARGV[2]: window (us); ARGV[3]: cost; ARGV[4]: '1' to consume, '0' to peek.
 -- Returns {allowed (0/1), remaining, retry_after (us, -1: none), reset_after (us), now (us)}.
 --
--- Lua numbers are doubles, exact up to 2^53: a microsecond timestamp (~1.8e15) fits, but
--- a number handed to redis.call is formatted with "%.14g" and would lose its last digits,
--- so every timestamp sent back to Redis is a string: the score is written from TIME's own
--- digits, and the bound of the trim with "%.0f".
+-- Lua numbers are doubles, exact up to 2^53: a microsecond timestamp (~1.8e15) fits. Numbers
+-- go to redis.call as numbers: Redis writes them with all their digits ("%.17g" before 7.0,
+-- the shortest exact form since), where Lua's own tostring ("%.14g") and string.format('%.0f')
+-- would round or cost more. Only the member names are built as text, from TIME's digits.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local score = t[1] .. string.format('%06d', tonumber(t[2]))
 local key = KEYS[1]
 local limit = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 
 -- The window is (now - window, now]: a request made `window` ago has just left it.
-redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('%.0f', now - window))
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
 local count = redis.call('ZCARD', key)
-local allowed = count + cost <= limit
-local retry = -1
-local reset = 0
-if allowed then
-  if ARGV[4] == '1' and cost > 0 then
-    -- Members are unique: `score-n`, n counting on from the number of live members. While
-    -- the clock stays on one microsecond nothing is trimmed, so that number only grows and
-    -- requests in the same microsecond are all counted. (Only a server clock stepping back
-    -- onto a microsecond already used, with fewer members live, could reuse a name.)
-    local args = {}
-    for i = 0, cost - 1 do
-      args[#args + 1] = score
-      args[#args + 1] = score .. '-' .. string.format('%d', count + i)
-      if #args >= 1000 or i == cost - 1 then
-        redis.call('ZADD', key, unpack(args))
-        args = {}
+if count + cost <= limit then
+  if cost > 0 and ARGV[4] == '1' then
+    -- Members are unique: `<seconds><microseconds>-n` (seconds have ten digits, so the two
+    -- parts never run into each other), n counting on from the number of live members.
+    -- While the clock stays on one microsecond nothing is trimmed, so that number only
+    -- grows and requests in the same microsecond are all counted. (Only a server clock
+    -- stepping back onto a microsecond already used, with fewer members live, could reuse a
+    -- name.)
+    local name = t[1] .. t[2] .. '-'
+    if cost == 1 then
+      redis.call('ZADD', key, now, name .. count)
+    else
+      local args = {}
+      for i = 0, cost - 1 do
+        args[#args + 1] = now
+        args[#args + 1] = name .. (count + i)
+        if #args >= 1000 or i == cost - 1 then
+          redis.call('ZADD', key, unpack(args))
+          args = {}
+        end
       end
     end
-    count = count + cost
     -- The newest member is this request's: it, and the key, leave `window` from now.
     redis.call('PEXPIRE', key, math.ceil(window / 1000))
-    reset = window
+    return {1, limit - count - cost, -1, window, now}
   end
-else
-  -- Admitted once the k oldest members have left, k = count + cost - limit (<= count, as
-  -- cost <= limit): at the k-th oldest member's score + window.
-  local kth = redis.call('ZRANGE', key, count + cost - limit - 1, count + cost - limit - 1, 'WITHSCORES')
-  retry = tonumber(kth[2]) + window - now
+  local reset = 0
+  if count > 0 then
+    local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+    reset = math.max(tonumber(newest[2]) + window - now, 0)
+  end
+  return {1, limit - count, -1, reset, now}
 end
-if reset == 0 and count > 0 then
-  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-  reset = math.max(tonumber(newest[2]) + window - now, 0)
-end
-return {allowed and 1 or 0, math.max(limit - count, 0), retry, reset, now}
+-- Admitted once the k oldest members have left, k = count + cost - limit (<= count, as
+-- cost <= limit): at the k-th oldest member's score + window.
+local k = count + cost - limit - 1
+local kth = redis.call('ZRANGE', key, k, k, 'WITHSCORES')
+local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+return {0, math.max(limit - count, 0), tonumber(kth[2]) + window - now,
+  math.max(tonumber(newest[2]) + window - now, 0), now}

@@ -34,10 +34,6 @@ if w then
   end
 end
 
-local function fits(p, c, e)
-  return p * (width - e) / width + c + cost <= limit
-end
-
 local estimate = prev * (width - elapsed) / width + cur
 local allowed = estimate + cost <= limit
 local retry = -1
@@ -50,6 +46,9 @@ if allowed then
       'PX', math.ceil((start + 2 * width - now) / 1000))
   end
 else
+  local function fits(p, c, e)
+    return p * (width - e) / width + c + cost <= limit
+  end
   local e = nil
   if prev > 0 and cur + cost <= limit then
     -- Later in this window, once the previous one weighs little enough.
