@@ -1369,7 +1369,7 @@ async fn raw_session_get(cx: &'static Ctx, concurrency: usize) -> Round {
     .await
 }
 
-/// `sessions.get`: one pipeline of `HMGET` (deadline, data, version) and `PTTL` on the
+/// `sessions.get`: one pipeline of `HMGET` (deadline, data) and `PTTL` on the
 /// record, then `serde_json` decoding; the slide script (a second round trip) runs only when
 /// the TTL has fallen by the slide threshold (a minute here), so not within a run's rounds.
 async fn ours_session_get(cx: &'static Ctx, concurrency: usize) -> Round {

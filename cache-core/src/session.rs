@@ -699,15 +699,17 @@ impl Sessions {
     /// ```
     pub async fn get<T: DeserializeOwned>(&self, id: impl AsSessionId) -> Result<Option<T>> {
         Ok(self
-            .get_versioned(id)
+            .get_versioned(id, false)
             .await?
             .and_then(|(id, bytes, _)| self.decode(&id, &bytes)))
     }
 
-    /// The raw data and version of a session, sliding its idle timeout.
+    /// The raw data and version of a session (the version read only if `with_version`, else
+    /// 1), sliding its idle timeout.
     async fn get_versioned(
         &self,
         id: impl AsSessionId,
+        with_version: bool,
     ) -> Result<Option<(SessionId, Vec<u8>, u64)>> {
         let Some(id) = id.session_id() else {
             return Ok(None);
@@ -724,13 +726,23 @@ impl Sessions {
         // fields and its TTL. Expiry needs no script: every slide caps the TTL at the
         // deadline, so Redis drops the record at its deadline at the latest.
         let mut pipe = redis::pipe();
-        pipe.cmd("HMGET").arg(&key).arg("x").arg("d").arg("v");
+        pipe.cmd("HMGET").arg(&key).arg("x").arg("d");
+        if with_version {
+            pipe.arg("v");
+        }
         pipe.cmd("PTTL").arg(&key);
-        let (fields, pttl): (RecordFields, i64) = redis.run_pipe("session get", pipe).await?;
-        let (deadline, data, version) = fields;
-        let (Some(deadline), Some(data)) = (deadline, data) else {
+        let (fields, pttl): (Vec<Option<Vec<u8>>>, i64) =
+            redis.run_pipe("session get", pipe).await?;
+        let mut fields = fields.into_iter();
+        let deadline = fields.next().flatten();
+        let data = fields.next().flatten();
+        let version = fields.next().flatten();
+        // `x` and `v` are ASCII digits as the scripts write them; anything else is no record.
+        let (Some(deadline), Some(data)) = (deadline.and_then(|x| codec::decode_version(&x)), data)
+        else {
             return Ok(None);
         };
+        let version = version.and_then(|v| codec::decode_version(&v));
         if pttl == -2 {
             return Ok(None);
         }
@@ -842,7 +854,7 @@ impl Sessions {
             return Ok(None);
         };
         for attempt in 0..MODIFY_ATTEMPTS {
-            let Some((_, bytes, version)) = self.get_versioned(&id).await? else {
+            let Some((_, bytes, version)) = self.get_versioned(&id, true).await? else {
                 return Ok(None);
             };
             let Some(mut data) = self.decode::<T>(&id, &bytes) else {
@@ -1156,9 +1168,6 @@ fn needs_slide(deadline: u64, pttl: i64, times: Times, now: u64) -> bool {
     let want = times.idle.min(deadline.saturating_sub(now));
     want.saturating_sub(pttl as u64) >= times.step.max(1)
 }
-
-/// The `x`, `d` and `v` fields of a record, as `HMGET` returns them.
-type RecordFields = (Option<u64>, Option<Vec<u8>>, Option<u64>);
 
 /// A record to write.
 struct Record {
