@@ -18,7 +18,11 @@
 //!   message names. The instance that writes drops its own entries before its call returns.
 //! - Gaps: messages sent while a subscriber is disconnected are lost, so the L1 serves nothing
 //!   until the feed is subscribed, and is emptied whenever the subscription is lost (stream
-//!   ended, ping unanswered) and again when it is back, before it serves again.
+//!   ended, ping unanswered) and again when it is back, before it serves again. An outage
+//!   the circuit breaker saw is a gap too: from the moment the breaker opens the L1 neither
+//!   serves nor fills (checked on every read, so a reader never gets ahead of the feed task),
+//!   it is emptied, and it serves again only once the breaker closed (after the recovery
+//!   queue's replay) and the feed subscribed anew.
 //! - Reads that race an invalidation: an entry read from Redis is kept only if no invalidation
 //!   of its key (or of a tag, pattern, or a flush) arrived between the read and the insert,
 //!   checked again after inserting, so an old value is never put back after its invalidation
@@ -35,6 +39,7 @@ use moka::sync::Cache as Moka;
 use serde::de::DeserializeOwned;
 
 use crate::backend::Backend;
+use crate::breaker::{Breaker, BreakerState};
 use crate::cache::{Cache, Lookup, Shared, Source};
 use crate::codec;
 use crate::config::{CacheBuilder, Config};
@@ -69,8 +74,12 @@ pub(crate) struct Local {
     epoch: AtomicU64,
     stripes: Box<[AtomicU64]>,
     hasher: std::collections::hash_map::RandomState,
-    /// True while the feed is subscribed: only then does the L1 serve and fill.
+    /// True while the feed is subscribed and the circuit breaker is closed: only then does
+    /// the L1 serve and fill.
     healthy: AtomicBool,
+    /// The breaker's open count when the L1 last became healthy: an outage since (even one
+    /// already over, that the feed task did not see yet) stops the L1 from serving.
+    opens_seen: AtomicU64,
     feed_started: AtomicBool,
     ttl: Duration,
     /// Tells this instance's messages from others'.
@@ -108,6 +117,7 @@ impl Local {
             instance: hasher.hash_one(codec::now_us()) | 1,
             hasher,
             healthy: AtomicBool::new(false),
+            opens_seen: AtomicU64::new(0),
             feed_started: AtomicBool::new(false),
             ttl: config.local_ttl,
             channel: format!("{}:~l1", config.namespace),
@@ -130,9 +140,20 @@ impl Local {
             && self.stripe(key).load(Ordering::SeqCst) == mark.stripe
     }
 
+    /// True when the L1 may serve and fill: its feed is subscribed, and the circuit breaker
+    /// (`None`: no breaker) is closed and has not opened since the L1 last became healthy
+    /// (the feed task flushes on an outage, but a reader must not get ahead of it).
+    fn serving(&self, breaker: Option<&Breaker>) -> bool {
+        self.healthy.load(Ordering::Acquire)
+            && breaker.is_none_or(|b| {
+                b.state() == BreakerState::Closed
+                    && b.opens() == self.opens_seen.load(Ordering::Acquire)
+            })
+    }
+
     /// A live entry whose tags still have the versions it recorded.
-    fn get(&self, key: &str) -> Option<Arc<Entry>> {
-        if !self.healthy.load(Ordering::Acquire) {
+    fn get(&self, key: &str, breaker: Option<&Breaker>) -> Option<Arc<Entry>> {
+        if !self.serving(breaker) {
             return None;
         }
         let entry = self.entries.get(key)?;
@@ -155,8 +176,9 @@ impl Local {
         bytes: &Bytes,
         mark: Mark,
         decoded: Option<(u64, Arc<dyn Any + Send + Sync>)>,
+        breaker: Option<&Breaker>,
     ) {
-        if !self.healthy.load(Ordering::Acquire) || !self.unchanged(key, mark) {
+        if !self.serving(breaker) || !self.unchanged(key, mark) {
             return;
         }
         let Ok(env) = codec::parse(bytes) else {
@@ -304,7 +326,7 @@ impl Cache {
         match &self.shared.local {
             Some(local) if self.scope.local => {
                 self.ensure_feed(local);
-                local.healthy.load(Ordering::Acquire)
+                local.serving(self.breaker())
             }
             _ => false,
         }
@@ -343,7 +365,7 @@ impl Cache {
         keep: impl Fn(&T) -> Option<Arc<dyn Any + Send + Sync>>,
     ) -> Result<Lookup<T>, Mark> {
         // The mark is taken on a miss only, still before the backend read it guards.
-        let Some(entry) = local.get(full) else {
+        let Some(entry) = local.get(full, self.breaker()) else {
             self.shared.stats.local_miss();
             return Err(local.mark(full));
         };
@@ -394,7 +416,7 @@ impl Cache {
     ) {
         if let Some(bytes) = bytes {
             let decoded = decoded.map(|(fp, v)| (fp, Arc::new(v) as Arc<dyn Any + Send + Sync>));
-            local.fill(full, bytes, mark, decoded);
+            local.fill(full, bytes, mark, decoded, self.breaker());
         }
     }
 }
@@ -476,6 +498,8 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
             return;
         };
         let channel = local.channel.clone();
+        // The circuit breaker's changes: an outage is a gap too (see below).
+        let mut breaker = redis.breaker().subscribe();
         // The backend's pub/sub connection: the server, Sentinel's primary, or a cluster node
         // (a plain PUBLISH reaches the subscribers of every node).
         let subscribed = async {
@@ -503,8 +527,24 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
             }
         };
         backoff = Duration::from_millis(20);
+        drop(local);
+        // Not before the breaker is closed: while it is open, this instance's invalidations
+        // wait in its recovery queue and other instances' writes are out of its sight.
+        let opens = loop {
+            let status = *breaker.borrow_and_update();
+            if status.state == BreakerState::Closed {
+                break status.opens;
+            }
+            if breaker.changed().await.is_err() {
+                return; // the cache is gone
+            }
+        };
+        let Some(local) = shared.upgrade().and_then(|s| s.local.clone()) else {
+            return;
+        };
         // Whatever was published before the subscription is lost: start from nothing.
         local.flush();
+        local.opens_seen.store(opens, Ordering::Release);
         local.healthy.store(true, Ordering::Release);
         tracing::debug!(%channel, "L1 invalidation feed subscribed");
         drop(local);
@@ -518,6 +558,16 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
                     let Some(msg) = msg else { break };
                     let Some(shared) = shared.upgrade() else { return };
                     receive(&shared, msg.get_payload_bytes());
+                }
+                changed = breaker.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let status = *breaker.borrow_and_update();
+                    if status.state != BreakerState::Closed || status.opens != opens {
+                        // The breaker opened: a gap. Resubscribe once it has closed again.
+                        break;
+                    }
                 }
                 _ = ping.tick() => {
                     if shared.strong_count() == 0 {
@@ -538,7 +588,7 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
             local.healthy.store(false, Ordering::Release);
             local.flush();
             shared.stats.local_flush();
-            tracing::warn!(channel = %local.channel, "L1 invalidation feed lost; L1 flushed, resubscribing");
+            tracing::warn!(channel = %local.channel, "L1 invalidation feed lost or redis unreachable; L1 flushed, resubscribing");
         }
     }
 }

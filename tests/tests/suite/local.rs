@@ -159,6 +159,87 @@ async fn a_killed_feed_connection_flushes_the_l1_before_it_serves_again() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_breaker_flushes_the_l1_and_it_serves_again_only_after_recovery() {
+    // A server of its own, paused (SIGSTOP) while b's breaker opens. b's feed connection
+    // survives the pause (its ping waits for the 10 s connect timeout), so only the breaker
+    // can tell b that it was out of reach.
+    let mut server = tests::RedisServer::start();
+    let ns = tests::unique_namespace();
+    let b = Cache::builder()
+        .url(server.url())
+        .namespace(ns.as_str())
+        .local_cache(1000)
+        .local_ttl(Duration::from_secs(600))
+        .connect_timeout(Duration::from_secs(10))
+        .command_timeout(Duration::from_millis(300))
+        .breaker(2, Duration::from_millis(300))
+        .build()
+        .expect("build");
+    let a = instance_at(&server.url(), &ns, true);
+    let quiet = instance_at(&server.url(), &ns, false);
+    for c in [&a, &b] {
+        eventually("feed subscribed", || async { c.local_cache_serving() }).await;
+    }
+    a.set("k", &1u32, None).await.expect("set");
+    eventually("b reads k from its L1", || async {
+        matches!(source::<u32>(&b, "k").await, Some((1, Source::Local)))
+    })
+    .await;
+    // A writer without the L1 publishes nothing: b keeps its copy (by design, until its
+    // local TTL or a gap).
+    quiet.set("k", &2u32, None).await.expect("set");
+    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
+
+    server.freeze();
+    let flushes = b.stats().local_flushes;
+    let mut i = 0u32;
+    eventually("b's breaker opens", || {
+        i += 1;
+        let b = b.clone();
+        async move {
+            let _ = b.get::<u32>(&format!("other:{i}")).await;
+            b.stats().breaker_opened >= 1
+        }
+    })
+    .await;
+    // From the moment the breaker is open the L1 does not serve, before the feed task ran.
+    assert!(!b.local_cache_serving());
+    match b.lookup::<u32>("k").await {
+        Ok(Lookup::Hit {
+            source: Source::Local,
+            value,
+            ..
+        }) => panic!("the L1 served {value} while the breaker was open"),
+        other => assert!(other.is_err(), "{other:?}"),
+    }
+    eventually("the L1 is flushed", || async {
+        b.stats().local_flushes > flushes
+    })
+    .await;
+    server.thaw();
+
+    // Invalidated by a while b's breaker may still be open: b never serves an older value.
+    a.set("k", &3u32, None).await.expect("set after the thaw");
+    eventually("b recovers and serves k from its L1", || async {
+        match b.lookup::<u32>("k").await {
+            Ok(Lookup::Hit { value, source, .. }) => {
+                assert_eq!(value, 3, "an old value served after the outage");
+                source == Source::Local
+            }
+            Ok(Lookup::Miss) => panic!("k is in redis"),
+            Err(_) => false, // the breaker is still open
+        }
+    })
+    .await;
+    assert!(b.local_cache_serving());
+    let stats = b.stats();
+    assert!(
+        stats.breaker_opened >= 1 && stats.local_flushes > flushes,
+        "{stats:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_racing_an_invalidation_never_brings_the_old_value_back() {
     let (a, b) = pair().await;
