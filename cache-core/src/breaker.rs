@@ -393,7 +393,6 @@ impl Breaker {
     /// and the pattern queued, to be replayed as `SCAN MATCH` (on every primary of a
     /// cluster) + the delete script. True if the breaker was closed by then. Call it through
     /// [`RedisBackend::not_reached`].
-    #[allow(dead_code)] // for pattern.rs
     pub(crate) fn queue_pattern(&self, glob: &str) -> bool {
         if let Ok(mut fallback) = self.fallback.write() {
             if fallback.is_some() {

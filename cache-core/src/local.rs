@@ -461,6 +461,14 @@ pub(crate) async fn after_pattern(cache: &Cache, glob: &str) {
     publish(cache, KIND_PATTERN, glob.to_owned()).await;
 }
 
+/// An invalidation by pattern that could not reach Redis (queued for replay): this process's
+/// L1 drops what matches; nothing is published (Redis is out of reach).
+pub(crate) fn pattern_here(cache: &Cache, glob: &str) {
+    if let Some(local) = cache.shared.local.as_deref() {
+        local.invalidate_glob(glob);
+    }
+}
+
 async fn publish(cache: &Cache, kind: u8, body: String) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;

@@ -44,6 +44,12 @@ impl Cache {
     /// the [`invalidation_hold`](crate::CacheBuilder::invalidation_hold), so a computation
     /// already running does not store its result after this returned.
     ///
+    /// Redis unreachable: the error is returned (`Error::CircuitOpen` at once while the
+    /// circuit breaker is open, `Connection`/`Timeout` otherwise), and the invalidation is not
+    /// lost: it is queued on the breaker's recovery queue and replayed, as a new scan, when
+    /// Redis answers again, before any read is served from it (see the README, "When Redis
+    /// goes down").
+    ///
     /// Cost: a full `SCAN` of the server's keyspace (every key is visited, whatever the
     /// pattern), in steps of a few thousand keys that never block the server for long. For
     /// invalidations on a hot path, attach tags instead ([`invalidate_tag`](Cache::invalidate_tag)
@@ -78,12 +84,15 @@ impl Cache {
             // One scan per node holding keys: the server, or each cluster primary (`SCAN`
             // has no key to route by).
             Backend::Redis(redis) => {
-                let mut removed = 0;
-                for node in redis.keyspace_nodes().await? {
-                    removed +=
-                        invalidate_on_node(self, redis, node.as_ref(), prefix, &glob).await?;
+                async {
+                    let mut removed = 0;
+                    for node in redis.keyspace_nodes().await? {
+                        removed +=
+                            invalidate_on_node(self, redis, node.as_ref(), prefix, &glob).await?;
+                    }
+                    Ok(removed)
                 }
-                Ok(removed)
+                .await
             }
             Backend::Memory(memory) => {
                 let keys = memory.keys_where(|k| in_scope_match(prefix, &glob, k));
@@ -94,12 +103,23 @@ impl Cache {
                 Ok(removed)
             }
         };
-        // TODO(breaker): when Redis is unreachable, queue the pattern on the breaker's
-        // recovery queue for replay instead of failing.
-        let removed = removed.inspect_err(|e| {
-            self.shared.stats.backend_error();
-            tracing::warn!(pattern = %crate::key::shorten_for_display(&glob), error = %e, "invalidation by pattern failed");
-        })?;
+        let removed = match removed {
+            Ok(removed) => removed,
+            Err(e) => {
+                self.shared.stats.backend_error();
+                tracing::warn!(pattern = %crate::key::shorten_for_display(&glob), error = %e, "invalidation by pattern failed");
+                if let Backend::Redis(redis) = &self.shared.backend {
+                    // Not lost when Redis is out of reach: queued on the breaker's recovery
+                    // queue and replayed (a full scan of every primary) before it closes, as
+                    // deletes and tag bumps are. Keys already tombstoned stay so.
+                    redis.not_reached(&e, |b| b.queue_pattern(&glob)).await;
+                    // This process's L1 drops what matches now (the others learn of it from
+                    // their own gap: their breaker or feed saw the same outage).
+                    crate::local::pattern_here(self, &glob);
+                }
+                return Err(e);
+            }
+        };
         crate::local::after_pattern(self, &glob).await;
         Ok(removed)
     }
