@@ -705,6 +705,7 @@ impl Cache {
         match store.get_with_versions(full, tag_keys) {
             Ok((Some(bytes), versions)) => match fallback_value::<S>(&bytes, tag_keys, &versions) {
                 Some(value) => {
+                    self.scope.stats.hit(); // per namespace too
                     self.shared.stats.hit();
                     if let Backend::Redis(redis) = &self.shared.backend {
                         redis.breaker().fallback_hit();

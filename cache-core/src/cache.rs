@@ -486,7 +486,10 @@ impl Cache {
         // local.rs: the L1 answers first, when on.
         let local = self.local();
         let mark = match local.map(|l| self.local_read::<T>(l, &full, 0, |_| None, |_| None)) {
-            Some(Ok(hit)) => return Ok(hit),
+            Some(Ok(hit)) => {
+                op.hit(Source::Local); // ops: an L1 hit
+                return Ok(hit);
+            }
             Some(Err(mark)) => Some(mark),
             None => None,
         };

@@ -360,7 +360,10 @@ impl Cache {
         let tag_keys = self.version_keys_in_place(tags);
         // local.rs: the L1 answers first, when on (and not opted out).
         let (local, local_mark) = match self.local_begin(&full, &mode) {
-            Ok(hit) => return mode.restore(hit),
+            Ok(hit) => {
+                op.hit(crate::Source::Local); // ops: an L1 hit
+                return mode.restore(hit);
+            }
             Err(l1) => l1,
         };
         // 1. read

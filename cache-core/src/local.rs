@@ -8,6 +8,8 @@
 //!   asked for it (`#[cached]` functions whose value type is `Clone`), the decoded value,
 //!   type-erased and checked by type: such a hit clones, without parsing JSON. Other readers
 //!   (`get`, `lookup`, `get_or_set`) decode the envelope, still without a round trip.
+//!   Encrypted entries keep no decoded value: each hit goes through the reading handle's
+//!   keyring, as a Redis read does (a handle without the key gets a miss).
 //! - Lifetime: the shorter of `local_ttl` and what is left of the Redis TTL (by the writer's
 //!   clock, from the envelope).
 //! - Tags: an entry records the versions of its tags; the L1 keeps the versions of the tags it
@@ -56,6 +58,9 @@ pub(crate) struct Entry {
     tags: Box<[(String, u64)]>,
     created_at_ms: u64,
     expires_at: Instant,
+    /// The stored bytes are encrypted: each hit decrypts them with the reader's keyring,
+    /// and no decoded value is kept.
+    encrypted: bool,
 }
 
 /// What a reader noted before its backend read, to tell whether an invalidation arrived
@@ -203,8 +208,9 @@ impl Local {
             tags,
             created_at_ms: env.created_at_ms,
             expires_at: Instant::now() + left,
+            encrypted: env.is_encrypted(),
         };
-        if let Some(d) = decoded {
+        if let Some(d) = decoded.filter(|_| !entry.encrypted) {
             let _ = entry.decoded.set(d);
         }
         self.entries.insert(key.to_owned(), Arc::new(entry));
@@ -370,19 +376,26 @@ impl Cache {
             return Err(local.mark(full));
         };
         let age = Duration::from_millis(codec::now_ms().saturating_sub(entry.created_at_ms));
-        if let Some((fp, any)) = entry.decoded.get() {
+        // The decoded value is kept for plain entries read by handles without encryption
+        // only: an encrypted entry is decrypted with the reading handle's keyring on every
+        // hit (a handle with another key, or none, must not get what it cannot decrypt).
+        let same_crypto = !entry.encrypted && self.scope.encryption.is_none();
+        if let Some((fp, any)) = entry.decoded.get().filter(|_| same_crypto) {
             if *fp == fingerprint {
                 if let Some(value) = any.downcast_ref::<T>().and_then(&clone) {
                     return Ok(self.local_hit(value, age));
                 }
             }
         }
-        let value = codec::parse(&entry.bytes)
-            .ok()
-            .and_then(|env| env.value::<T>(fingerprint).ok());
+        // Through the crypto path, as a Redis read: decrypted with the handle's keyring (an
+        // encrypted entry, for a handle that has one), refused otherwise.
+        let value = codec::parse(&entry.bytes).ok().and_then(|env| {
+            self.open_value::<T>(full, &entry.bytes, &env, fingerprint)
+                .ok()
+        });
         match value {
             Some(value) => {
-                if let Some(copy) = keep(&value) {
+                if let Some(copy) = keep(&value).filter(|_| same_crypto) {
                     let _ = entry.decoded.set((fingerprint, copy));
                 }
                 Ok(self.local_hit(value, age))
@@ -396,6 +409,8 @@ impl Cache {
     }
 
     fn local_hit<T>(&self, value: T, age: Duration) -> Lookup<T> {
+        self.scope.stats.hit(); // observe.rs: per namespace, adding up to the root's
+        self.scope.stats.local_hit();
         self.shared.stats.hit();
         self.shared.stats.local_hit();
         Lookup::Hit {

@@ -177,6 +177,7 @@ impl Latency {
 pub(crate) struct NsStats {
     pub(crate) name: Arc<str>,
     hits: AtomicU64,
+    local_hits: AtomicU64,
     misses: [AtomicU64; 4],
     stale_serves: AtomicU64,
     computes: AtomicU64,
@@ -208,6 +209,11 @@ impl NsStats {
     pub(crate) fn hit(&self) {
         bump(&self.hits);
         crate::metrics::hit(&self.name);
+    }
+
+    /// A hit answered by the L1 near cache (counted by [`hit`](Self::hit) too).
+    pub(crate) fn local_hit(&self) {
+        bump(&self.local_hits);
     }
 
     pub(crate) fn miss(&self, reason: MissReason) {
@@ -254,6 +260,7 @@ impl NsStats {
         NamespaceStats {
             namespace: self.name.to_string(),
             hits,
+            local_hits: get(&self.local_hits),
             misses,
             stale_serves: get(&self.stale_serves),
             computes: get(&self.computes),
@@ -408,6 +415,8 @@ pub struct NamespaceStats {
     pub namespace: String,
     /// Reads that found a usable value.
     pub hits: u64,
+    /// Of which answered by the L1 near cache of this process.
+    pub local_hits: u64,
     /// Reads that found nothing usable, by reason.
     pub misses: MissCounts,
     /// Stale values served instead of a failed or slow computation.
@@ -565,7 +574,8 @@ fn source_label(source: Source) -> &'static str {
     match source {
         Source::Redis => "redis",
         Source::Memory => "memory",
-        #[allow(unreachable_patterns)] // sources the L1 and the fallback add
+        Source::Local => "local",
+        #[allow(unreachable_patterns)] // sources added later
         _ => "other",
     }
 }

@@ -380,3 +380,103 @@ async fn the_memory_backend_has_no_l1() {
         }
     ));
 }
+
+#[cached(cache = cache, skip = [cache], key = "counted:<id>")]
+async fn counted(cache: &Cache, id: u64) -> User {
+    User {
+        id,
+        name: "counted".into(),
+    }
+}
+
+#[tokio::test]
+async fn l1_hits_count_per_namespace_and_the_namespaces_add_up_to_the_whole() {
+    let (a, b) = pair().await;
+    let (b_users, b_orders) = (b.namespace("users"), b.namespace("orders").tenant(7u32));
+    a.namespace("users")
+        .set("1", &1u32, None)
+        .await
+        .expect("set");
+    a.namespace("orders")
+        .tenant(7u32)
+        .set("1", &2u32, None)
+        .await
+        .expect("set");
+    a.set("root", &3u32, None).await.expect("set");
+    // One Redis read each, then L1 hits: 3 on users, 2 on orders (tenants count with their
+    // namespace), 3 on the root (two `get`s; the `#[cached]` calls compute, read Redis, then
+    // hit the L1).
+    for (handle, key, reads) in [(&b_users, "1", 4), (&b_orders, "1", 3), (&b, "root", 3)] {
+        for _ in 0..reads {
+            assert!(handle.get::<u32>(key).await.expect("get").is_some());
+        }
+    }
+    for _ in 0..3 {
+        counted(&b, 9).await;
+    }
+    let by_ns = |name: &str| {
+        b.namespace_stats()
+            .into_iter()
+            .find(|s| s.namespace.ends_with(name))
+            .unwrap_or_else(|| panic!("no namespace {name}"))
+    };
+    let (users, orders) = (by_ns(":users"), by_ns(":orders"));
+    assert_eq!((users.hits, users.local_hits), (4, 3), "{users:?}");
+    assert_eq!((orders.hits, orders.local_hits), (3, 2), "{orders:?}");
+    let root = b.scope_stats();
+    assert_eq!((root.hits, root.local_hits), (5, 3), "{root:?}");
+    let all = b.stats();
+    let sum =
+        |f: fn(&cache_core::NamespaceStats) -> u64| b.namespace_stats().iter().map(f).sum::<u64>();
+    assert_eq!(sum(|s| s.hits), all.hits, "{all:?}");
+    assert_eq!(sum(|s| s.local_hits), all.local_hits, "{all:?}");
+    assert_eq!(all.local_hits, 8);
+    assert_eq!(sum(|s| s.misses.total()), all.misses, "{all:?}");
+}
+
+#[tokio::test]
+async fn the_l1_serves_encrypted_values_decrypted_through_the_readers_keyring() {
+    let key = cache_core::EncryptionKey::generate().expect("a key");
+    let (a, b) = pair().await;
+    let (a, b) = (a.with_encryption(key.clone()), b.with_encryption(key));
+    let secret = User {
+        id: 1,
+        name: "a secret name".into(),
+    };
+    a.set("pii", &secret, None).await.expect("set");
+    // Encrypted at rest.
+    let mut raw = tests::shared_server()
+        .client()
+        .get_connection()
+        .expect("connect");
+    let stored: Vec<u8> = redis::cmd("GET")
+        .arg(b.full_key("pii").expect("key"))
+        .query(&mut raw)
+        .expect("get");
+    assert!(!String::from_utf8_lossy(&stored).contains("a secret name"));
+    assert_eq!(
+        source::<User>(&b, "pii").await,
+        Some((secret.clone(), Source::Redis))
+    );
+    assert_eq!(
+        source::<User>(&b, "pii").await,
+        Some((secret.clone(), Source::Local))
+    );
+    // `#[cached]` of a `Clone` type: Redis, then the L1, plaintext both times.
+    let first = user(&a, 5).await;
+    assert_eq!(user(&b, 5).await, first);
+    let before = b.stats().local_hits;
+    assert_eq!(user(&b, 5).await, first);
+    assert_eq!(b.stats().local_hits, before + 1);
+    // A handle without the key gets nothing from the L1 it cannot decrypt, as from Redis.
+    let plain = b.without_encryption();
+    assert_eq!(plain.get::<User>("pii").await.expect("get"), None);
+    let other = b.with_encryption(cache_core::EncryptionKey::generate().expect("a key"));
+    assert_eq!(other.get::<User>("pii").await.expect("get"), None);
+    // Invalidations still reach the L1.
+    a.delete("pii").await.expect("delete");
+    eventually("b sees the delete", || async {
+        b.get::<User>("pii").await.expect("get").is_none()
+    })
+    .await;
+}
