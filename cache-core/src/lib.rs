@@ -66,6 +66,7 @@ pub use error::{Error, Result};
 pub use health::{
     BreakerHealth, Health, HealthMode, HealthStatus, MemoryHealth, PoolHealth, RedisHealth,
 };
+pub use health::{HealthTopology, NodeHealth, NodeRole, SentinelHealth, SentinelNodeHealth};
 pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use key_report::{KeyGroup, KeyReport, KeyReportBuilder};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};

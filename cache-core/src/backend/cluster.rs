@@ -242,6 +242,38 @@ impl Connector {
         matches!(self, Connector::Cluster(..))
     }
 
+    /// A client of one cluster node by address, with the seeds' credentials and TLS mode,
+    /// for `health()`: the cluster connection holds no connection to replicas.
+    pub(crate) fn node_client(&self, host: &str, port: u16) -> Option<redis::Client> {
+        let Connector::Cluster(_, seeds) = self else {
+            return None;
+        };
+        let info = seeds.first()?.get_connection_info().clone();
+        let addr = match info.addr().clone() {
+            redis::ConnectionAddr::Tcp(..) => redis::ConnectionAddr::Tcp(host.to_owned(), port),
+            redis::ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => redis::ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure,
+                tls_params,
+            },
+            _ => return None,
+        };
+        redis::Client::open(info.set_addr(addr)).ok()
+    }
+
+    /// The Sentinels' URLs and the primary's name (Sentinel topology only), for `health()`.
+    pub(crate) fn sentinels(&self) -> Option<(&[String], &str)> {
+        match self {
+            Connector::Sentinel(s) => Some((&s.sentinels, &s.master)),
+            _ => None,
+        }
+    }
+
     pub(crate) async fn connect(
         &self,
         config: &AsyncConnectionConfig,

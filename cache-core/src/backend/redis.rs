@@ -430,6 +430,38 @@ impl RedisBackend {
         result.map_err(|e| self.failed(&conn, operation, e))
     }
 
+    /// For `health()`: true on a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    /// For `health()`: the Sentinels' URLs and the primary's name, on a Sentinel topology.
+    pub(crate) fn sentinels(&self) -> Option<(&[String], &str)> {
+        self.connector.sentinels()
+    }
+
+    /// For `health()`: a `PING` to one cluster node by address on a connection of its own
+    /// (connected within the connect timeout, answered within the command timeout), around
+    /// the breaker (a dead replica must not open it). The `PING`'s round trip.
+    pub(crate) async fn ping_node(&self, (host, port): &(String, u16)) -> Result<Duration> {
+        let Some(client) = self.connector.node_client(host, *port) else {
+            return Err(Error::Config {
+                setting: "REDIS_CLUSTER_NODES",
+                reason: format!("cannot address the node {host}:{port}"),
+            });
+        };
+        let mut con = client
+            .get_multiplexed_async_connection_with_config(&self.conn_config)
+            .await
+            .map_err(|e| Error::from_redis("connect", e, self.connect_timeout))?;
+        let started = std::time::Instant::now();
+        redis::cmd("PING")
+            .query_async::<String>(&mut con)
+            .await
+            .map_err(|e| Error::from_redis("PING", e, self.command_timeout))?;
+        Ok(started.elapsed())
+    }
+
     /// The bound on one command's answer.
     pub(crate) fn command_timeout(&self) -> Duration {
         self.command_timeout

@@ -3,6 +3,7 @@
 
 mod foundation;
 mod harness;
+mod health;
 mod invalidation;
 mod limits;
 mod local;
