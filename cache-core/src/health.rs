@@ -495,9 +495,18 @@ fn note(error: &mut Option<String>, what: impl Into<String>) {
 /// Every node of the cluster, from `CLUSTER NODES` (any node's view), each pinged by address
 /// at the same time.
 async fn cluster_nodes(r: &RedisBackend) -> crate::error::Result<Vec<NodeHealth>> {
-    let mut cmd = redis::cmd("CLUSTER");
-    cmd.arg("NODES");
-    let text: String = r.run("CLUSTER NODES", cmd).await?;
+    // No key to route by: a random node answers, maybe one that just failed; another try
+    // goes elsewhere.
+    let mut tries = 0;
+    let text: String = loop {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        match r.run("CLUSTER NODES", cmd).await {
+            Ok(text) => break text,
+            Err(e) if tries < 2 && !matches!(e, crate::Error::CircuitOpen { .. }) => tries += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let mut nodes = parse_cluster_nodes(&text);
     let pings = nodes.iter().map(|(_, addr, _)| async move {
         match addr {

@@ -44,6 +44,11 @@ impl Cache {
     /// the [`invalidation_hold`](crate::CacheBuilder::invalidation_hold), so a computation
     /// already running does not store its result after this returned.
     ///
+    /// On a Redis Cluster every primary is scanned, and a failover during the scan is
+    /// survived: the failed primary's replacement is scanned from the start once promoted
+    /// (waiting up to 20 s for it). The count may then fall short of the keys removed (a
+    /// delete whose answer the failover held past the command timeout is not counted).
+    ///
     /// Redis unreachable: the error is returned (`Error::CircuitOpen` at once while the
     /// circuit breaker is open, `Connection`/`Timeout` otherwise), and the invalidation is not
     /// lost: it is queued on the breaker's recovery queue and replayed, as a new scan, when
@@ -83,22 +88,20 @@ impl Cache {
         let removed = match &self.shared.backend {
             // One scan per node holding keys: the server, or each cluster primary (`SCAN`
             // has no key to route by).
+            Backend::Redis(redis) if redis.is_cluster() => {
+                invalidate_on_cluster(self, redis, prefix, &glob).await
+            }
             Backend::Redis(redis) => {
-                async {
-                    let mut removed = 0;
-                    for node in redis.keyspace_nodes().await? {
-                        removed +=
-                            invalidate_on_node(self, redis, node.as_ref(), prefix, &glob).await?;
-                    }
-                    Ok(removed)
-                }
-                .await
+                let mut removed = 0;
+                invalidate_on_node(self, redis, None, prefix, &glob, &mut removed)
+                    .await
+                    .map(|()| removed)
             }
             Backend::Memory(memory) => {
                 let keys = memory.keys_where(|k| in_scope_match(prefix, &glob, k));
                 let mut removed = 0;
                 for chunk in keys.chunks(SCAN_COUNT as usize) {
-                    removed += self.delete_scanned(chunk.to_vec()).await?;
+                    self.delete_scanned(chunk.to_vec(), &mut removed).await?;
                 }
                 Ok(removed)
             }
@@ -124,39 +127,250 @@ impl Cache {
         Ok(removed)
     }
 
-    /// Tombstones for keys a scan found (the same step as [`Cache::delete`]).
-    async fn delete_scanned(&self, keys: Vec<String>) -> Result<u64> {
+    /// Tombstones for keys a scan found (the same step as [`Cache::delete`]), counting into
+    /// `removed` the keys that held a value, those of the slots that succeeded included when
+    /// another slot's delete failed (a failover is under way: the caller scans again).
+    async fn delete_scanned(&self, keys: Vec<String>, removed: &mut u64) -> Result<()> {
         if keys.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let hold = self.shared.config.invalidation_hold;
-        self.shared
-            .backend
-            .delete(&keys, &codec::tombstone(), hold)
-            .await
+        let tombstone = codec::tombstone();
+        let backend = &self.shared.backend;
+        let groups: Vec<Vec<String>> = match backend {
+            Backend::Redis(redis) if redis.is_cluster() => crate::backend::cluster::by_slot(&keys)
+                .into_iter()
+                .map(|g| g.into_iter().map(|i| keys[i].clone()).collect())
+                .collect(),
+            _ => vec![keys],
+        };
+        let outcomes = futures_util::future::join_all(
+            groups.iter().map(|g| backend.delete(g, &tombstone, hold)),
+        )
+        .await;
+        let mut failed = None;
+        for outcome in outcomes {
+            match outcome {
+                Ok(n) => *removed += n,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                }
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
+}
+
+/// How long a pattern invalidation on a cluster waits for a failed primary to be replaced
+/// (the cluster's node timeout plus an election, with room), and how many times it restarts
+/// node scans meanwhile.
+const FAILOVER_WAIT: Duration = Duration::from_secs(20);
+const SCAN_RESTARTS: u32 = 40;
+
+/// The scan of every primary of a cluster, surviving a failover: a node whose scan (or the
+/// deletes of what it found) fails for a reason a failover explains (connection lost, timeout,
+/// `MOVED`, `READONLY`, `CLUSTERDOWN`, ...) is dropped, the primaries are asked again (of a
+/// node that answered, if any), and every primary not scanned to the end yet, the failed
+/// node's replacement included, is scanned from cursor 0. Bounded by [`FAILOVER_WAIT`] and
+/// [`SCAN_RESTARTS`]; past them, a `Connection` error saying which node did not come back
+/// (and the invalidation is queued for the breaker's replay, as any unreachable one).
+async fn invalidate_on_cluster(
+    cache: &Cache,
+    redis: &RedisBackend,
+    prefix: &str,
+    glob: &str,
+) -> Result<u64> {
+    let started = Instant::now();
+    let mut done: Vec<(String, u16)> = Vec::new();
+    // Nodes to ask for the primaries: those that answered first, then the others known.
+    let mut ask: Vec<(String, u16)> = Vec::new();
+    let mut removed = 0;
+    let mut restarts = 0u32;
+    let mut backoff = Duration::from_millis(50);
+    'resolve: loop {
+        let primaries = match primaries(redis, &ask).await {
+            Ok(primaries) => primaries,
+            Err(e) if restartable(&e, restarts) && restarts < SCAN_RESTARTS => {
+                restarts += 1;
+                wait_before_restart(started, &mut backoff, "the primaries", &e).await?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let todo: Vec<(String, u16)> = primaries
+            .iter()
+            .filter(|n| !done.contains(n))
+            .cloned()
+            .collect();
+        ask = done.clone();
+        ask.extend(primaries.into_iter().filter(|n| !done.contains(n)));
+        if todo.is_empty() {
+            return Ok(removed);
+        }
+        for node in todo {
+            match invalidate_on_node(cache, redis, Some(&node), prefix, glob, &mut removed).await {
+                Ok(()) => {
+                    ask.retain(|a| *a != node);
+                    ask.insert(0, node.clone());
+                    done.push(node);
+                }
+                Err(e) if restartable(&e, restarts) && restarts < SCAN_RESTARTS => {
+                    restarts += 1;
+                    ask.retain(|a| *a != node); // not the node that just failed
+                    let what = format!("{}:{}", node.0, node.1);
+                    tracing::info!(node = %what, error = %e, restarts, "invalidation by pattern: a primary failed during its scan; asking the cluster for its replacement");
+                    wait_before_restart(started, &mut backoff, &what, &e).await?;
+                    continue 'resolve;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// The primaries serving slots now, asked of the nodes in `ask`, in order (a random node
+/// could be the one that just failed), or of any node. An error while some slots have no
+/// serving primary (one failed and its replica is not promoted yet): its keys could not be
+/// scanned.
+async fn primaries(redis: &RedisBackend, ask: &[(String, u16)]) -> Result<Vec<(String, u16)>> {
+    let cluster_nodes = || {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("NODES");
+        cmd
+    };
+    let mut text = None;
+    for node in ask {
+        if let Ok(t) = redis
+            .run_on::<String>(Some(node), "CLUSTER NODES", cluster_nodes())
+            .await
+        {
+            text = Some(t);
+            break;
+        }
+    }
+    let text = match text {
+        Some(text) => text,
+        None => redis.run("CLUSTER NODES", cluster_nodes()).await?,
+    };
+    let (primaries, slots) = serving(&text);
+    if slots < SLOTS {
+        return Err(Error::Connection {
+            message: format!(
+                "{} of {SLOTS} hash slots have no primary that answers (a failover is under way)",
+                SLOTS - slots
+            ),
+            source: None,
+        });
+    }
+    Ok(primaries)
+}
+
+/// Hash slots of a Redis Cluster.
+const SLOTS: u32 = 16384;
+
+/// The primaries that serve slots now, from `CLUSTER NODES` (as
+/// `backend::cluster::serving_primaries`), and how many slots they serve together.
+fn serving(cluster_nodes: &str) -> (Vec<(String, u16)>, u32) {
+    let primaries = crate::backend::cluster::serving_primaries(cluster_nodes);
+    let mut slots = 0;
+    for line in cluster_nodes.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let Some(addr) = fields.get(1).and_then(|a| a.split(['@', ',']).next()) else {
+            continue;
+        };
+        let listed = addr.rsplit_once(':').is_some_and(|(host, port)| {
+            let host = host.trim_matches(['[', ']']);
+            primaries
+                .iter()
+                .any(|(h, p)| h == host && port.parse() == Ok(*p))
+        });
+        if !listed {
+            continue;
+        }
+        slots += fields
+            .iter()
+            .skip(8)
+            .filter(|s| !s.starts_with('['))
+            .map(|s| match s.split_once('-') {
+                Some((a, b)) => match (a.parse::<u32>(), b.parse::<u32>()) {
+                    (Ok(a), Ok(b)) if b >= a => b - a + 1,
+                    _ => 0,
+                },
+                None => u32::from(s.parse::<u32>().is_ok()),
+            })
+            .sum::<u32>();
+    }
+    (primaries, slots)
+}
+
+/// True for a failure a failover explains. The open breaker is one only once this call saw
+/// a node fail (the failures of a failover may open it; it closes when the cluster serves
+/// again): met first, Redis is out of reach and the invalidation is queued at once.
+fn restartable(e: &Error, restarts: u32) -> bool {
+    match e {
+        Error::Connection { .. } | Error::Timeout { .. } => true,
+        Error::CircuitOpen { .. } => restarts > 0,
+        Error::Command { source, .. } => {
+            source.kind() == redis::ErrorKind::ClusterConnectionNotFound
+                || matches!(
+                    source.code(),
+                    Some(
+                        "MOVED"
+                            | "ASK"
+                            | "TRYAGAIN"
+                            | "CLUSTERDOWN"
+                            | "READONLY"
+                            | "MASTERDOWN"
+                            | "LOADING"
+                    )
+                )
+        }
+        _ => false,
+    }
+}
+
+/// Waits before the next attempt (a bounded backoff: the cluster's failover has no signal to
+/// wait on), or gives up with a clear error once [`FAILOVER_WAIT`] is spent.
+async fn wait_before_restart(
+    started: Instant,
+    backoff: &mut Duration,
+    what: &str,
+    e: &Error,
+) -> Result<()> {
+    if started.elapsed() + *backoff > FAILOVER_WAIT {
+        return Err(Error::Connection {
+            message: format!(
+                "invalidation by pattern: {what} did not come back, and no primary took over, within {FAILOVER_WAIT:?}: {e}"
+            ),
+            source: None,
+        });
+    }
+    tokio::time::sleep(*backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_millis(500));
+    Ok(())
 }
 
 /// The scan of one Redis node (`None`: the one server): `SCAN MATCH glob COUNT n` until the
 /// cursor comes back to 0, each page's keys (filtered) tombstoned while the next page is
-/// scanned (on a cluster, the tombstones go by slot, wherever the keys live).
+/// scanned (on a cluster, the tombstones go by slot, wherever the keys live). The keys that
+/// held a value are counted into `removed` as they go, also when a later step fails.
 pub(crate) async fn invalidate_on_node(
     cache: &Cache,
     redis: &RedisBackend,
     node: Option<&(String, u16)>,
     prefix: &str,
     glob: &str,
-) -> Result<u64> {
+    removed: &mut u64,
+) -> Result<()> {
     let mut cursor = 0u64;
     let mut pending: Vec<String> = Vec::new();
-    let mut removed = 0;
     loop {
         let batch = std::mem::take(&mut pending);
         let (page, deleted) = tokio::join!(
             scan_page(redis, node, glob, cursor, SCAN_COUNT),
-            cache.delete_scanned(batch)
+            cache.delete_scanned(batch, removed)
         );
-        removed += deleted?;
+        deleted?;
         let (next, keys) = page?;
         pending = keys
             .into_iter()
@@ -167,8 +381,7 @@ pub(crate) async fn invalidate_on_node(
             break;
         }
     }
-    removed += cache.delete_scanned(pending).await?;
-    Ok(removed)
+    cache.delete_scanned(pending, removed).await
 }
 
 /// One `SCAN` step on one node: the next cursor and the keys of this page.
@@ -418,6 +631,21 @@ mod tests {
         assert!(!m("[", "x"));
         assert!(!m("[a", "b"));
         assert!(m("*:1", "user:x:1"));
+    }
+
+    #[test]
+    fn a_failed_primary_leaves_its_slots_uncovered() {
+        let nodes = "\
+07c3 127.0.0.1:30004@31004 slave e7d1 0 1426238317239 4 connected
+67ed 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922
+292f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383 [10923->-67ed]
+e7d1 127.0.0.1:30001@31001 master,fail? - 0 0 1 connected 0-5460
+";
+        let (primaries, slots) = serving(nodes);
+        assert_eq!(primaries.len(), 2);
+        assert_eq!(slots, SLOTS - 5461);
+        let healed = nodes.replace("master,fail?", "master");
+        assert_eq!(serving(&healed).1, SLOTS);
     }
 
     #[test]

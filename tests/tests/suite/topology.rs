@@ -260,3 +260,108 @@ async fn the_cache_follows_a_sentinel_failover_without_errors_for_cached_callers
     assert_eq!(errors, 0);
     drop(setup);
 }
+
+/// A cluster primary frozen (SIGSTOP) as an invalidation by pattern starts: its scan times
+/// out, the pattern waits for its replica to be promoted (the harness's 1.5 s node timeout)
+/// and scans the replacement from the start. Every matching key on every primary is gone and
+/// nothing else is removed; `health()` then shows the frozen node as unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_invalidation_survives_a_primary_failing_over_during_its_scan() {
+    if !first_pass_only() {
+        return;
+    }
+    let mut cluster = tests::RedisCluster::start();
+    let cache = cluster_cache(&cluster);
+    let users: Vec<String> = (0..3000).map(|i| format!("user:{i}")).collect();
+    let orders: Vec<String> = (0..300).map(|i| format!("order:{i}")).collect();
+    for chunk in users.chunks(500).chain(orders.chunks(300)) {
+        let items: Vec<(&str, u32)> = chunk.iter().map(|k| (k.as_str(), 1u32)).collect();
+        cache.mset(&items, None).await.expect("mset");
+    }
+    // Every write replicated, so the promoted replica holds what its primary held.
+    for &p in &cluster.primaries() {
+        let client = redis::Client::open(cluster.nodes()[p].url()).expect("client");
+        let mut con = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect");
+        let acked: u64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(10_000)
+            .query_async(&mut con)
+            .await
+            .expect("WAIT");
+        assert_eq!(acked, 1, "the replica of node {p} acknowledged");
+    }
+    let full = cache.full_key("user:0").expect("key");
+    let victim = cluster.primary_for(&full).expect("a primary");
+    let victim_addr = format!("127.0.0.1:{}", cluster.nodes()[victim].port());
+    cluster.node_mut(victim).freeze();
+    let started = Instant::now();
+    let removed = cache
+        .invalidate_pattern("user:*")
+        .await
+        .expect("the invalidation survives the failover");
+    let took = started.elapsed();
+    // Each key counts once at most; a delete applied whose answer the failover held past the
+    // command timeout is not counted (the key is found again as a tombstone, which does not
+    // count), so the count may fall short. What matters is below.
+    assert!(
+        removed > 0 && removed <= users.len() as u64,
+        "{removed} removed"
+    );
+    // Gone on every primary, the promoted one included; nothing else removed. The cluster
+    // connection may still be settling on the new topology: reads are retried while
+    // unavailable, within the failover bound.
+    let read = |keys: &[String]| {
+        let cache = cache.clone();
+        let keys = keys.to_vec();
+        async move {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            let since = Instant::now();
+            loop {
+                match cache.mget::<u32>(&refs).await {
+                    Ok(found) => break found,
+                    Err(e) if e.is_unavailable() && since.elapsed() < FAILOVER_BOUND => {
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    Err(e) => panic!("mget: {e}"),
+                }
+            }
+        }
+    };
+    assert!(
+        read(&users).await.iter().all(Option::is_none),
+        "a user key survived"
+    );
+    assert!(
+        read(&orders).await.iter().all(Option::is_some),
+        "an order key was removed"
+    );
+    assert_ne!(
+        cluster.primary_for(&full),
+        Some(victim),
+        "the replica took over"
+    );
+    // `health()` lists the frozen node as unreachable (polled: its `CLUSTER NODES` goes to a
+    // random node, which may be the frozen one while the connection settles).
+    let since = Instant::now();
+    let h = loop {
+        let h = cache.health().await;
+        if h.nodes.iter().any(|n| n.address == victim_addr) || since.elapsed() > FAILOVER_BOUND {
+            break h;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let node = h
+        .nodes
+        .iter()
+        .find(|n| n.address == victim_addr)
+        .unwrap_or_else(|| panic!("the frozen node is listed: {h:#?}"));
+    assert!(!node.reachable && node.error.is_some(), "{node:?}");
+    assert_eq!(h.status, cache_core::HealthStatus::Degraded, "{h:#?}");
+    eprintln!(
+        "pattern across a failover: {removed} keys removed in {took:?} (the frozen primary's replica promoted meanwhile)"
+    );
+    cluster.node_mut(victim).kill();
+}
