@@ -63,13 +63,13 @@ impl ServerInfo {
             ),
             _ => {}
         }
-        if let Some(v) = &self.version {
-            if parse_version(v).is_some_and(|v| v < MIN_REDIS_VERSION) {
-                let (a, b, c) = MIN_REDIS_VERSION;
-                out.push(format!(
+        if let Some(v) = &self.version
+            && parse_version(v).is_some_and(|v| v < MIN_REDIS_VERSION)
+        {
+            let (a, b, c) = MIN_REDIS_VERSION;
+            out.push(format!(
                     "redis {v} is older than {a}.{b}.{c}, the oldest this cache supports (ACL users, scripts replicated as effects, UNLINK, MEMORY USAGE, CLIENT TRACKING); upgrade the server"
                 ));
-            }
         }
         out
     }

@@ -56,16 +56,16 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::backend::memory::MemoryBackend;
 use crate::backend::redis::RedisBackend;
-use crate::backend::Backend;
 use crate::cache::{Cache, Shared};
 use crate::codec::{self, Meta};
 use crate::config::Config;
@@ -293,10 +293,10 @@ impl Breaker {
     }
 
     fn opened(&self, failures: u32) {
-        if let Ok(mut fallback) = self.fallback.write() {
-            if fallback.is_none() {
-                *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
-            }
+        if let Ok(mut fallback) = self.fallback.write()
+            && fallback.is_none()
+        {
+            *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
         }
         let opens = self.opens.fetch_add(1, Ordering::Relaxed) + 1;
         self.changed(BreakerState::Open, opens);
@@ -394,10 +394,10 @@ impl Breaker {
     /// cluster) + the delete script. True if the breaker was closed by then. Call it through
     /// [`RedisBackend::not_reached`].
     pub(crate) fn queue_pattern(&self, glob: &str) -> bool {
-        if let Ok(mut fallback) = self.fallback.write() {
-            if fallback.is_some() {
-                *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
-            }
+        if let Ok(mut fallback) = self.fallback.write()
+            && fallback.is_some()
+        {
+            *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
         }
         self.enqueue(
             std::iter::once(Invalidation::Pattern(glob.to_owned())),
@@ -565,10 +565,10 @@ struct Flag(Weak<Shared>, fn(&Breaker) -> &AtomicBool);
 
 impl Drop for Flag {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.upgrade() {
-            if let Backend::Redis(redis) = &shared.backend {
-                (self.1)(redis.breaker()).store(false, Ordering::Release);
-            }
+        if let Some(shared) = self.0.upgrade()
+            && let Backend::Redis(redis) = &shared.backend
+        {
+            (self.1)(redis.breaker()).store(false, Ordering::Release);
         }
     }
 }

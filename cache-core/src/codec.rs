@@ -25,8 +25,8 @@ use std::any::{Any, TypeId};
 use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 pub(crate) const MAGIC: u8 = 0xC7;
 pub(crate) const FORMAT_VERSION: u8 = 1;
@@ -230,8 +230,8 @@ pub(crate) fn is_tombstone(bytes: &[u8]) -> bool {
 /// a counter hashed with the process's random `RandomState` keys.
 fn nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
     static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let mut h = KEYS.get_or_init(Default::default).build_hasher();

@@ -26,13 +26,13 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 use crate::cache::{Cache, Lookup, WriteIf};
 use crate::codec;
@@ -48,9 +48,9 @@ mod flight;
 mod options;
 
 pub(crate) use fill::Fill;
-use fill::{within, Caught};
+use fill::{Caught, within};
 pub use fill::{Detach, Inline, Job, Spawn};
-use flight::{decode_shared, landings, wait, Flights, Joined, Seen, Waited};
+use flight::{Flights, Joined, Seen, Waited, decode_shared, landings, wait};
 pub(crate) use options::Policy;
 pub use options::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout};
 
@@ -452,7 +452,7 @@ impl Cache {
                     return Box::pin(self.fallback_in_flight(
                         store, &full, tag_keys, ttl, policy, epoch, mode, compute,
                     ))
-                    .await
+                    .await;
                 }
                 None => self.compute_err(function, "get", &full, &e),
             },
@@ -638,8 +638,8 @@ impl Cache {
                 }
                 fill_lock::Acquired::Arrived => {
                     // Another process stored the value: read it as a waiter would.
-                    if let Ok(Some(bytes)) = self.shared.backend.get(&full).await {
-                        if let Ok(Lookup::Hit { value, .. }) = self
+                    if let Ok(Some(bytes)) = self.shared.backend.get(&full).await
+                        && let Ok(Lookup::Hit { value, .. }) = self
                             .decode_hit::<M::Stored>(
                                 &full,
                                 Some(&bytes),
@@ -647,13 +647,12 @@ impl Cache {
                                 codec::fingerprint::<M::Stored>(),
                             )
                             .await
-                        {
-                            self.shared.stats.flight_wait();
-                            if let Some(leader) = fill.leader.take() {
-                                leader.land(Some(bytes));
-                            }
-                            return mode.restore(value);
+                    {
+                        self.shared.stats.flight_wait();
+                        if let Some(leader) = fill.leader.take() {
+                            leader.land(Some(bytes));
                         }
+                        return mode.restore(value);
                     }
                 }
                 fill_lock::Acquired::TimedOut => self.shared.stats.lock_timeout(),

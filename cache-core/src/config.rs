@@ -909,20 +909,19 @@ impl CacheBuilder {
                 }
             }
         }
-        if let Target::Redis(t) = &self.config.target {
-            if !(t.url.starts_with("redis://")
+        if let Target::Redis(t) = &self.config.target
+            && !(t.url.starts_with("redis://")
                 || t.url.starts_with("rediss://")
                 || t.url.starts_with("redis+unix://")
                 || t.url.starts_with("unix://"))
-            {
-                return Err(Error::Config {
-                    setting: "REDIS_URL",
-                    reason: format!(
-                        "`{}` is not a redis URL; expected `redis://host:port/db`, `rediss://...` (TLS) or `unix:///path`",
-                        redact_url(&t.url)
-                    ),
-                });
-            }
+        {
+            return Err(Error::Config {
+                setting: "REDIS_URL",
+                reason: format!(
+                    "`{}` is not a redis URL; expected `redis://host:port/db`, `rediss://...` (TLS) or `unix:///path`",
+                    redact_url(&t.url)
+                ),
+            });
         }
         Ok(self.config)
     }
@@ -981,7 +980,9 @@ fn parse_bool(setting: &'static str, v: &str) -> Result<bool> {
         "0" | "false" | "no" | "off" => Ok(false),
         other => Err(Error::Config {
             setting,
-            reason: format!("`{other}` is not a boolean; expected one of `true`, `false`, `1`, `0`, `yes`, `no`"),
+            reason: format!(
+                "`{other}` is not a boolean; expected one of `true`, `false`, `1`, `0`, `yes`, `no`"
+            ),
         }),
     }
 }

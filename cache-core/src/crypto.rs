@@ -383,7 +383,7 @@ pub fn bench_open<T: DeserializeOwned + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{encode, parse, Meta};
+    use crate::codec::{Meta, encode, parse};
 
     fn sealed(keyring: &Keyring, full: &str, value: &str) -> Vec<u8> {
         let meta = Meta {

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::advisor::ServerInfo;
-use crate::backend::redis::RedisBackend;
 use crate::backend::Backend;
+use crate::backend::redis::RedisBackend;
 use crate::cache::Cache;
 use crate::stats::StatsSnapshot;
 
@@ -365,13 +365,14 @@ impl Cache {
                             }
                         };
                         h.warnings = info.advice();
-                        if let (Some(used), Some(max)) = (info.used_memory, info.maxmemory) {
-                            if max > 0 && used as f64 >= max as f64 * MEMORY_NEARLY_FULL {
-                                h.status = HealthStatus::Degraded;
-                                h.error = Some(format!(
-                                    "redis memory nearly full: used_memory {used} of maxmemory {max}"
-                                ));
-                            }
+                        if let (Some(used), Some(max)) = (info.used_memory, info.maxmemory)
+                            && max > 0
+                            && used as f64 >= max as f64 * MEMORY_NEARLY_FULL
+                        {
+                            h.status = HealthStatus::Degraded;
+                            h.error = Some(format!(
+                                "redis memory nearly full: used_memory {used} of maxmemory {max}"
+                            ));
                         }
                         if h.breaker.as_ref().is_some_and(|b| b.state != "closed") {
                             h.status = HealthStatus::Degraded;

@@ -445,7 +445,9 @@ macro_rules! int_key_part {
         }
     )*};
 }
-int_key_part!(u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize);
+int_key_part!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize
+);
 
 macro_rules! nonzero_key_part {
     ($($t:ty),*) => {$(

@@ -58,7 +58,7 @@ pub mod __private {
 }
 
 pub use backend::KeyTtl;
-pub use cache::{install, installed, Cache, Lookup, Source};
+pub use cache::{Cache, Lookup, Source, install, installed};
 pub use compute::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout};
 pub use config::CacheBuilder;
 pub use crypto::EncryptionKey;
@@ -72,7 +72,7 @@ pub use key_report::{KeyGroup, KeyReport, KeyReportBuilder};
 pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
 pub use lock::{Lock, LockGuard};
 pub use metrics::describe_metrics;
-pub use observe::{LatencySummary, MissCounts, NamespaceStats, MAX_NAMESPACES};
+pub use observe::{LatencySummary, MAX_NAMESPACES, MissCounts, NamespaceStats};
 pub use rate_limit::{Decision, RateLimit, RateLimiter};
 #[cfg(feature = "tower-sessions")]
 pub use session::TowerSessionStore;

@@ -380,12 +380,11 @@ impl Cache {
         // only: an encrypted entry is decrypted with the reading handle's keyring on every
         // hit (a handle with another key, or none, must not get what it cannot decrypt).
         let same_crypto = !entry.encrypted && self.scope.encryption.is_none();
-        if let Some((fp, any)) = entry.decoded.get().filter(|_| same_crypto) {
-            if *fp == fingerprint {
-                if let Some(value) = any.downcast_ref::<T>().and_then(&clone) {
-                    return Ok(self.local_hit(value, age));
-                }
-            }
+        if let Some((fp, any)) = entry.decoded.get().filter(|_| same_crypto)
+            && *fp == fingerprint
+            && let Some(value) = any.downcast_ref::<T>().and_then(&clone)
+        {
+            return Ok(self.local_hit(value, age));
         }
         // Through the crypto path, as a Redis read: decrypted with the handle's keyring (an
         // encrypted entry, for a handle that has one), refused otherwise.

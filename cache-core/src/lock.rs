@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 
 use redis::Script;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::backend::redis::RedisBackend;
 use crate::backend::Backend;
+use crate::backend::redis::RedisBackend;
 use crate::cache::Cache;
 use crate::error::{Error, Result};
 use crate::key;
@@ -774,10 +774,10 @@ impl MemoryLocks {
     fn take(&self, key: &str, owner: Owner, ttl: Duration) -> Attempt {
         let now = Instant::now();
         let mut held = locked(&self.held);
-        if let Some((_, until)) = held.get(key) {
-            if *until > now {
-                return Attempt::Held(Some(*until - now));
-            }
+        if let Some((_, until)) = held.get(key)
+            && *until > now
+        {
+            return Attempt::Held(Some(*until - now));
         }
         // Leases that ran out unreleased (their guards dropped outside a runtime, or leaked)
         // are swept now and then, so the map stays the size of the locks in use.
@@ -890,10 +890,10 @@ impl Drop for Place {
         // Clones are made in `join` (under this mutex) and by `Place::queue`, whose clone is
         // dropped before its `Place`; so when the count is the map's and this place's, no
         // other contender is left.
-        if let Some(queue) = self.queue.take() {
-            if Arc::strong_count(&queue) == 2 {
-                queues.remove(&self.key);
-            }
+        if let Some(queue) = self.queue.take()
+            && Arc::strong_count(&queue) == 2
+        {
+            queues.remove(&self.key);
         }
     }
 }

@@ -11,7 +11,7 @@ mod imp {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use metrics::{counter, gauge, histogram, Unit};
+    use metrics::{Unit, counter, gauge, histogram};
 
     /// Every metric the cache records: name, unit, help.
     pub(crate) const TABLE: &[(&str, Unit, &str)] = &[

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use histogram::AtomicHistogram;
 use serde::Serialize;
 
+use crate::Source;
 use crate::cache::Cache;
 use crate::config::CacheBuilder;
 use crate::error::Result;
 use crate::stats::WarnThrottle;
-use crate::Source;
 
 /// How many first-level namespaces a cache root keeps statistics for besides its own, the
 /// last of them being `<root>:_other`, where every later one counts.

@@ -19,12 +19,12 @@
 //! processes when the L1 invalidation feed delivers the pattern before they store).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::redis::RedisBackend;
 use crate::backend::Backend;
+use crate::backend::redis::RedisBackend;
 use crate::cache::Cache;
 use crate::codec;
 use crate::error::{Error, Result};

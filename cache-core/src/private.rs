@@ -10,10 +10,10 @@ use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::cache::{installed, Cache};
+use crate::cache::{Cache, installed};
 pub use crate::compute::{Detach, Inline, Spawn};
 use crate::compute::{FillLock, Policy};
 use crate::error::Result;
@@ -81,7 +81,9 @@ pub fn global() -> CacheRef<'static> {
     static WARNED: AtomicBool = AtomicBool::new(false);
     let cache = installed();
     if cache.is_none() && !WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!("a #[cached] function ran before cache_core::install(..): computing without a cache until one is installed");
+        tracing::warn!(
+            "a #[cached] function ran before cache_core::install(..): computing without a cache until one is installed"
+        );
     }
     cache
 }
@@ -432,10 +434,10 @@ pub async fn evict_after<O, M: Mode<O>, F: Future<Output = O>>(
     let out = compute.await;
     if let (Some(cache), true) = (cache, mode.succeeded(&out)) {
         let full: Vec<String> = keys.into_iter().map(|k| cache.full_key_of(k)).collect();
-        if !full.is_empty() {
-            if let Err(e) = cache.delete_full(full).await {
-                tracing::error!(error = %e, "#[cache_evict]: entries not removed");
-            }
+        if !full.is_empty()
+            && let Err(e) = cache.delete_full(full).await
+        {
+            tracing::error!(error = %e, "#[cache_evict]: entries not removed");
         }
         if !tags.is_empty() {
             let refs: Vec<&str> = tags.iter().map(String::as_str).collect();

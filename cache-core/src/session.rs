@@ -31,11 +31,11 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::Script;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
-use crate::backend::redis::RedisBackend;
 use crate::backend::Backend;
+use crate::backend::redis::RedisBackend;
 use crate::cache::Cache;
 use crate::codec;
 use crate::error::{Error, Result};
@@ -416,14 +416,14 @@ impl Sessions {
             .arg(record.version)
             .arg(times.max);
         let created: i64 = redis.run_script("session create", &invocation).await?;
-        if created != 1 {
-            if let Some(index) = index {
-                // Taken by another session (which has its own entry), or already past its
-                // deadline: this entry is not one.
-                let mut cmd = redis::cmd("ZREM");
-                cmd.arg(index).arg(id.to_string());
-                redis.run::<i64>("session index remove", cmd).await?;
-            }
+        if created != 1
+            && let Some(index) = index
+        {
+            // Taken by another session (which has its own entry), or already past its
+            // deadline: this entry is not one.
+            let mut cmd = redis::cmd("ZREM");
+            cmd.arg(index).arg(id.to_string());
+            redis.run::<i64>("session index remove", cmd).await?;
         }
         Ok(created == 1)
     }

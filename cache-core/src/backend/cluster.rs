@@ -132,10 +132,10 @@ async fn watch_switches(connector: Weak<SentinelConnector>) {
         };
         match tokio::time::timeout(Duration::from_secs(2), subscribed).await {
             Ok(Ok(pubsub)) => {
-                if turn > 1 {
-                    if let Some(this) = connector.upgrade() {
-                        this.drop_connections();
-                    }
+                if turn > 1
+                    && let Some(this) = connector.upgrade()
+                {
+                    this.drop_connections();
                 }
                 let mut messages = pubsub.into_on_message();
                 while let Some(msg) = messages.next().await {

@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use moka::Expiry;
 use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
-use moka::Expiry;
 
 use super::{KeyTtl, TagKey, Write};
 use crate::codec;

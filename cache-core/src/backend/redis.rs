@@ -29,7 +29,7 @@ use redis::{
     ScriptInvocation,
 };
 
-use super::cluster::{by_slot, AnyConnection, Connector};
+use super::cluster::{AnyConnection, Connector, by_slot};
 use super::{KeyTtl, TagKey, Write};
 use crate::breaker::{Breaker, Invalidation};
 use crate::config::{Config, RedisTarget};
@@ -229,10 +229,10 @@ impl RedisBackend {
             self.next_slot.fetch_add(1, Ordering::Relaxed) % self.slots.len()
         };
         let slot = &self.slots[index];
-        if let Ok(guard) = slot.read() {
-            if let Some(conn) = guard.as_ref().filter(|c| !c.broken.load(Ordering::Relaxed)) {
-                return Ok(conn.clone());
-            }
+        if let Ok(guard) = slot.read()
+            && let Some(conn) = guard.as_ref().filter(|c| !c.broken.load(Ordering::Relaxed))
+        {
+            return Ok(conn.clone());
         }
         let conn = self.checkout().await?;
         if let Ok(mut guard) = slot.write() {

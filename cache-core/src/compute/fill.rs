@@ -10,12 +10,12 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
+use super::Policy;
 use super::fill_lock;
 use super::flight::Leader;
-use super::Policy;
 use crate::cache::{Cache, WriteIf};
 use crate::codec;
 use crate::error::Error;

@@ -93,7 +93,7 @@ pub(crate) async fn acquire(
             get.arg(full);
             match redis.run::<Option<Vec<u8>>>("GET", get).await {
                 Ok(Some(now)) if !codec::is_tombstone(&now) && seen != Some(&now[..]) => {
-                    return Acquired::Arrived
+                    return Acquired::Arrived;
                 }
                 Ok(_) => {}
                 Err(e) => return unavailable(e),
@@ -114,11 +114,12 @@ pub(crate) async fn acquire(
                 // between our read and our `SET NX`: look once more before computing it again.
                 let mut get = redis::cmd("GET");
                 get.arg(full);
-                if let Ok(Some(now)) = redis.run::<Option<Vec<u8>>>("GET", get).await {
-                    if !codec::is_tombstone(&now) && seen != Some(&now[..]) {
-                        guard.release(cache).await;
-                        return Acquired::Arrived;
-                    }
+                if let Ok(Some(now)) = redis.run::<Option<Vec<u8>>>("GET", get).await
+                    && !codec::is_tombstone(&now)
+                    && seen != Some(&now[..])
+                {
+                    guard.release(cache).await;
+                    return Acquired::Arrived;
                 }
                 return Acquired::Held(guard);
             }

@@ -88,7 +88,7 @@ impl Flights {
             match &*flight.tx.borrow() {
                 Landing::Running => return Joined::Wait(flight.tx.subscribe()),
                 Landing::Value(bytes, landed, _) if epoch < *landed => {
-                    return Joined::Landed(bytes.clone())
+                    return Joined::Landed(bytes.clone());
                 }
                 _ => {}
             }

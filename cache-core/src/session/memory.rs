@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::{Record, SessionId, Times, Written, ID_LEN};
+use super::{ID_LEN, Record, SessionId, Times, Written};
 use crate::key::KeyBuf;
 
 /// Sessions of an in-memory cache root: records and user indexes under the same full keys
