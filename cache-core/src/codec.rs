@@ -232,9 +232,9 @@ fn nonce() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
-    static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let mut h = KEYS.get_or_init(Default::default).build_hasher();
+    let mut h = SEED.get_or_init(Default::default).build_hasher();
     h.write_u64(NEXT.fetch_add(1, Ordering::Relaxed));
     h.finish()
 }

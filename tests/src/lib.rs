@@ -167,6 +167,17 @@ pub fn redis_cache_at(url: &str) -> cache_core::Cache {
         .unwrap_or_else(|e| panic!("cannot build a cache on `{url}`: {e}"))
 }
 
+/// A builder on the single server at `url` (which may be down, or a port nothing listens
+/// on), in a fresh namespace, that gives up quickly: 300 ms connect and command timeouts,
+/// for the outage tests.
+pub fn quick_failing_builder(url: &str) -> cache_core::CacheBuilder {
+    cache_core::Cache::builder()
+        .url(url)
+        .namespace(unique_namespace())
+        .connect_timeout(std::time::Duration::from_millis(300))
+        .command_timeout(std::time::Duration::from_millis(300))
+}
+
 /// A raw connection to where [`redis_cache`] keeps its keys, bypassing the cache: a
 /// multiplexed connection to the server (or the Sentinels' primary), or a cluster connection
 /// that routes each command by its key.

@@ -641,11 +641,7 @@ async fn bad_input_is_a_typed_error() {
 #[tokio::test]
 async fn redis_down_fails_closed() {
     let mut server = tests::RedisServer::start();
-    let cache = Cache::builder()
-        .url(server.url())
-        .namespace(tests::unique_namespace().as_str())
-        .connect_timeout(Duration::from_millis(300))
-        .command_timeout(Duration::from_millis(300))
+    let cache = tests::quick_failing_builder(&server.url())
         .build()
         .expect("cache");
     let guard = cache.lock("job").acquire().await.expect("acquire");

@@ -262,11 +262,7 @@ async fn a_pattern_invalidation_made_while_redis_is_down_is_replayed_on_recovery
         .arg("--appendfsync")
         .arg("always")
         .start();
-    let cache = cache_core::Cache::builder()
-        .url(server.url())
-        .namespace(tests::unique_namespace())
-        .connect_timeout(Duration::from_millis(300))
-        .command_timeout(Duration::from_millis(300))
+    let cache = tests::quick_failing_builder(&server.url())
         .breaker(2, Duration::from_millis(300))
         .build()
         .expect("build");

@@ -668,11 +668,7 @@ async fn limits_change_at_run_time_keeping_state() {
 #[tokio::test]
 async fn outage_policy() {
     let mut server = tests::RedisServer::start();
-    let cache = Cache::builder()
-        .url(server.url())
-        .namespace(tests::unique_namespace().as_str())
-        .connect_timeout(Duration::from_millis(300))
-        .command_timeout(Duration::from_millis(300))
+    let cache = tests::quick_failing_builder(&server.url())
         .build()
         .expect("builds");
     let open = cache.rate_limiter(RateLimit::sliding_log(5, Duration::from_secs(1)));
@@ -874,11 +870,7 @@ mod layer {
     #[tokio::test]
     async fn outage_policy_at_the_layer() {
         let mut server = tests::RedisServer::start();
-        let cache = Cache::builder()
-            .url(server.url())
-            .namespace(tests::unique_namespace().as_str())
-            .connect_timeout(Duration::from_millis(300))
-            .command_timeout(Duration::from_millis(300))
+        let cache = tests::quick_failing_builder(&server.url())
             .build()
             .expect("builds");
         let window = Duration::from_secs(60);
