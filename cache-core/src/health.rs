@@ -5,11 +5,11 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::advisor::ServerInfo;
-use crate::backend::Backend;
-use crate::backend::redis::RedisBackend;
-use crate::cache::Cache;
-use crate::stats::StatsSnapshot;
+use crate::base::advisor::ServerInfo;
+use crate::base::stats::StatsSnapshot;
+use crate::engine::Cache;
+use crate::store::Backend;
+use crate::store::redis::RedisBackend;
 
 /// Overall state of a cache, as [`Health::status`] reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -348,14 +348,14 @@ impl Cache {
                     let ping = ping_started.elapsed();
                     // INFO may be refused (ACL) without the server being down.
                     let info = r.run::<redis::Value>("INFO", redis::cmd("INFO")).await;
-                    crate::error::Result::Ok((ping, info))
+                    crate::base::error::Result::Ok((ping, info))
                 };
                 match tokio::time::timeout(bound, probe).await {
                     Ok(Ok((ping, info))) => {
                         h.ping_ms = Some(ping.as_secs_f64() * 1e3);
                         let info = match info {
                             // a cluster answers for each node: the first one speaks here
-                            Ok(reply) => crate::advisor::info_texts(reply)
+                            Ok(reply) => crate::base::advisor::info_texts(reply)
                                 .first()
                                 .map(|text| ServerInfo::parse(text))
                                 .unwrap_or_default(),
@@ -448,7 +448,7 @@ impl Cache {
         let name = &self.shared.config.namespace;
         let set = |metric: &'static str, v: Option<f64>| {
             if let Some(v) = v {
-                crate::metrics::gauge_set(metric, name, v);
+                crate::base::metrics::gauge_set(metric, name, v);
             }
         };
         set(
@@ -495,7 +495,7 @@ fn note(error: &mut Option<String>, what: impl Into<String>) {
 
 /// Every node of the cluster, from `CLUSTER NODES` (any node's view), each pinged by address
 /// at the same time.
-async fn cluster_nodes(r: &RedisBackend) -> crate::error::Result<Vec<NodeHealth>> {
+async fn cluster_nodes(r: &RedisBackend) -> crate::base::error::Result<Vec<NodeHealth>> {
     // No key to route by: a random node answers, maybe one that just failed; another try
     // goes elsewhere.
     let mut tries = 0;
@@ -623,7 +623,7 @@ async fn sentinel_view(
         })
         .await;
         let took = started.elapsed().as_secs_f64() * 1e3;
-        let address = crate::config::redact_url(url);
+        let address = crate::base::settings::redact_url(url);
         match connected {
             Ok(Ok(con)) => (
                 SentinelNodeHealth {

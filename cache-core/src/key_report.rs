@@ -4,9 +4,9 @@
 
 use serde::Serialize;
 
-use crate::backend::Backend;
-use crate::cache::Cache;
-use crate::error::Result;
+use crate::base::error::Result;
+use crate::engine::Cache;
+use crate::store::Backend;
 
 /// Keys of one group: those whose key, after the handle's prefix, starts with the same segment
 /// (`user` for `cache:user:42`; `~tag` for tag versions; `""` for keys with no `:`).

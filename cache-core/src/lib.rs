@@ -24,60 +24,49 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod advisor;
-mod backend;
-mod breaker;
-mod cache;
-mod codec;
-mod compute;
-mod config;
-mod crypto;
-mod error;
+// Layers, bottom to top; each imports only from the ones above it in this list
+// (ARCHITECTURE.md; tests/tests/layers.rs fails on an import circle).
+mod base;
+mod engine;
+mod pipeline;
+mod store;
+// Capabilities.
 mod health;
-mod key;
 mod key_report;
-mod limits;
-mod local;
 mod lock;
-mod metrics;
-mod observe;
 mod pattern;
 pub mod rate_limit;
 mod session;
-mod stats;
-mod tags;
 mod warm;
-
-mod private;
 
 /// Helpers for generated code only.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::crypto::{bench_open, bench_seal};
-    pub use crate::private::*;
+    pub use crate::engine::crypto::{bench_open, bench_seal};
+    pub use crate::pipeline::glue::*;
 }
 
-pub use backend::KeyTtl;
-pub use cache::{Cache, Lookup, Source, install, installed};
-pub use compute::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout};
-pub use config::CacheBuilder;
-pub use crypto::EncryptionKey;
-pub use error::{Error, Result};
+pub use base::error::{Error, Result};
+pub use base::key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
+pub use base::limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
+pub use base::metrics::describe_metrics;
+pub use base::observe::{LatencySummary, MAX_NAMESPACES, MissCounts, NamespaceStats};
+pub use base::settings::CacheBuilder;
+pub use base::stats::StatsSnapshot;
+pub use engine::crypto::EncryptionKey;
+pub use engine::{Cache, Lookup, Source, install, installed};
 pub use health::{
     BreakerHealth, Health, HealthMode, HealthStatus, MemoryHealth, PoolHealth, RedisHealth,
 };
 pub use health::{HealthTopology, NodeHealth, NodeRole, SentinelHealth, SentinelNodeHealth};
-pub use key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use key_report::{KeyGroup, KeyReport, KeyReportBuilder};
-pub use limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
 pub use lock::{Lock, LockGuard};
-pub use metrics::describe_metrics;
-pub use observe::{LatencySummary, MAX_NAMESPACES, MissCounts, NamespaceStats};
+pub use pipeline::{ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout};
 pub use rate_limit::{Decision, RateLimit, RateLimiter};
 #[cfg(feature = "tower-sessions")]
 pub use session::TowerSessionStore;
 pub use session::{AsSessionId, SessionId, Sessions};
-pub use stats::StatsSnapshot;
+pub use store::KeyTtl;
 pub use warm::{WarmBuilder, WarmCancel, WarmProgress, WarmSummary};
 
 #[cfg(feature = "macros")]

@@ -21,12 +21,12 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use crate::backend::Backend;
-use crate::backend::redis::RedisBackend;
-use crate::cache::Cache;
-use crate::error::{Error, Result};
-use crate::key;
-use crate::limits;
+use crate::base::error::{Error, Result};
+use crate::base::key;
+use crate::base::limits;
+use crate::engine::Cache;
+use crate::store::Backend;
+use crate::store::redis::RedisBackend;
 
 static ACQUIRE: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("scripts/lock_acquire.lua")));
@@ -765,7 +765,7 @@ impl Default for MemoryLocks {
         MemoryLocks {
             held: Mutex::default(),
             // As on Redis: tokens start at the clock in microseconds.
-            last_token: AtomicU64::new(crate::codec::now_us()),
+            last_token: AtomicU64::new(crate::base::codec::now_us()),
         }
     }
 }

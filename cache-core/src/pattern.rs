@@ -5,7 +5,7 @@
 //! The glob is the handle's scope prefix, glob-escaped, followed by the caller's pattern, so
 //! whatever the pattern holds (`*`, `?`, `[`, `\`, `:`), a key outside the scope cannot match:
 //! a glob matches from its first byte, and the prefix is literal. Parts built with
-//! [`key!`](crate::key!) or [`KeyPart`](crate::KeyPart) carry no glob character (they are
+//! [`key!`](crate::base::key!) or [`KeyPart`](crate::KeyPart) carry no glob character (they are
 //! escaped as `%XX`), so user data inside a pattern matches only itself.
 //!
 //! The cache's own keys (tag versions, locks, limiters: a `:`-separated segment made of `~`
@@ -23,11 +23,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
-use crate::backend::redis::RedisBackend;
-use crate::cache::Cache;
-use crate::codec;
-use crate::error::{Error, Result};
+use crate::base::codec;
+use crate::base::error::{Error, Result};
+use crate::engine::Cache;
+use crate::store::Backend;
+use crate::store::redis::RedisBackend;
 
 /// Keys asked of each `SCAN` step (`COUNT`): large enough that round trips do not dominate,
 /// small enough that one step stays well under a millisecond of server time.
@@ -110,7 +110,7 @@ impl Cache {
             Ok(removed) => removed,
             Err(e) => {
                 self.shared.stats.backend_error();
-                tracing::warn!(pattern = %crate::key::shorten_for_display(&glob), error = %e, "invalidation by pattern failed");
+                tracing::warn!(pattern = %crate::base::key::shorten_for_display(&glob), error = %e, "invalidation by pattern failed");
                 if let Backend::Redis(redis) = &self.shared.backend {
                     // Not lost when Redis is out of reach: queued on the breaker's recovery
                     // queue and replayed (a full scan of every primary) before it closes, as
@@ -118,12 +118,12 @@ impl Cache {
                     redis.not_reached(&e, |b| b.queue_pattern(&glob)).await;
                     // This process's L1 drops what matches now (the others learn of it from
                     // their own gap: their breaker or feed saw the same outage).
-                    crate::local::pattern_here(self, &glob);
+                    crate::engine::local::pattern_here(self, &glob);
                 }
                 return Err(e);
             }
         };
-        crate::local::after_pattern(self, &glob).await;
+        crate::engine::local::after_pattern(self, &glob).await;
         Ok(removed)
     }
 
@@ -138,7 +138,7 @@ impl Cache {
         let tombstone = codec::tombstone();
         let backend = &self.shared.backend;
         let groups: Vec<Vec<String>> = match backend {
-            Backend::Redis(redis) if redis.is_cluster() => crate::backend::cluster::by_slot(&keys)
+            Backend::Redis(redis) if redis.is_cluster() => crate::store::cluster::by_slot(&keys)
                 .into_iter()
                 .map(|g| g.into_iter().map(|i| keys[i].clone()).collect())
                 .collect(),
@@ -271,7 +271,7 @@ const SLOTS: u32 = 16384;
 /// The primaries that serve slots now, from `CLUSTER NODES` (as
 /// `backend::cluster::serving_primaries`), and how many slots they serve together.
 fn serving(cluster_nodes: &str) -> (Vec<(String, u16)>, u32) {
-    let primaries = crate::backend::cluster::serving_primaries(cluster_nodes);
+    let primaries = crate::store::cluster::serving_primaries(cluster_nodes);
     let mut slots = 0;
     for line in cluster_nodes.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();

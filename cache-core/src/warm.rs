@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
-use crate::cache::Cache;
+use crate::engine::Cache;
 
 /// Where a warming run is, given to the progress callback after each key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,9 +307,10 @@ where
                 Err(e) => {
                     summary.errors += 1;
                     if summary.first_errors.len() < KEPT_ERRORS {
-                        summary
-                            .first_errors
-                            .push(format!("{}: {e}", crate::key::shorten_for_display(&key)));
+                        summary.first_errors.push(format!(
+                            "{}: {e}",
+                            crate::base::key::shorten_for_display(&key)
+                        ));
                     }
                 }
             }

@@ -39,11 +39,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redis::Script;
 
-use crate::backend::Backend;
-use crate::cache::Cache;
-use crate::error::{Error, Result};
-use crate::key::{self, KeyBuf, KeyPart};
-use crate::stats::WarnThrottle;
+use crate::base::error::{Error, Result};
+use crate::base::key::{self, KeyBuf, KeyPart};
+use crate::base::stats::WarnThrottle;
+use crate::engine::Cache;
+use crate::store::Backend;
 
 static SLIDING_LOG: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/rate_limit_sliding_log.lua")));
@@ -399,7 +399,8 @@ impl RateLimit {
         }
         // The cache's one rule for durations: whole milliseconds (rounded up), at most
         // MAX_TTL (clamped), zero refused.
-        let window = crate::limits::setting("rate limit window", self.window)?.as_micros() as u64;
+        let window =
+            crate::base::limits::setting("rate limit window", self.window)?.as_micros() as u64;
         let capacity = self.capacity();
         let interval = window.div_ceil(self.limit);
         if self.algorithm == Algorithm::Gcra {
@@ -1047,7 +1048,7 @@ impl RateLimiter {
         e: Error,
     ) -> Result<Decision> {
         self.inner.cache.shared.stats.backend_error();
-        if let Some(held) = self.inner.warnings.admit(crate::codec::now_ms()) {
+        if let Some(held) = self.inner.warnings.admit(crate::base::codec::now_ms()) {
             tracing::warn!(limiter = %self.inner.key_prefix, policy = ?on_unavailable, error = %e, held_back = held, "rate limiter: redis unavailable");
         }
         match on_unavailable {

@@ -45,7 +45,7 @@ use http::{HeaderMap, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use super::{Decision, RateLimiter};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// How a request is turned into the id it is limited by.
 ///

@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::Serialize;
 
 use super::{ID_BYTES, ID_LEN};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// A session id: 128 bits from the operating system's random number generator, written as
 /// 22 characters of URL-safe base64 (`A-Z a-z 0-9 - _`), safe in cookies, headers and URLs.

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{ID_LEN, Record, SessionId, Times, Written};
-use crate::key::KeyBuf;
+use crate::base::key::KeyBuf;
 
 /// Sessions of an in-memory cache root: records and user indexes under the same full keys
 /// as on Redis, with a monotonic clock.

@@ -4,7 +4,7 @@
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use crate::error::Error;
+use crate::base::error::Error;
 
 /// Stampede protection of a get-or-compute: who computes when several callers miss one key.
 ///

@@ -4,6 +4,7 @@
 //! An enum rather than a trait object: the hot path stays monomorphic (no boxed futures),
 //! and the circuit breaker can later wrap the enum in one place.
 
+pub(crate) mod breaker;
 pub(crate) mod cluster;
 pub(crate) mod memory;
 pub(crate) mod redis;
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::base::error::Result;
 
 /// Remaining lifetime of a key, as `PTTL` reports it; see [`Cache::ttl`](crate::Cache::ttl).
 ///

@@ -34,17 +34,18 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Cache, Lookup, WriteIf};
-use crate::codec;
-use crate::error::Error;
-use crate::observe::{MissReason, Operation, Outcome}; // ops
-use crate::private::Mode;
-use crate::tags;
+use crate::base::codec;
+use crate::base::error::Error;
+use crate::base::observe::{MissReason, Operation, Outcome}; // ops
+use crate::engine::tags;
+use crate::engine::{Cache, Lookup, WriteIf};
+use crate::pipeline::glue::Mode;
 use tracing::Instrument; // ops
 
 mod fill;
 pub(crate) mod fill_lock;
 mod flight;
+pub(crate) mod glue;
 mod options;
 
 pub(crate) use fill::Fill;
@@ -143,7 +144,7 @@ impl Cache {
             key,
             ttl.into(),
             &policy,
-            crate::private::Plain,
+            crate::pipeline::glue::Plain,
             Inline,
             compute,
         )
@@ -181,7 +182,7 @@ impl Cache {
             key,
             ttl.into(),
             &policy,
-            crate::private::ResultMode,
+            crate::pipeline::glue::ResultMode,
             Inline,
             compute,
         )
@@ -223,7 +224,7 @@ impl Cache {
             key,
             options.ttl,
             &options.policy,
-            crate::private::Plain,
+            crate::pipeline::glue::Plain,
             Spawn,
             compute,
         )
@@ -481,7 +482,7 @@ impl Cache {
     #[allow(clippy::too_many_arguments)] // one private step
     async fn fallback_in_flight<O, M, F>(
         &self,
-        store: Arc<crate::backend::memory::MemoryBackend>,
+        store: Arc<crate::store::memory::MemoryBackend>,
         full: &str,
         tag_keys: &[String],
         ttl: Option<Duration>,
@@ -834,7 +835,7 @@ impl Cache {
                 self.count_miss(MissReason::Undecodable); // ops
                 stats.decode_error();
                 stats.miss();
-                tracing::debug!(key = %crate::key::shorten_for_display(full), %reason, "cache value not decodable, treated as a miss");
+                tracing::debug!(key = %crate::base::key::shorten_for_display(full), %reason, "cache value not decodable, treated as a miss");
                 return Ok(Found::Miss);
             }
         };

@@ -31,9 +31,9 @@ use redis::{
 
 use super::cluster::{AnyConnection, Connector, by_slot};
 use super::{KeyTtl, TagKey, Write};
-use crate::breaker::{Breaker, Invalidation};
-use crate::config::{Config, RedisTarget};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::settings::{Config, RedisTarget};
+use crate::store::breaker::{Breaker, Invalidation};
 
 /// A pooled multiplexed connection and the flag its users raise when it dies.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ pub(crate) struct Manager {
     connector: Arc<Connector>,
     config: AsyncConnectionConfig,
     /// Checks the server's settings on the first connection (advisor.rs).
-    advisor: Arc<crate::advisor::Advisor>,
+    advisor: Arc<crate::base::advisor::Advisor>,
 }
 
 impl ManageConnection for Manager {
@@ -112,7 +112,7 @@ static INCR_OVER_TOMBSTONE: LazyLock<Script> = script!(tombstone, "incr_over_tom
 
 /// Milliseconds for `PX` / `PEXPIRE`, within what Redis accepts (see `limits`).
 fn millis(d: Duration) -> u64 {
-    crate::limits::millis(d)
+    crate::base::limits::millis(d)
 }
 
 pub(crate) struct RedisBackend {
@@ -133,7 +133,7 @@ pub(crate) struct RedisBackend {
     connect_timeout: Duration,
     command_timeout: Duration,
     display_url: String,
-    pub(crate) advisor: Arc<crate::advisor::Advisor>,
+    pub(crate) advisor: Arc<crate::base::advisor::Advisor>,
     breaker: Breaker,
 }
 
@@ -158,7 +158,7 @@ impl RedisBackend {
                 setting: "REDIS_URL",
                 reason: format!(
                     "`{}` is not a valid redis URL: {e}",
-                    crate::config::redact_url(&target.url)
+                    crate::base::settings::redact_url(&target.url)
                 ),
             })?;
         let mut redis_settings = info.redis_settings().clone();
@@ -188,10 +188,10 @@ impl RedisBackend {
             min_idle: config.min_idle,
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
-            advisor: Arc::new(crate::advisor::Advisor::new(crate::config::redact_url(
-                &target.url,
-            ))),
-            display_url: crate::config::redact_url(&target.url),
+            advisor: Arc::new(crate::base::advisor::Advisor::new(
+                crate::base::settings::redact_url(&target.url),
+            )),
+            display_url: crate::base::settings::redact_url(&target.url),
             breaker: Breaker::new(config),
         })
     }
@@ -594,7 +594,7 @@ impl RedisBackend {
         let mut invocation = INVALIDATE.prepare_invoke();
         invocation
             .key(keys)
-            .arg(crate::codec::tombstone())
+            .arg(crate::base::codec::tombstone())
             .arg(millis(hold));
         if guarded {
             self.run_script::<u64>("delete", &invocation).await?;
@@ -647,7 +647,7 @@ impl RedisBackend {
         // A version key holding something else than a version reads as changed.
         let versions = items
             .map(|item| match item {
-                redis::Value::BulkString(b) => crate::codec::decode_version(&b),
+                redis::Value::BulkString(b) => crate::base::codec::decode_version(&b),
                 _ => None,
             })
             .collect();
@@ -702,7 +702,8 @@ impl RedisBackend {
                 Ok(written.is_some())
             }
             Some(seen) => {
-                let digest = crate::key::lower_hex(&sha1_smol::Sha1::from(seen).digest().bytes());
+                let digest =
+                    crate::base::key::lower_hex(&sha1_smol::Sha1::from(seen).digest().bytes());
                 let mut invocation = SET_IF_UNCHANGED.key(key);
                 invocation.arg(digest).arg(value).arg(ttl.map_or(0, millis));
                 let written: u8 = self.run_script("SET if unchanged", &invocation).await?;
@@ -924,7 +925,7 @@ fn holds_no_counter(e: &RedisError) -> bool {
 fn decode_versions(values: impl IntoIterator<Item = Option<Vec<u8>>>) -> Vec<Option<u64>> {
     values
         .into_iter()
-        .map(|v| v.and_then(|b| crate::codec::decode_version(&b)))
+        .map(|v| v.and_then(|b| crate::base::codec::decode_version(&b)))
         .collect()
 }
 
@@ -946,7 +947,7 @@ fn open_client(info: redis::ConnectionInfo, target: &RedisTarget) -> Result<redi
         setting: "REDIS_URL",
         reason: format!(
             "cannot use `{}`: {e}",
-            crate::config::redact_url(&target.url)
+            crate::base::settings::redact_url(&target.url)
         ),
     })
 }
@@ -958,7 +959,7 @@ fn open_client(info: redis::ConnectionInfo, target: &RedisTarget) -> Result<redi
             setting: "REDIS_URL",
             reason: format!(
                 "`{}` asks for TLS, and cache-core was built without its `tls` feature",
-                crate::config::redact_url(&target.url)
+                crate::base::settings::redact_url(&target.url)
             ),
         });
     }
@@ -966,7 +967,7 @@ fn open_client(info: redis::ConnectionInfo, target: &RedisTarget) -> Result<redi
         setting: "REDIS_URL",
         reason: format!(
             "cannot use `{}`: {e}",
-            crate::config::redact_url(&target.url)
+            crate::base::settings::redact_url(&target.url)
         ),
     })
 }

@@ -21,8 +21,8 @@ use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{AsyncConnectionConfig, Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use crate::config::{Config, RedisTarget, Topology};
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
+use crate::base::settings::{Config, RedisTarget, Topology};
 
 /// Attempts a cluster command gets when a node moved or failed over (the library's default,
 /// 16, waits minutes under exponential backoff).

@@ -11,8 +11,8 @@ use moka::ops::compute::Op;
 use moka::sync::Cache as Moka;
 
 use super::{KeyTtl, TagKey, Write};
-use crate::codec;
-use crate::error::{Error, Result};
+use crate::base::codec;
+use crate::base::error::{Error, Result};
 
 #[derive(Clone, Debug)]
 struct Entry {
@@ -139,7 +139,7 @@ impl MemoryBackend {
     pub(crate) fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let entry = Entry {
             data: Bytes::from(value),
-            expires_at: ttl.map(|t| crate::limits::deadline(Instant::now(), t)),
+            expires_at: ttl.map(|t| crate::base::limits::deadline(Instant::now(), t)),
         };
         self.entries.insert(key.to_owned(), entry);
         Ok(())
@@ -162,7 +162,7 @@ impl MemoryBackend {
                 if current.as_ref().map(|e| &e.data[..]) == seen {
                     Op::Put(Entry {
                         data: Bytes::from(value),
-                        expires_at: ttl.map(|t| crate::limits::deadline(now, t)),
+                        expires_at: ttl.map(|t| crate::base::limits::deadline(now, t)),
                     })
                 } else {
                     Op::Nop
@@ -194,7 +194,7 @@ impl MemoryBackend {
                 }
                 Op::Put(Entry {
                     data: tombstone.clone(),
-                    expires_at: Some(crate::limits::deadline(now, hold)),
+                    expires_at: Some(crate::base::limits::deadline(now, hold)),
                 })
             });
         }
@@ -213,7 +213,7 @@ impl MemoryBackend {
             .and_compute_with(
                 |current| match current.and_then(|e| e.into_value().holding(now)) {
                     Some(e) => Op::Put(Entry {
-                        expires_at: Some(crate::limits::deadline(now, ttl)),
+                        expires_at: Some(crate::base::limits::deadline(now, ttl)),
                         ..e
                     }),
                     None => Op::Nop,

@@ -1,5 +1,9 @@
 //! The `Cache` handle: typed operations over a backend, scoped by namespace and tenant.
 
+pub(crate) mod crypto;
+pub(crate) mod local;
+pub(crate) mod tags;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -7,16 +11,15 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::RedisBackend;
-use crate::backend::{Backend, KeyTtl};
-use crate::codec::{self, Meta};
-use crate::config::{CacheBuilder, Config, Target};
-use crate::error::{Error, Result};
-use crate::key::{self, KeyBuf, KeyPart};
-use crate::observe::{MissReason, Operation, Outcome};
-use crate::stats::{Stats, StatsSnapshot, WarnThrottle};
-use crate::tags;
+use crate::base::codec::{self, Meta};
+use crate::base::error::{Error, Result};
+use crate::base::key::{self, KeyBuf, KeyPart};
+use crate::base::observe::{MissReason, Operation, Outcome};
+use crate::base::settings::{CacheBuilder, Config, Target};
+use crate::base::stats::{Stats, StatsSnapshot, WarnThrottle};
+use crate::store::memory::MemoryBackend;
+use crate::store::redis::RedisBackend;
+use crate::store::{Backend, KeyTtl};
 
 /// Where a value was found, and which backend a cache uses.
 ///
@@ -114,7 +117,7 @@ pub(crate) struct Shared {
     /// Patterns invalidated recently (pattern.rs).
     pub(crate) patterns: crate::pattern::PatternLog,
     /// The L1 near cache, when configured on a Redis backend (local.rs).
-    pub(crate) local: Option<Arc<crate::local::Local>>,
+    pub(crate) local: Option<Arc<crate::engine::local::Local>>,
     extensions: std::sync::Mutex<
         std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
     >,
@@ -126,9 +129,9 @@ pub(crate) struct Scope {
     pub(crate) prefix: String,
     pub(crate) default_ttl: Option<Duration>,
     /// The keys values are encrypted with (crypto.rs); inherited by scopes made from this one.
-    pub(crate) encryption: Option<Arc<crate::crypto::Keyring>>,
+    pub(crate) encryption: Option<Arc<crate::engine::crypto::Keyring>>,
     /// The statistics of the first-level namespace this handle counts under (observe.rs).
-    pub(crate) stats: Arc<crate::observe::NsStats>,
+    pub(crate) stats: Arc<crate::base::observe::NsStats>,
     /// Whether reads through this scope use the L1 (local.rs; on unless opted out).
     pub(crate) local: bool,
 }
@@ -239,10 +242,10 @@ impl Cache {
             prefix: format!("{}:", config.namespace),
             default_ttl: config.default_ttl,
             encryption: config.encryption.clone().map(Arc::new),
-            stats: Arc::new(crate::observe::NsStats::new(&config.namespace)),
+            stats: Arc::new(crate::base::observe::NsStats::new(&config.namespace)),
             local: true,
         };
-        let local = crate::local::Local::for_backend(&backend, &config);
+        let local = crate::engine::local::Local::for_backend(&backend, &config);
         let shared = Arc::new(Shared {
             backend,
             config,
@@ -252,12 +255,12 @@ impl Cache {
             local,
             extensions: Default::default(),
         });
-        crate::breaker::attach(&shared);
+        crate::store::breaker::attach(&shared);
         let cache = Cache {
             shared,
             scope: Arc::new(scope),
         };
-        crate::observe::register_root(&cache);
+        crate::base::observe::register_root(&cache);
         cache
     }
 
@@ -275,7 +278,7 @@ impl Cache {
     /// ```
     pub fn namespace(&self, name: &str) -> Cache {
         let escaped = key::escape(name);
-        let stats = crate::observe::namespace_stats(self, &escaped);
+        let stats = crate::base::observe::namespace_stats(self, &escaped);
         self.scoped_with(
             format!("{}{}:", self.scope.prefix, escaped),
             self.scope.default_ttl,
@@ -324,7 +327,7 @@ impl Cache {
         &self,
         prefix: String,
         default_ttl: Option<Duration>,
-        stats: Arc<crate::observe::NsStats>,
+        stats: Arc<crate::base::observe::NsStats>,
     ) -> Cache {
         Cache {
             shared: self.shared.clone(),
@@ -709,7 +712,7 @@ impl Cache {
         tags: &[&str],
     ) -> Result<()> {
         let full = self.full_key(key)?;
-        let ttl = crate::limits::ttl(self.ttl_or_default(ttl.into()))?;
+        let ttl = crate::base::limits::ttl(self.ttl_or_default(ttl.into()))?;
         let tag_keys = tags
             .iter()
             .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
@@ -761,7 +764,7 @@ impl Cache {
         fingerprint: u64,
         condition: WriteIf,
     ) -> Result<bool> {
-        let encoded = crate::limits::ttl(ttl).and_then(|ttl| {
+        let encoded = crate::base::limits::ttl(ttl).and_then(|ttl| {
             let bytes = self.encode(full, value, ttl, tags, compute_us, fingerprint)?;
             Ok((ttl, bytes))
         });
@@ -798,7 +801,7 @@ impl Cache {
         if written {
             self.scope.stats.write(1);
             self.shared.stats.write(1);
-            crate::local::after_keys(self, &[full]).await; // local.rs: the L1s drop the key
+            crate::engine::local::after_keys(self, &[full]).await; // local.rs: the L1s drop the key
         } else {
             self.shared.stats.superseded();
         }
@@ -833,14 +836,14 @@ impl Cache {
     ) -> Result<Vec<u8>> {
         // Zero is refused here too, for the paths that encode before they write (compute.rs);
         // the backends round and clamp the same way (limits::deadline, limits::millis).
-        let ttl = crate::limits::ttl(ttl)?;
+        let ttl = crate::base::limits::ttl(ttl)?;
         let now = codec::now_ms();
-        let expires_at_ms = ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t));
+        let expires_at_ms = ttl.map_or(0, |t| crate::base::limits::expires_at_ms(now, t));
         let meta = Meta {
             created_at_ms: now,
             expires_at_ms,
             stale_until_ms: match (ttl, stale) {
-                (Some(_), Some(stale)) => crate::limits::expires_at_ms(expires_at_ms, stale),
+                (Some(_), Some(stale)) => crate::base::limits::expires_at_ms(expires_at_ms, stale),
                 _ => 0,
             },
             compute_us,
@@ -855,7 +858,11 @@ impl Cache {
             })
             .and_then(|bytes| self.seal(full, bytes))
             .and_then(|bytes| {
-                crate::limits::value_size(full, bytes.len(), self.shared.config.max_value_size)?;
+                crate::base::limits::value_size(
+                    full,
+                    bytes.len(),
+                    self.shared.config.max_value_size,
+                )?;
                 Ok(bytes)
             });
         if bytes.is_err() {
@@ -882,7 +889,7 @@ impl Cache {
         ttl: impl Into<Option<Duration>>,
     ) -> Result<()> {
         let mut op = self.op(Operation::Mset);
-        let ttl = crate::limits::ttl(self.ttl_or_default(ttl.into()))?;
+        let ttl = crate::base::limits::ttl(self.ttl_or_default(ttl.into()))?;
         let mut writes = Vec::with_capacity(items.len());
         for (k, v) in items {
             let full = self.full_key(k)?;
@@ -904,7 +911,7 @@ impl Cache {
             .map(|k| key::full_key(&self.scope.prefix, k))
             .collect();
         let full: Vec<&str> = full.iter().map(String::as_str).collect();
-        crate::local::after_keys(self, &full).await; // local.rs
+        crate::engine::local::after_keys(self, &full).await; // local.rs
         Ok(())
     }
 
@@ -961,7 +968,7 @@ impl Cache {
         op.result(&r);
         let removed = r?;
         let keys: Vec<&str> = full.iter().map(String::as_str).collect();
-        crate::local::after_keys(self, &keys).await; // local.rs: the L1s drop the keys
+        crate::engine::local::after_keys(self, &keys).await; // local.rs: the L1s drop the keys
         Ok(removed)
     }
 
@@ -981,11 +988,11 @@ impl Cache {
     pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         let mut op = self.op(Operation::Expire);
         let full = self.full_key(key)?;
-        let ttl = crate::limits::duration("ttl", ttl)?;
+        let ttl = crate::base::limits::duration("ttl", ttl)?;
         let r = self.shared.backend.expire(&full, ttl).await;
         op.result(&r);
         if let Ok(true) = r {
-            crate::local::after_keys(self, &[&full]).await; // local.rs: lifetimes follow Redis
+            crate::engine::local::after_keys(self, &[&full]).await; // local.rs: lifetimes follow Redis
         }
         r.inspect_err(|e| self.backend_err("expire", &full, e))
     }
@@ -1080,7 +1087,7 @@ impl Cache {
         let versions = r.inspect_err(|e| {
             self.backend_err("invalidate tags", refs.first().copied().unwrap_or(""), e)
         })?;
-        crate::local::after_tags(self, &refs, &versions).await; // local.rs
+        crate::engine::local::after_tags(self, &refs, &versions).await; // local.rs
         Ok(())
     }
 

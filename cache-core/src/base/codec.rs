@@ -600,7 +600,7 @@ mod tests {
     fn the_scripts_recognise_the_tombstones_written_here() {
         let literal: String = TOMBSTONE_PREFIX.iter().map(|b| format!("\\{b}")).collect();
         assert!(
-            include_str!("scripts/tombstone.lua")
+            include_str!("../scripts/tombstone.lua")
                 .contains(&format!("local TOMBSTONE = '{literal}'\n")),
             "scripts/tombstone.lua must spell TOMBSTONE_PREFIX as {literal}"
         );

@@ -30,9 +30,9 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::cache::Cache;
-use crate::codec::{self, Envelope};
-use crate::error::{Error, Result};
+use crate::base::codec::{self, Envelope};
+use crate::base::error::{Error, Result};
+use crate::engine::Cache;
 
 const KEY_ID_LEN: usize = 4;
 const NONCE_LEN: usize = 24;
@@ -133,7 +133,7 @@ impl EncryptionKey {
     /// assert_eq!(key.id().len(), 8);
     /// ```
     pub fn id(&self) -> String {
-        crate::key::lower_hex(&self.0.id)
+        crate::base::key::lower_hex(&self.0.id)
     }
 }
 
@@ -320,9 +320,9 @@ impl Cache {
     fn with_keyring(&self, keyring: Option<Keyring>) -> Cache {
         Cache {
             shared: self.shared.clone(),
-            scope: Arc::new(crate::cache::Scope {
+            scope: Arc::new(crate::engine::Scope {
                 encryption: keyring.map(Arc::new),
-                ..crate::cache::Scope::clone(&self.scope)
+                ..crate::engine::Scope::clone(&self.scope)
             }),
         }
     }
@@ -383,7 +383,7 @@ pub fn bench_open<T: DeserializeOwned + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{Meta, encode, parse};
+    use crate::base::codec::{Meta, encode, parse};
 
     fn sealed(keyring: &Keyring, full: &str, value: &str) -> Vec<u8> {
         let meta = Meta {

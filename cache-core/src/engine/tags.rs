@@ -3,9 +3,9 @@
 //! (or missing) is a miss. Invalidating a tag is one `INCR`, whatever the number of
 //! entries, and no per-tag member set grows without bound.
 
-use crate::cache::Cache;
-use crate::codec::Tags;
-use crate::error::{Error, Result};
+use crate::base::codec::Tags;
+use crate::base::error::{Error, Result};
+use crate::engine::Cache;
 
 /// What separates a scope's prefix from a tag in its version key.
 const VERSION_KEY_MARK: &str = "~tag:";
@@ -29,7 +29,7 @@ pub(crate) fn into_version_key(prefix: &str, tag: &mut String) {
 
 /// Tags follow the rules of keys given to the direct API.
 pub(crate) fn checked_tag(tag: &str) -> Result<&str> {
-    crate::key::validate_user_key(tag).map_err(|e| match e {
+    crate::base::key::validate_user_key(tag).map_err(|e| match e {
         Error::InvalidKey { key, reason } => Error::InvalidKey {
             key: format!("tag {key}"),
             reason,
@@ -66,7 +66,7 @@ pub(crate) async fn current_versions(
     let created = if missing.is_empty() {
         Vec::new()
     } else {
-        let initial = crate::codec::now_us();
+        let initial = crate::base::codec::now_us();
         cache
             .backend_ref()
             .create_versions(&missing, initial)

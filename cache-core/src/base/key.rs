@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// Parts longer than this (after escaping) are replaced by `#` and a 128-bit digest (32 hex
 /// digits), so one long argument cannot make a long key.
@@ -237,7 +237,7 @@ pub(crate) fn lower_hex(bytes: &[u8]) -> String {
 
 /// Builds the user part of a key: literal text and escaped [`KeyPart`]s.
 ///
-/// Used by generated code, and by the [`key!`](crate::key!) macro.
+/// Used by generated code, and by the [`key!`](crate::base::key!) macro.
 ///
 /// ```
 /// use cache_core::KeyBuf;

@@ -19,10 +19,10 @@ use histogram::AtomicHistogram;
 use serde::Serialize;
 
 use crate::Source;
-use crate::cache::Cache;
-use crate::config::CacheBuilder;
-use crate::error::Result;
-use crate::stats::WarnThrottle;
+use crate::base::error::Result;
+use crate::base::settings::CacheBuilder;
+use crate::base::stats::WarnThrottle;
+use crate::engine::Cache;
 
 /// How many first-level namespaces a cache root keeps statistics for besides its own, the
 /// last of them being `<root>:_other`, where every later one counts.
@@ -208,7 +208,7 @@ impl NsStats {
 
     pub(crate) fn hit(&self) {
         bump(&self.hits);
-        crate::metrics::hit(&self.name);
+        crate::base::metrics::hit(&self.name);
     }
 
     /// A hit answered by the L1 near cache (counted by [`hit`](Self::hit) too).
@@ -218,33 +218,33 @@ impl NsStats {
 
     pub(crate) fn miss(&self, reason: MissReason) {
         bump(&self.misses[reason as usize]);
-        crate::metrics::miss(&self.name, reason.label());
+        crate::base::metrics::miss(&self.name, reason.label());
     }
 
     /// A stale value served (the compute pipeline's fail-safe).
     pub(crate) fn stale_serve(&self) {
         bump(&self.stale_serves);
-        crate::metrics::stale_serve(&self.name);
+        crate::base::metrics::stale_serve(&self.name);
     }
 
     pub(crate) fn compute(&self) {
         bump(&self.computes);
-        crate::metrics::compute(&self.name);
+        crate::base::metrics::compute(&self.name);
     }
 
     pub(crate) fn computed(&self, took: Duration) {
         self.compute.record(took);
-        crate::metrics::compute_duration(&self.name, took);
+        crate::base::metrics::compute_duration(&self.name, took);
     }
 
     pub(crate) fn write(&self, n: u64) {
         self.writes.fetch_add(n, Ordering::Relaxed);
-        crate::metrics::writes(&self.name, n);
+        crate::base::metrics::writes(&self.name, n);
     }
 
     pub(crate) fn error(&self) {
         bump(&self.errors);
-        crate::metrics::error(&self.name);
+        crate::base::metrics::error(&self.name);
     }
 
     fn snapshot(&self) -> NamespaceStats {
@@ -595,7 +595,7 @@ impl Drop for Op<'_> {
                 self.span.record("source", source);
             }
         }
-        crate::metrics::operation(
+        crate::base::metrics::operation(
             &stats.name,
             self.operation.name(),
             self.outcome.label(),
@@ -620,7 +620,7 @@ fn slow_check(cache: &Cache, operation: &'static str, took: Duration) {
         return;
     }
     let log = cache.root_state::<SlowLog>();
-    if let Some(held) = log.0.admit(crate::codec::now_ms()) {
+    if let Some(held) = log.0.admit(crate::base::codec::now_ms()) {
         tracing::warn!(
             namespace = &*cache.scope.stats.name,
             operation,
@@ -655,7 +655,7 @@ pub(crate) fn from_env(b: &mut CacheBuilder, get: &dyn Fn(&str) -> Option<String
     if let Some(v) = get("CACHE_SLOW_OP") {
         b.config.slow_op = match v.trim() {
             "off" | "none" | "0" => None,
-            _ => Some(crate::config::parse_duration("CACHE_SLOW_OP", &v)?),
+            _ => Some(crate::base::settings::parse_duration("CACHE_SLOW_OP", &v)?),
         };
     }
     Ok(())

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// Where the values live.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ pub(crate) struct Config {
     /// Largest stored value, in bytes (see `limits`).
     pub(crate) max_value_size: usize,
     /// Keys values are encrypted with at the root (crypto.rs); `Debug` shows their ids only.
-    pub(crate) encryption: Option<crate::crypto::Keyring>,
+    pub(crate) encryption: Option<crate::engine::crypto::Keyring>,
     /// Operations slower than this are logged (`CACHE_SLOW_OP`); see observe.rs.
     pub(crate) slow_op: Option<Duration>,
     /// Consecutive unavailability failures that open the circuit breaker; 0: never opens.
@@ -116,7 +116,7 @@ impl Default for Config {
             compression_threshold: 4096,
             memory_capacity: 64 * 1024 * 1024,
             invalidation_hold: Duration::from_secs(60),
-            max_value_size: crate::limits::DEFAULT_MAX_VALUE_SIZE,
+            max_value_size: crate::base::limits::DEFAULT_MAX_VALUE_SIZE,
             encryption: None,
             slow_op: None,
             breaker_failures: 5,
@@ -148,8 +148,8 @@ pub struct CacheBuilder {
     credentials: Credentials,
     /// `encryption_key` and `old_encryption_keys`, made a keyring by `build`.
     encryption: (
-        Option<crate::crypto::EncryptionKey>,
-        Vec<crate::crypto::EncryptionKey>,
+        Option<crate::engine::crypto::EncryptionKey>,
+        Vec<crate::engine::crypto::EncryptionKey>,
     ),
 }
 
@@ -327,7 +327,7 @@ impl CacheBuilder {
             b = b.memory_capacity(parse_int("CACHE_MEMORY_CAPACITY", &v)?.into());
         }
         if let Some(v) = lookup("CACHE_ENCRYPTION_KEY").filter(|v| !v.trim().is_empty()) {
-            b = b.encryption_key(crate::crypto::EncryptionKey::parse(
+            b = b.encryption_key(crate::engine::crypto::EncryptionKey::parse(
                 "CACHE_ENCRYPTION_KEY",
                 &v,
             )?);
@@ -336,14 +336,16 @@ impl CacheBuilder {
             let old = v
                 .split(',')
                 .filter(|k| !k.trim().is_empty())
-                .map(|k| crate::crypto::EncryptionKey::parse("CACHE_ENCRYPTION_OLD_KEYS", k))
+                .map(|k| {
+                    crate::engine::crypto::EncryptionKey::parse("CACHE_ENCRYPTION_OLD_KEYS", k)
+                })
                 .collect::<Result<Vec<_>>>()?;
             b = b.old_encryption_keys(old);
         }
         if let Some(v) = get("CACHE_MAX_VALUE_SIZE") {
             b = b.max_value_size(parse_int("CACHE_MAX_VALUE_SIZE", &v)? as usize);
         }
-        crate::observe::from_env(&mut b, &get)?;
+        crate::base::observe::from_env(&mut b, &get)?;
         Ok(b)
     }
 
@@ -738,7 +740,7 @@ impl CacheBuilder {
     /// assert!(!format!("{cache:?}").contains("AAECAwQF"));
     /// # Ok(()) }
     /// ```
-    pub fn encryption_key(mut self, key: crate::crypto::EncryptionKey) -> Self {
+    pub fn encryption_key(mut self, key: crate::engine::crypto::EncryptionKey) -> Self {
         self.encryption.0 = Some(key);
         self
     }
@@ -760,7 +762,7 @@ impl CacheBuilder {
     /// ```
     pub fn old_encryption_keys(
         mut self,
-        keys: impl IntoIterator<Item = crate::crypto::EncryptionKey>,
+        keys: impl IntoIterator<Item = crate::engine::crypto::EncryptionKey>,
     ) -> Self {
         self.encryption.1 = keys.into_iter().collect();
         self
@@ -815,17 +817,17 @@ impl CacheBuilder {
     }
 
     pub(crate) fn validated(mut self) -> Result<Config> {
-        crate::key::validate_namespace(&self.config.namespace)?;
+        crate::base::key::validate_namespace(&self.config.namespace)?;
         if self.config.pool_size == 0 {
             return Err(Error::Config {
                 setting: "pool_size",
                 reason: "must be at least 1".into(),
             });
         }
-        if self.config.pool_size > crate::limits::MAX_POOL_SIZE {
+        if self.config.pool_size > crate::base::limits::MAX_POOL_SIZE {
             return Err(Error::Config {
                 setting: "pool_size",
-                reason: format!("must be at most {}", crate::limits::MAX_POOL_SIZE),
+                reason: format!("must be at most {}", crate::base::limits::MAX_POOL_SIZE),
             });
         }
         if self.config.min_idle > self.config.pool_size {
@@ -833,11 +835,12 @@ impl CacheBuilder {
         }
         // Durations: rounded up to whole milliseconds, clamped to MAX_TTL, zero refused.
         let c = &mut self.config;
-        c.connect_timeout = crate::limits::setting("connect_timeout", c.connect_timeout)?;
-        c.command_timeout = crate::limits::setting("command_timeout", c.command_timeout)?;
-        c.invalidation_hold = crate::limits::setting("invalidation_hold", c.invalidation_hold)?;
-        c.breaker_open_for = crate::limits::setting("breaker", c.breaker_open_for)?;
-        c.local_ttl = crate::limits::setting("local_ttl", c.local_ttl)?;
+        c.connect_timeout = crate::base::limits::setting("connect_timeout", c.connect_timeout)?;
+        c.command_timeout = crate::base::limits::setting("command_timeout", c.command_timeout)?;
+        c.invalidation_hold =
+            crate::base::limits::setting("invalidation_hold", c.invalidation_hold)?;
+        c.breaker_open_for = crate::base::limits::setting("breaker", c.breaker_open_for)?;
+        c.local_ttl = crate::base::limits::setting("local_ttl", c.local_ttl)?;
         if self.config.default_ttl.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config {
                 setting: "default_ttl",
@@ -845,7 +848,7 @@ impl CacheBuilder {
             });
         }
         if let Some(ttl) = self.config.default_ttl {
-            self.config.default_ttl = Some(crate::limits::setting("default_ttl", ttl)?);
+            self.config.default_ttl = Some(crate::base::limits::setting("default_ttl", ttl)?);
         }
         if self.config.memory_capacity == 0 {
             return Err(Error::Config {
@@ -853,9 +856,9 @@ impl CacheBuilder {
                 reason: "must be at least one byte".into(),
             });
         }
-        crate::limits::value_size_setting(self.config.max_value_size)?;
+        crate::base::limits::value_size_setting(self.config.max_value_size)?;
         if let (Some(key), old) = std::mem::take(&mut self.encryption) {
-            self.config.encryption = Some(crate::crypto::Keyring::new(key, old));
+            self.config.encryption = Some(crate::engine::crypto::Keyring::new(key, old));
         }
         if let (Target::Redis(t), Some(tls)) = (&mut self.config.target, self.tls) {
             t.url = set_tls_scheme(&t.url, tls);

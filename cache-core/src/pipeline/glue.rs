@@ -13,11 +13,11 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::cache::{Cache, installed};
-pub use crate::compute::{Detach, Inline, Spawn};
-use crate::compute::{FillLock, Policy};
-use crate::error::Result;
-pub use crate::key::KeyBuf;
+use crate::base::error::Result;
+pub use crate::base::key::KeyBuf;
+use crate::engine::{Cache, installed};
+pub use crate::pipeline::{Detach, Inline, Spawn};
+use crate::pipeline::{FillLock, Policy};
 
 /// What a generated function knows statically.
 #[derive(Debug)]
@@ -472,20 +472,20 @@ impl Spec {
 pub fn bench_encode<T: Serialize + 'static>(value: &T, tags: &[(String, u64)]) -> Vec<u8> {
     let tag_keys: Vec<String> = tags.iter().map(|(k, _)| k.clone()).collect();
     let tag_versions: Vec<u64> = tags.iter().map(|(_, v)| *v).collect();
-    let meta = crate::codec::Meta {
-        created_at_ms: crate::codec::now_ms(),
-        fingerprint: crate::codec::fingerprint::<T>(),
+    let meta = crate::base::codec::Meta {
+        created_at_ms: crate::base::codec::now_ms(),
+        fingerprint: crate::base::codec::fingerprint::<T>(),
         tag_keys: &tag_keys,
         tag_versions: &tag_versions,
         ..Default::default()
     };
-    crate::codec::encode(value, &meta, 4096).unwrap_or_default()
+    crate::base::codec::encode(value, &meta, 4096).unwrap_or_default()
 }
 
 /// Envelope decoding, exposed for the criterion benchmarks only.
 pub fn bench_decode<T: DeserializeOwned + 'static>(bytes: &[u8]) -> Option<T> {
-    crate::codec::parse(bytes)
+    crate::base::codec::parse(bytes)
         .ok()?
-        .value::<T>(crate::codec::fingerprint::<T>())
+        .value::<T>(crate::base::codec::fingerprint::<T>())
         .ok()
 }

@@ -16,10 +16,10 @@ use serde::de::DeserializeOwned;
 use super::Policy;
 use super::fill_lock;
 use super::flight::Leader;
-use crate::cache::{Cache, WriteIf};
-use crate::codec;
-use crate::error::Error;
-use crate::private::Mode;
+use crate::base::codec;
+use crate::base::error::Error;
+use crate::engine::{Cache, WriteIf};
+use crate::pipeline::glue::Mode;
 
 // ---- how work outlives its caller -------------------------------------------------------------
 
@@ -163,7 +163,7 @@ impl Fill {
 
     pub(super) fn timeout_error(&self) -> Error {
         Error::ComputeTimeout {
-            key: crate::key::shorten_for_display(&self.full),
+            key: crate::base::key::shorten_for_display(&self.full),
             after: self.policy.hard_timeout.unwrap_or_default(),
         }
     }
@@ -207,7 +207,7 @@ impl Fill {
             (_, Some((bytes, store))) => self.store(bytes, store).await,
             (Ok(_), None) => self.fail::<M::Stored>().await,
             (Err(_), None) => {
-                tracing::error!(function = self.function, key = %crate::key::shorten_for_display(&self.full), "a background computation panicked");
+                tracing::error!(function = self.function, key = %crate::base::key::shorten_for_display(&self.full), "a background computation panicked");
                 self.fail::<M::Stored>().await;
             }
         }
@@ -255,7 +255,7 @@ impl Fill {
                 (ttl, _) => ttl,
             };
             let condition = std::mem::replace(&mut self.condition, WriteIf::Always);
-            let written = match crate::limits::ttl(ttl) {
+            let written = match crate::base::limits::ttl(ttl) {
                 Ok(ttl) => {
                     cache
                         .write_encoded(&self.full, bytes.to_vec(), ttl, condition)

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::cache::Cache;
-use crate::codec;
+use crate::base::codec;
+use crate::engine::Cache;
 
 /// What the reader of a key found before computing: flights join only readers that found
 /// the same thing, so that a computation that started before an invalidation never answers

@@ -27,7 +27,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
+use crate::base::error::{Error, Result};
 
 /// The longest duration the cache uses: longer TTLs (and other durations) are clamped to this,
 /// 3,650 days. See the README's "Durations and sizes" section.
@@ -123,7 +123,7 @@ pub(crate) fn expires_at_ms(now_ms: u64, d: Duration) -> u64 {
 pub(crate) fn value_size(key: &str, size: usize, limit: usize) -> Result<()> {
     if size > limit {
         return Err(Error::TooLarge {
-            key: crate::key::shorten_for_display(key),
+            key: crate::base::key::shorten_for_display(key),
             size,
             limit,
         });

@@ -40,11 +40,11 @@ use bytes::Bytes;
 use moka::sync::Cache as Moka;
 use serde::de::DeserializeOwned;
 
-use crate::backend::Backend;
-use crate::breaker::{Breaker, BreakerState};
-use crate::cache::{Cache, Lookup, Shared, Source};
-use crate::codec;
-use crate::config::{CacheBuilder, Config};
+use crate::base::codec;
+use crate::base::settings::{CacheBuilder, Config};
+use crate::engine::{Cache, Lookup, Shared, Source};
+use crate::store::Backend;
+use crate::store::breaker::{Breaker, BreakerState};
 
 /// Invalidation stripes: an invalidation by key moves its stripe only, so reads of other
 /// keys still fill the L1.
@@ -312,7 +312,7 @@ impl Cache {
     pub fn without_local_cache(&self) -> Cache {
         Cache {
             shared: self.shared.clone(),
-            scope: Arc::new(crate::cache::Scope {
+            scope: Arc::new(crate::engine::Scope {
                 prefix: self.scope.prefix.clone(),
                 default_ttl: self.scope.default_ttl,
                 encryption: self.scope.encryption.clone(),
@@ -659,7 +659,7 @@ fn receive(shared: &Shared, payload: &[u8]) {
 impl Cache {
     /// The L1 step of a get-or-compute read: the value, or the L1 and the mark to fill it
     /// with after the backend read.
-    pub(crate) fn local_begin<O, M: crate::private::Mode<O>>(
+    pub(crate) fn local_begin<O, M: crate::pipeline::glue::Mode<O>>(
         &self,
         full: &str,
         mode: &M,
@@ -681,7 +681,7 @@ impl Cache {
     }
 
     /// Keeps a get-or-compute hit in the L1 (decoded, when the mode can clone it).
-    pub(crate) fn local_fill_from<O, M: crate::private::Mode<O>>(
+    pub(crate) fn local_fill_from<O, M: crate::pipeline::glue::Mode<O>>(
         &self,
         local: Option<&Local>,
         mark: Option<Mark>,

@@ -240,7 +240,7 @@ impl Error {
 
     pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {
         Error::InvalidKey {
-            key: crate::key::shorten_for_display(key),
+            key: crate::base::key::shorten_for_display(key),
             reason,
         }
     }

@@ -34,13 +34,13 @@ use redis::Script;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::backend::Backend;
-use crate::backend::redis::RedisBackend;
-use crate::cache::Cache;
-use crate::codec;
-use crate::error::{Error, Result};
-use crate::key::{self, KeyBuf};
-use crate::limits;
+use crate::base::codec;
+use crate::base::error::{Error, Result};
+use crate::base::key::{self, KeyBuf};
+use crate::base::limits;
+use crate::engine::Cache;
+use crate::store::Backend;
+use crate::store::redis::RedisBackend;
 
 /// Raw bytes of an id: 128 bits from the operating system's random number generator.
 pub(crate) const ID_BYTES: usize = 16;
@@ -59,8 +59,8 @@ macro_rules! session_script {
     ($name:literal) => {
         LazyLock::new(|| {
             Script::new(concat!(
-                include_str!("scripts/session_prelude.lua"),
-                include_str!(concat!("scripts/", $name, ".lua"))
+                include_str!("../scripts/session_prelude.lua"),
+                include_str!(concat!("../scripts/", $name, ".lua"))
             ))
         })
     };

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use redis::Script;
 
 use super::Policy;
-use crate::backend::Backend;
-use crate::cache::Cache;
-use crate::codec;
+use crate::base::codec;
+use crate::engine::Cache;
 use crate::lock::ReleaseWatch;
+use crate::store::Backend;
 
 static UNLOCK: LazyLock<Script> =
     LazyLock::new(|| Script::new(include_str!("../scripts/fill_unlock.lua")));
@@ -79,7 +79,7 @@ pub(crate) async fn acquire(
         full.strip_prefix(prefix.as_str()).unwrap_or(full)
     );
     let owner = owner_token();
-    let lease = crate::limits::millis(policy.lock_lease);
+    let lease = crate::base::limits::millis(policy.lock_lease);
     let deadline = Instant::now() + policy.lock_wait;
     let mut backoff = FIRST_BACKOFF;
     // Subscribed after the first refusal: an uncontended fill pays no pub/sub round trip.
@@ -159,7 +159,7 @@ fn owner_token() -> String {
     let mut words = [0u64; 2];
     for (i, word) in words.iter_mut().enumerate() {
         let mut h = state.build_hasher();
-        h.write_u64(crate::codec::now_us());
+        h.write_u64(crate::base::codec::now_us());
         h.write_usize(i);
         h.write_u64(std::process::id().into());
         *word = h.finish();

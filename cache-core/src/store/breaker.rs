@@ -63,15 +63,15 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::backend::Backend;
-use crate::backend::memory::MemoryBackend;
-use crate::backend::redis::RedisBackend;
-use crate::cache::{Cache, Shared};
-use crate::codec::{self, Meta};
-use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::private::Mode;
-use crate::stats::StatsSnapshot;
+use crate::base::codec::{self, Meta};
+use crate::base::error::{Error, Result};
+use crate::base::settings::Config;
+use crate::base::stats::StatsSnapshot;
+use crate::engine::{Cache, Shared};
+use crate::pipeline::glue::Mode;
+use crate::store::Backend;
+use crate::store::memory::MemoryBackend;
+use crate::store::redis::RedisBackend;
 
 /// Invalidations kept while Redis is unreachable (distinct keys, tags and patterns).
 pub(crate) const QUEUE_CAPACITY: usize = 10_000;
@@ -847,7 +847,7 @@ fn encode_for_fallback<T: Serialize + 'static>(
     let now = codec::now_ms();
     let meta = Meta {
         created_at_ms: now,
-        expires_at_ms: ttl.map_or(0, |t| crate::limits::expires_at_ms(now, t)),
+        expires_at_ms: ttl.map_or(0, |t| crate::base::limits::expires_at_ms(now, t)),
         compute_us,
         fingerprint: codec::fingerprint::<T>(),
         tag_keys,
