@@ -386,7 +386,7 @@ impl Cache {
                         });
                     }
                     Ok(Err(e)) => {
-                        let e: crate::Error = e;
+                        let e: crate::base::error::Error = e;
                         h.status = HealthStatus::Down;
                         h.error = Some(e.to_string());
                     }
@@ -504,7 +504,7 @@ async fn cluster_nodes(r: &RedisBackend) -> crate::base::error::Result<Vec<NodeH
         cmd.arg("NODES");
         match r.run("CLUSTER NODES", cmd).await {
             Ok(text) => break text,
-            Err(e) if tries < 2 && !matches!(e, crate::Error::CircuitOpen { .. }) => tries += 1,
+            Err(e) if tries < 2 && !matches!(e, crate::base::error::Error::CircuitOpen { .. }) => tries += 1,
             Err(e) => return Err(e),
         }
     };

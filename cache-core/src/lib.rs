@@ -39,10 +39,13 @@ pub mod rate_limit;
 mod session;
 mod warm;
 
+// The front door.
+mod builder;
+
 /// Helpers for generated code only.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::engine::crypto::{bench_open, bench_seal};
+    pub use crate::base::crypto::{bench_open, bench_seal};
     pub use crate::pipeline::glue::*;
 }
 
@@ -51,9 +54,9 @@ pub use base::key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use base::limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
 pub use base::metrics::describe_metrics;
 pub use base::observe::{LatencySummary, MAX_NAMESPACES, MissCounts, NamespaceStats};
-pub use base::settings::CacheBuilder;
+pub use builder::CacheBuilder;
 pub use base::stats::StatsSnapshot;
-pub use engine::crypto::EncryptionKey;
+pub use base::crypto::EncryptionKey;
 pub use engine::{Cache, Lookup, Source, install, installed};
 pub use health::{
     BreakerHealth, Health, HealthMode, HealthStatus, MemoryHealth, PoolHealth, RedisHealth,

@@ -3,10 +3,12 @@
 
 pub(crate) mod advisor;
 pub(crate) mod codec;
+pub(crate) mod crypto;
 pub(crate) mod error;
 pub(crate) mod key;
 pub(crate) mod limits;
 pub(crate) mod metrics;
 pub(crate) mod observe;
 pub(crate) mod settings;
+pub(crate) mod source;
 pub(crate) mod stats;

@@ -41,7 +41,7 @@ use moka::sync::Cache as Moka;
 use serde::de::DeserializeOwned;
 
 use crate::base::codec;
-use crate::base::settings::{CacheBuilder, Config};
+use crate::base::settings::Config;
 use crate::engine::{Cache, Lookup, Shared, Source};
 use crate::store::Backend;
 use crate::store::breaker::{Breaker, BreakerState};
@@ -260,44 +260,6 @@ impl Local {
     }
 }
 
-impl CacheBuilder {
-    /// Turns the L1 near cache on, holding up to `entries` decoded values in this process
-    /// (`0`: off, the default; env `CACHE_LOCAL_CAPACITY`). Redis backend only. Every instance
-    /// that writes to the namespace must have it on too, since only those publish their
-    /// invalidations; see the README's "Invalidation" section for the guarantees.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// let cache = cache_core::Cache::builder()
-    ///     .url("redis://127.0.0.1:6379")
-    ///     .local_cache(10_000)
-    ///     .local_ttl(Duration::from_secs(30))
-    ///     .build()?;
-    /// assert!(!cache.local_cache_serving()); // not before its feed is subscribed
-    /// # Ok(()) }
-    /// ```
-    pub fn local_cache(mut self, entries: u64) -> Self {
-        self.config.local_capacity = entries;
-        self
-    }
-
-    /// The longest an L1 entry lives (default 30 s; env `CACHE_LOCAL_TTL`); an entry whose
-    /// Redis TTL ends sooner lives until then.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::{Cache, Error};
-    /// let zero = Cache::builder().local_cache(100).local_ttl(Duration::ZERO).build();
-    /// assert!(matches!(zero, Err(Error::Config { setting: "local_ttl", .. })));
-    /// # Ok(()) }
-    /// ```
-    pub fn local_ttl(mut self, ttl: Duration) -> Self {
-        self.config.local_ttl = ttl;
-        self
-    }
-}
 
 impl Cache {
     /// A handle on the same scope whose reads skip the L1 near cache (writes through it
@@ -528,12 +490,12 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
             let mut pubsub = redis.pubsub().await?;
             tokio::time::timeout(timeout, pubsub.subscribe(&channel))
                 .await
-                .map_err(|_| crate::Error::Connection {
+                .map_err(|_| crate::base::error::Error::Connection {
                     message: format!("SUBSCRIBE unanswered within {timeout:?}"),
                     source: None,
                 })?
-                .map_err(|e| crate::Error::from_redis("subscribe", e, timeout))?;
-            Ok::<_, crate::Error>(pubsub)
+                .map_err(|e| crate::base::error::Error::from_redis("subscribe", e, timeout))?;
+            Ok::<_, crate::base::error::Error>(pubsub)
         }
         .await;
         drop(strong);

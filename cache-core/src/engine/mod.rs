@@ -2,6 +2,7 @@
 
 pub(crate) mod crypto;
 pub(crate) mod local;
+pub(crate) mod observe;
 pub(crate) mod tags;
 
 use std::sync::{Arc, OnceLock};
@@ -13,98 +14,16 @@ use serde::de::DeserializeOwned;
 
 use crate::base::codec::{self, Meta};
 use crate::base::error::{Error, Result};
+pub use crate::base::source::{Lookup, Source};
 use crate::base::key::{self, KeyBuf, KeyPart};
 use crate::base::observe::{MissReason, Operation, Outcome};
-use crate::base::settings::{CacheBuilder, Config, Target};
+use crate::base::crypto::Keyring;
+use crate::base::settings::{Config, Target};
+use crate::builder::CacheBuilder;
 use crate::base::stats::{Stats, StatsSnapshot, WarnThrottle};
 use crate::store::memory::MemoryBackend;
 use crate::store::redis::RedisBackend;
 use crate::store::{Backend, KeyTtl};
-
-/// Where a value was found, and which backend a cache uses.
-///
-/// ```
-/// # fn main() -> Result<(), cache_core::Error> {
-/// use cache_core::{Cache, Source};
-/// assert_eq!(Cache::in_memory().backend(), Source::Memory);
-/// let redis = Cache::builder().url("redis://127.0.0.1:6379").build()?; // not connected yet
-/// assert_eq!(redis.backend(), Source::Redis);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Source {
-    /// The Redis backend.
-    Redis,
-    /// The embedded in-memory backend.
-    Memory,
-    /// The L1 near cache of this process (see
-    /// [`CacheBuilder::local_cache`](crate::CacheBuilder::local_cache)).
-    Local,
-}
-
-/// The outcome of [`Cache::lookup`]: a hit with where it came from and how old it is, or a
-/// miss.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-/// use cache_core::Lookup;
-/// let cache = cache_core::Cache::in_memory();
-/// cache.set("n", &7u32, None).await?;
-/// match cache.lookup::<u32>("n").await? {
-///     Lookup::Hit { value, age, .. } => assert!(value == 7 && age.as_secs() < 60),
-///     Lookup::Miss => unreachable!("just written"),
-/// }
-/// assert_eq!(cache.lookup::<u32>("absent").await?, Lookup::Miss);
-/// # Ok(()) }
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-pub enum Lookup<T> {
-    /// A usable value.
-    Hit {
-        /// The value.
-        value: T,
-        /// Where it was found.
-        source: Source,
-        /// Time since it was written (by the writer's clock).
-        age: Duration,
-    },
-    /// Nothing usable: absent, expired, invalidated by a tag, or not decodable as `T`.
-    Miss,
-}
-
-impl<T> Lookup<T> {
-    /// The value of a hit.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("n", &7u32, None).await?;
-    /// assert_eq!(cache.lookup::<u32>("n").await?.into_value(), Some(7));
-    /// assert_eq!(cache.lookup::<u32>("absent").await?.into_value(), None);
-    /// # Ok(()) }
-    /// ```
-    pub fn into_value(self) -> Option<T> {
-        match self {
-            Lookup::Hit { value, .. } => Some(value),
-            Lookup::Miss => None,
-        }
-    }
-
-    /// True for a hit.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("n", &7u32, None).await?;
-    /// assert!(cache.lookup::<u32>("n").await?.is_hit());
-    /// assert!(!cache.lookup::<String>("n").await?.is_hit()); // not decodable as a `String`
-    /// # Ok(()) }
-    /// ```
-    pub fn is_hit(&self) -> bool {
-        matches!(self, Lookup::Hit { .. })
-    }
-}
 
 pub(crate) struct Shared {
     pub(crate) backend: Backend,
@@ -129,7 +48,7 @@ pub(crate) struct Scope {
     pub(crate) prefix: String,
     pub(crate) default_ttl: Option<Duration>,
     /// The keys values are encrypted with (crypto.rs); inherited by scopes made from this one.
-    pub(crate) encryption: Option<Arc<crate::engine::crypto::Keyring>>,
+    pub(crate) encryption: Option<Arc<crate::base::crypto::Keyring>>,
     /// The statistics of the first-level namespace this handle counts under (observe.rs).
     pub(crate) stats: Arc<crate::base::observe::NsStats>,
     /// Whether reads through this scope use the L1 (local.rs; on unless opted out).
@@ -219,10 +138,11 @@ impl Cache {
         Cache::with_backend(
             Backend::Memory(MemoryBackend::new(config.memory_capacity)),
             config,
+            None,
         )
     }
 
-    pub(crate) fn from_config(config: Config) -> Result<Cache> {
+    pub(crate) fn from_config(config: Config, keyring: Option<Keyring>) -> Result<Cache> {
         let backend = match &config.target {
             Target::Memory => {
                 tracing::info!(namespace = %config.namespace, "cache: no REDIS_URL, using the embedded in-memory backend");
@@ -234,14 +154,14 @@ impl Cache {
                 Backend::Redis(backend)
             }
         };
-        Ok(Cache::with_backend(backend, config))
+        Ok(Cache::with_backend(backend, config, keyring))
     }
 
-    fn with_backend(backend: Backend, config: Config) -> Cache {
+    fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Cache {
         let scope = Scope {
             prefix: format!("{}:", config.namespace),
             default_ttl: config.default_ttl,
-            encryption: config.encryption.clone().map(Arc::new),
+            encryption: keyring.map(Arc::new),
             stats: Arc::new(crate::base::observe::NsStats::new(&config.namespace)),
             local: true,
         };
@@ -260,7 +180,7 @@ impl Cache {
             shared,
             scope: Arc::new(scope),
         };
-        crate::base::observe::register_root(&cache);
+        crate::engine::observe::register_root(&cache);
         cache
     }
 
@@ -278,7 +198,7 @@ impl Cache {
     /// ```
     pub fn namespace(&self, name: &str) -> Cache {
         let escaped = key::escape(name);
-        let stats = crate::base::observe::namespace_stats(self, &escaped);
+        let stats = crate::engine::observe::namespace_stats(self, &escaped);
         self.scoped_with(
             format!("{}{}:", self.scope.prefix, escaped),
             self.scope.default_ttl,

@@ -147,7 +147,7 @@ pub(crate) async fn acquire(
     }
 }
 
-fn unavailable(e: crate::Error) -> Acquired {
+fn unavailable(e: crate::base::error::Error) -> Acquired {
     tracing::debug!(error = %e, "fill lock unavailable; computing without it");
     Acquired::TimedOut
 }

@@ -101,7 +101,7 @@ pub trait Mode<O>: Copy + Send + Sync + 'static {
     }
     /// The output to return when the computation ran past its hard timeout, if this return
     /// type can say so ([`Timed`]).
-    fn timed_out(&self, _error: crate::Error) -> Option<O> {
+    fn timed_out(&self, _error: crate::base::error::Error) -> Option<O> {
         None
     }
     /// Whether [`timed_out`](Mode::timed_out) gives an output (a hard timeout applies).
@@ -136,7 +136,7 @@ where
     fn shared<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
         self.0.shared(out)
     }
-    fn timed_out(&self, error: crate::Error) -> Option<O> {
+    fn timed_out(&self, error: crate::base::error::Error) -> Option<O> {
         self.0.timed_out(error)
     }
     const TIMES_OUT: bool = M::TIMES_OUT;
@@ -166,7 +166,7 @@ impl<O, M: Mode<O>> Mode<O> for NoLocal<M> {
     fn shared<'a>(&self, out: &'a O) -> Option<&'a Self::Stored> {
         self.0.shared(out)
     }
-    fn timed_out(&self, error: crate::Error) -> Option<O> {
+    fn timed_out(&self, error: crate::base::error::Error) -> Option<O> {
         self.0.timed_out(error)
     }
     const TIMES_OUT: bool = M::TIMES_OUT;
@@ -311,9 +311,9 @@ pub struct Timed<M>(pub M);
     label = "the error type of this function",
     note = "implement `From<cache_core::Error>` for `{Self}`, or remove `hard_timeout`"
 )]
-pub trait TimeoutError: From<crate::Error> {}
+pub trait TimeoutError: From<crate::base::error::Error> {}
 
-impl<E: From<crate::Error>> TimeoutError for E {}
+impl<E: From<crate::base::error::Error>> TimeoutError for E {}
 
 impl<T, E, M> Mode<Result<T, E>> for Timed<M>
 where
@@ -334,7 +334,7 @@ where
     fn succeeded(&self, out: &Result<T, E>) -> bool {
         self.0.succeeded(out)
     }
-    fn timed_out(&self, error: crate::Error) -> Option<Result<T, E>> {
+    fn timed_out(&self, error: crate::base::error::Error) -> Option<Result<T, E>> {
         Some(Err(E::from(error)))
     }
 }

@@ -362,7 +362,7 @@ impl Cache {
         // local.rs: the L1 answers first, when on (and not opted out).
         let (local, local_mark) = match self.local_begin(&full, &mode) {
             Ok(hit) => {
-                op.hit(crate::Source::Local); // ops: an L1 hit
+                op.hit(crate::base::source::Source::Local); // ops: an L1 hit
                 return mode.restore(hit);
             }
             Err(l1) => l1,
@@ -789,7 +789,7 @@ impl Cache {
         tag_keys: &[String],
         versions: &[Option<u64>],
         policy: &Policy,
-    ) -> crate::Result<Found<S>> {
+    ) -> crate::base::error::Result<Found<S>> {
         let stats = &self.shared.stats;
         let Some(bytes) = bytes.filter(|b| !codec::is_tombstone(b)) else {
             self.count_miss(MissReason::Absent); // ops

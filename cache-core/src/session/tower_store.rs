@@ -57,7 +57,7 @@ struct Stored<D> {
     e: i64,
 }
 
-fn backend(e: crate::Error) -> session_store::Error {
+fn backend(e: crate::base::error::Error) -> session_store::Error {
     session_store::Error::Backend(e.to_string())
 }
 

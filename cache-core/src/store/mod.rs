@@ -65,10 +65,10 @@ macro_rules! dispatch {
 }
 
 impl Backend {
-    pub(crate) fn kind(&self) -> crate::Source {
+    pub(crate) fn kind(&self) -> crate::base::source::Source {
         match self {
-            Backend::Redis(_) => crate::Source::Redis,
-            Backend::Memory(_) => crate::Source::Memory,
+            Backend::Redis(_) => crate::base::source::Source::Redis,
+            Backend::Memory(_) => crate::base::source::Source::Memory,
         }
     }
 

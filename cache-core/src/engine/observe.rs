@@ -1,0 +1,246 @@
+//! How the engine reports each operation (ARCHITECTURE.md): the per-namespace statistics a
+//! handle counts under, the operation guard [`Op`] (span, latency, outcome, slow log).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::base::error::Result;
+use crate::base::observe::{Kind, MAX_NAMESPACES, MissReason, NamespaceStats, Namespaces, NsStats, Operation, Outcome};
+use crate::base::source::{Lookup, Source};
+use crate::base::stats::WarnThrottle;
+use crate::engine::Cache;
+
+/// Registers a root's own statistics (called once, when the root is built).
+pub(crate) fn register_root(cache: &Cache) {
+    let namespaces = cache.root_state::<Namespaces>();
+    let mut list = namespaces.lock();
+    if list.is_empty() {
+        list.push(cache.scope.stats.clone());
+    }
+}
+
+/// The statistics a handle for namespace `escaped` made from `parent` counts under: its own
+/// first-level entry if `parent` counts under the root, else the parent's.
+pub(crate) fn namespace_stats(parent: &Cache, escaped: &str) -> Arc<NsStats> {
+    let namespaces = parent.root_state::<Namespaces>();
+    let mut list = namespaces.lock();
+    let Some(root) = list.first().cloned() else {
+        return parent.scope.stats.clone();
+    };
+    if !Arc::ptr_eq(&root, &parent.scope.stats) {
+        return parent.scope.stats.clone();
+    }
+    let mut name = String::with_capacity(root.name.len() + 1 + escaped.len());
+    name.push_str(&root.name);
+    name.push(':');
+    name.push_str(escaped);
+    if let Some(found) = list.iter().find(|s| *s.name == *name) {
+        return found.clone();
+    }
+    if list.len() > MAX_NAMESPACES {
+        // The root, MAX_NAMESPACES namespaces, and `_other` last.
+        return list[list.len() - 1].clone();
+    }
+    if list.len() == MAX_NAMESPACES {
+        name.truncate(root.name.len());
+        name.push_str(":_other");
+    }
+    let stats = Arc::new(NsStats::new(&name));
+    list.push(stats.clone());
+    stats
+}
+
+impl Cache {
+    /// Statistics of every first-level namespace of this cache root (the root's own first,
+    /// then in order of first use). Each operation counts in exactly one of them, so they add
+    /// up to [`stats`](Cache::stats).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.namespace("a").get::<u8>("k").await?;
+    /// cache.namespace("b").tenant(7u32).get::<u8>("k").await?; // tenants count with their namespace
+    /// let names: Vec<_> = cache.namespace_stats().into_iter().map(|s| s.namespace).collect();
+    /// assert_eq!(names, ["cache", "cache:a", "cache:b"]);
+    /// # Ok(()) }
+    /// ```
+    pub fn namespace_stats(&self) -> Vec<NamespaceStats> {
+        let namespaces = self.root_state::<Namespaces>();
+        let list = namespaces.lock().clone();
+        list.iter().map(|s| s.snapshot()).collect()
+    }
+
+    /// Statistics of the namespace this handle counts under.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let orders = cache.namespace("orders");
+    /// orders.get::<u8>("absent").await?;
+    /// assert_eq!(orders.scope_stats().misses.absent, 1);
+    /// assert_eq!(cache.scope_stats().misses.absent, 0); // the root's own
+    /// # Ok(()) }
+    /// ```
+    pub fn scope_stats(&self) -> NamespaceStats {
+        self.scope.stats.snapshot()
+    }
+
+    /// Starts reporting an operation: its span, timer and outcome.
+    pub(crate) fn op(&self, operation: Operation) -> Op<'_> {
+        let span = match operation {
+            Operation::GetOrCompute => tracing::debug_span!(
+                "cached",
+                operation = operation.name(),
+                namespace = &*self.scope.stats.name,
+                outcome = tracing::field::Empty,
+                source = tracing::field::Empty,
+            ),
+            _ => tracing::debug_span!(
+                "cache",
+                operation = operation.name(),
+                namespace = &*self.scope.stats.name,
+                outcome = tracing::field::Empty,
+                source = tracing::field::Empty,
+            ),
+        };
+        Op {
+            cache: self,
+            operation,
+            started: Instant::now(),
+            span,
+            outcome: Outcome::Error,
+            source: None,
+        }
+    }
+
+    /// A read found nothing usable.
+    pub(crate) fn count_miss(&self, reason: MissReason) {
+        self.scope.stats.miss(reason);
+    }
+}
+
+/// An operation being reported; on drop it records its latency (in the histogram of its
+/// kind and the `metrics` facade), closes its span with the outcome, and logs itself if
+/// slower than `CACHE_SLOW_OP`. Dropped without an outcome (an early `?`), it is an error.
+pub(crate) struct Op<'a> {
+    cache: &'a Cache,
+    operation: Operation,
+    started: Instant,
+    span: tracing::Span,
+    outcome: Outcome,
+    source: Option<&'static str>,
+}
+
+impl Op<'_> {
+    /// The span, to instrument what runs inside the operation.
+    pub(crate) fn span(&self) -> tracing::Span {
+        self.span.clone()
+    }
+
+    pub(crate) fn outcome(&mut self, outcome: Outcome) {
+        self.outcome = outcome;
+    }
+
+    /// A result: `Ok` is `ok`, `Err` an error.
+    pub(crate) fn result<T>(&mut self, r: &Result<T>) {
+        self.outcome = if r.is_ok() {
+            Outcome::Ok
+        } else {
+            Outcome::Error
+        };
+    }
+
+    /// A lookup's result: hit (from `source`), miss or error.
+    pub(crate) fn lookup<T>(&mut self, r: &Result<Lookup<T>>) {
+        self.outcome = match r {
+            Ok(Lookup::Hit { source, .. }) => {
+                self.source = Some(source_label(*source));
+                Outcome::Hit
+            }
+            Ok(Lookup::Miss) => Outcome::Miss,
+            Err(_) => Outcome::Error,
+        };
+    }
+
+    /// A get-or-compute served from `source`.
+    pub(crate) fn hit(&mut self, source: Source) {
+        self.outcome = Outcome::Hit;
+        self.source = Some(source_label(source));
+    }
+
+    /// A get-or-compute that computes its value.
+    pub(crate) fn miss(&mut self) {
+        self.outcome = Outcome::Miss;
+        self.source = Some("compute");
+    }
+
+    /// The read of a get-or-compute is over: its latency goes to the read histogram.
+    pub(crate) fn read_done(&self) {
+        let took = self.started.elapsed();
+        self.cache.scope.stats.read_took(took);
+        slow_check(self.cache, "get_or_compute (read)", took);
+    }
+}
+
+fn source_label(source: Source) -> &'static str {
+    match source {
+        Source::Redis => "redis",
+        Source::Memory => "memory",
+        Source::Local => "local",
+        #[allow(unreachable_patterns)] // sources added later
+        _ => "other",
+    }
+}
+
+impl Drop for Op<'_> {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        let stats = &self.cache.scope.stats;
+        match self.operation.kind() {
+            Kind::Read => stats.read_took(took),
+            Kind::Write => stats.write_took(took),
+            Kind::Composite => {}
+        }
+        if !self.span.is_disabled() {
+            self.span.record("outcome", self.outcome.label());
+            if let Some(source) = self.source {
+                self.span.record("source", source);
+            }
+        }
+        crate::base::metrics::operation(
+            &stats.name,
+            self.operation.name(),
+            self.outcome.label(),
+            took,
+        );
+        if self.operation.kind() != Kind::Composite {
+            slow_check(self.cache, self.operation.name(), took);
+        }
+    }
+}
+
+/// Slow operations are logged at most once a second per cache root, with how many were held
+/// back.
+#[derive(Debug, Default)]
+struct SlowLog(WarnThrottle);
+
+fn slow_check(cache: &Cache, operation: &'static str, took: Duration) {
+    let Some(threshold) = cache.shared.config.slow_op else {
+        return;
+    };
+    if took < threshold {
+        return;
+    }
+    let log = cache.root_state::<SlowLog>();
+    if let Some(held) = log.0.admit(crate::base::codec::now_ms()) {
+        tracing::warn!(
+            namespace = &*cache.scope.stats.name,
+            operation,
+            elapsed_ms = took.as_secs_f64() * 1e3,
+            threshold_ms = threshold.as_secs_f64() * 1e3,
+            held_back = held,
+            "slow cache operation"
+        );
+    }
+}
+
