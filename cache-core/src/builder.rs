@@ -7,6 +7,8 @@ use crate::base::error::{Error, Result};
 use crate::base::settings::{
     Config, RedisTarget, Target, Topology, parse_bool, parse_duration, parse_int, redact_url,
 };
+use crate::cache::Cache;
+use crate::engine::Handle;
 
 /// Builds a [`Cache`](crate::Cache): from code, from the environment, or both.
 ///
@@ -217,9 +219,7 @@ impl CacheBuilder {
             let old = v
                 .split(',')
                 .filter(|k| !k.trim().is_empty())
-                .map(|k| {
-                    crate::base::crypto::EncryptionKey::parse("CACHE_ENCRYPTION_OLD_KEYS", k)
-                })
+                .map(|k| crate::base::crypto::EncryptionKey::parse("CACHE_ENCRYPTION_OLD_KEYS", k))
                 .collect::<Result<Vec<_>>>()?;
             b = b.old_encryption_keys(old);
         }
@@ -692,9 +692,9 @@ impl CacheBuilder {
     /// assert!(matches!(bad, Err(Error::Config { setting: "namespace", .. })));
     /// # Ok(()) }
     /// ```
-    pub fn build(self) -> Result<crate::Cache> {
+    pub fn build(self) -> Result<Cache> {
         let (config, keyring) = self.validated()?;
-        crate::Cache::from_config(config, keyring)
+        Handle::from_config(config, keyring).map(Cache::from_handle)
     }
 
     /// The settings, checked, and the keyring the root encrypts with.
@@ -881,7 +881,6 @@ fn observe_from_env(b: &mut CacheBuilder, get: &dyn Fn(&str) -> Option<String>) 
     Ok(())
 }
 
-
 fn set_tls_scheme(url: &str, tls: bool) -> String {
     match (
         tls,
@@ -904,7 +903,9 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        CacheBuilder::from_lookup(|k| map.get(k).cloned())?.validated().map(|(config, _)| config)
+        CacheBuilder::from_lookup(|k| map.get(k).cloned())?
+            .validated()
+            .map(|(config, _)| config)
     }
 
     #[test]

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use crate::base::advisor::ServerInfo;
 use crate::base::stats::StatsSnapshot;
-use crate::engine::Cache;
+use crate::engine::Handle;
 use crate::store::Backend;
 use crate::store::redis::RedisBackend;
 
@@ -269,20 +269,8 @@ impl Health {
 /// Used memory from this fraction of `maxmemory` on is `degraded`.
 const MEMORY_NEARLY_FULL: f64 = 0.95;
 
-impl Cache {
-    /// A health report, within the connect timeout plus the command timeout (see
-    /// [`health_within`](Cache::health_within)). Never fails: a Redis that does not answer is
-    /// a [`HealthStatus::Down`] report.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let health = cache_core::Cache::in_memory().health().await;
-    /// let json = serde_json::to_value(&health).unwrap();
-    /// assert_eq!(json["status"], "ok");
-    /// assert_eq!(json["mode"], "memory");
-    /// # }
-    /// ```
-    pub async fn health(&self) -> Health {
+impl Handle {
+    pub(crate) async fn health(&self) -> Health {
         let bound = match &self.shared.backend {
             Backend::Redis(r) => {
                 let (connect, command) = r.timeouts();
@@ -293,20 +281,7 @@ impl Cache {
         self.health_within(bound).await
     }
 
-    /// A health report within `bound` (`PING` and `INFO` together).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::HealthStatus;
-    /// // nothing listens on port 1
-    /// let cache = cache_core::Cache::builder().url("redis://127.0.0.1:1").build()?;
-    /// let h = cache.health_within(Duration::from_millis(500)).await;
-    /// assert_eq!(h.status, HealthStatus::Down);
-    /// assert!(h.error.is_some());
-    /// # Ok(()) }
-    /// ```
-    pub async fn health_within(&self, bound: Duration) -> Health {
+    pub(crate) async fn health_within(&self, bound: Duration) -> Health {
         let started = Instant::now();
         let stats = self.stats();
         let mut h = Health {
@@ -504,7 +479,9 @@ async fn cluster_nodes(r: &RedisBackend) -> crate::base::error::Result<Vec<NodeH
         cmd.arg("NODES");
         match r.run("CLUSTER NODES", cmd).await {
             Ok(text) => break text,
-            Err(e) if tries < 2 && !matches!(e, crate::base::error::Error::CircuitOpen { .. }) => tries += 1,
+            Err(e) if tries < 2 && !matches!(e, crate::base::error::Error::CircuitOpen { .. }) => {
+                tries += 1
+            }
             Err(e) => return Err(e),
         }
     };

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use crate::base::error::Result;
-use crate::engine::Cache;
+use crate::engine::Handle;
 use crate::store::Backend;
 
 /// Keys of one group: those whose key, after the handle's prefix, starts with the same segment
@@ -48,7 +48,7 @@ const ALWAYS_SAMPLED: u64 = 16;
 /// A key report being set up: see [`Cache::key_report`].
 #[must_use = "a key report does nothing until `.run().await`"]
 pub struct KeyReportBuilder<'a> {
-    cache: &'a Cache,
+    cache: &'a Handle,
     max_keys: u64,
     sample_every: u64,
     scan_count: u32,
@@ -64,25 +64,8 @@ impl std::fmt::Debug for KeyReportBuilder<'_> {
     }
 }
 
-impl Cache {
-    /// Counts this handle's keys by group and estimates their memory: `SCAN MATCH prefix*`
-    /// in pages of 1,000 (never `KEYS`), stopping after [`max_keys`](KeyReportBuilder::max_keys)
-    /// (default 100,000), with `MEMORY USAGE` on the first 16 keys of each group and every
-    /// 100th key after. Needs `+scan +memory` in an ACL user's commands. On a Redis Cluster
-    /// every primary is scanned.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.mset(&[("user:1", 1u8), ("user:2", 2), ("order:1", 3)], None).await?;
-    /// let report = cache.key_report().on_progress(|scanned| println!("{scanned} keys")).run().await?;
-    /// assert_eq!(report.scanned, 3);
-    /// let users = report.groups.iter().find(|g| g.name == "user").unwrap();
-    /// assert_eq!(users.keys, 2);
-    /// assert!(users.estimated_bytes > 0);
-    /// # Ok(()) }
-    /// ```
-    pub fn key_report(&self) -> KeyReportBuilder<'_> {
+impl Handle {
+    pub(crate) fn key_report(&self) -> KeyReportBuilder<'_> {
         KeyReportBuilder {
             cache: self,
             max_keys: 100_000,

@@ -41,23 +41,26 @@ mod warm;
 
 // The front door.
 mod builder;
+mod cache;
 
 /// Helpers for generated code only.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::base::crypto::{bench_open, bench_seal};
+    pub use crate::cache::{explicit, global};
     pub use crate::pipeline::glue::*;
 }
 
+pub use base::crypto::EncryptionKey;
 pub use base::error::{Error, Result};
 pub use base::key::{KeyBuf, KeyPart, KeyWriter, MAX_KEY_LEN, MAX_PART_LEN};
 pub use base::limits::{DEFAULT_MAX_VALUE_SIZE, MAX_TTL, MAX_VALUE_SIZE_LIMIT};
 pub use base::metrics::describe_metrics;
 pub use base::observe::{LatencySummary, MAX_NAMESPACES, MissCounts, NamespaceStats};
-pub use builder::CacheBuilder;
+pub use base::source::{Lookup, Source};
 pub use base::stats::StatsSnapshot;
-pub use base::crypto::EncryptionKey;
-pub use engine::{Cache, Lookup, Source, install, installed};
+pub use builder::CacheBuilder;
+pub use cache::{Cache, install, installed};
 pub use health::{
     BreakerHealth, Health, HealthMode, HealthStatus, MemoryHealth, PoolHealth, RedisHealth,
 };

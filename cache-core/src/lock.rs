@@ -24,7 +24,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use crate::base::error::{Error, Result};
 use crate::base::key;
 use crate::base::limits;
-use crate::engine::Cache;
+use crate::engine::Handle;
 use crate::store::Backend;
 use crate::store::redis::RedisBackend;
 
@@ -47,26 +47,8 @@ const MAX_BACKOFF: Duration = Duration::from_millis(500);
 /// tries again.
 const FEED_RETRY: Duration = Duration::from_secs(1);
 
-impl Cache {
-    /// A distributed lock named `name`, in this handle's scope (a tenant's locks are its own).
-    /// Configure it, then [`acquire`](Lock::acquire) (waiting) or
-    /// [`try_acquire`](Lock::try_acquire) (once); the [`LockGuard`] releases it.
-    ///
-    /// Names follow the rules of keys: not empty, no whitespace or control characters, not
-    /// starting with `~`. On Redis, the lock is the key `<prefix>~lock:{<name>}` and its
-    /// fencing counter `<prefix>~lock:{<name>}:fence` (one hash slot); names longer than
-    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) or holding braces are stored by digest.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// let cache = cache_core::Cache::in_memory();
-    /// let guard = cache.lock("invoice:42").ttl(Duration::from_secs(10)).acquire().await?;
-    /// // ... work on invoice 42, passing guard.token() to the store it writes to ...
-    /// assert!(guard.release().await?);
-    /// # Ok(()) }
-    /// ```
-    pub fn lock(&self, name: &str) -> Lock {
+impl Handle {
+    pub(crate) fn lock(&self, name: &str) -> Lock {
         Lock {
             cache: self.clone(),
             name: name.to_owned(),
@@ -98,7 +80,7 @@ impl Cache {
 /// ```
 #[derive(Clone)]
 pub struct Lock {
-    cache: Cache,
+    cache: Handle,
     name: String,
     ttl: Duration,
     wait: Option<Duration>,
@@ -437,7 +419,7 @@ impl std::fmt::Debug for LockGuard {
 
 /// What a guard and its watchdog share.
 struct Held {
-    cache: Cache,
+    cache: Handle,
     name: String,
     key: String,
     owner: Owner,
@@ -672,7 +654,7 @@ async fn redis_take(
 /// (its caller stopped waiting) releases the lock in a task of its own.
 struct Answer {
     outcome: Result<Attempt>,
-    unclaimed: Option<(Cache, String, Owner)>,
+    unclaimed: Option<(Handle, String, Owner)>,
 }
 
 impl Answer {
@@ -828,7 +810,7 @@ pub(crate) struct ReleaseWatch {
 impl ReleaseWatch {
     /// Subscribes to `key`'s release messages; returns once the subscription is live (or
     /// there is no feed, and then only the backoff wakes the caller).
-    pub(crate) async fn new(cache: &Cache, redis: &RedisBackend, key: &str) -> ReleaseWatch {
+    pub(crate) async fn new(cache: &Handle, redis: &RedisBackend, key: &str) -> ReleaseWatch {
         let waiting = cache.root_state::<Waiting>();
         let place = waiting.join(key);
         let queue = place.queue();

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::base::codec;
 use crate::base::error::{Error, Result};
-use crate::engine::Cache;
+use crate::engine::Handle;
 use crate::store::Backend;
 use crate::store::redis::RedisBackend;
 
@@ -33,51 +33,8 @@ use crate::store::redis::RedisBackend;
 /// small enough that one step stays well under a millisecond of server time.
 const SCAN_COUNT: u32 = 2000;
 
-impl Cache {
-    /// Removes every key of this handle's scope matching `pattern` (a Redis glob: `*`, `?`,
-    /// `[...]`, `\` escapes), and returns how many held a value.
-    ///
-    /// The pattern is relative to the handle's scope: on a tenant handle, `"*"` removes that
-    /// tenant's keys and nothing else; on the root handle it reaches the keys of every
-    /// namespace and tenant below it. The cache's own bookkeeping (tag versions, locks) is
-    /// never removed. Like [`delete`](Cache::delete), each removed key keeps a tombstone for
-    /// the [`invalidation_hold`](crate::CacheBuilder::invalidation_hold), so a computation
-    /// already running does not store its result after this returned.
-    ///
-    /// On a Redis Cluster every primary is scanned, and a failover during the scan is
-    /// survived: the failed primary's replacement is scanned from the start once promoted
-    /// (waiting up to 20 s for it). The count may then fall short of the keys removed (a
-    /// delete whose answer the failover held past the command timeout is not counted).
-    ///
-    /// Redis unreachable: the error is returned (`Error::CircuitOpen` at once while the
-    /// circuit breaker is open, `Connection`/`Timeout` otherwise), and the invalidation is not
-    /// lost: it is queued on the breaker's recovery queue and replayed, as a new scan, when
-    /// Redis answers again, before any read is served from it (see the README, "When Redis
-    /// goes down").
-    ///
-    /// Cost: a full `SCAN` of the server's keyspace (every key is visited, whatever the
-    /// pattern), in steps of a few thousand keys that never block the server for long. For
-    /// invalidations on a hot path, attach tags instead ([`invalidate_tag`](Cache::invalidate_tag)
-    /// is one command whatever the number of entries).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::key;
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set(&key!("user", 1, "profile"), &"ann", None).await?;
-    /// cache.set(&key!("user", 2, "profile"), &"bob", None).await?;
-    /// cache.set(&key!("order", 1), &"book", None).await?;
-    /// assert_eq!(cache.invalidate_pattern("user:*").await?, 2);
-    /// assert_eq!(cache.get::<String>("user:1:profile").await?, None);
-    /// assert!(cache.exists("order:1").await?);
-    ///
-    /// let acme = cache.tenant("acme");
-    /// acme.set("user:1", &"carol", None).await?;
-    /// assert_eq!(acme.invalidate_pattern("*").await?, 1); // the tenant only
-    /// assert!(cache.exists("order:1").await?);
-    /// # Ok(()) }
-    /// ```
-    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
+impl Handle {
+    pub(crate) async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         check_pattern(pattern)?;
         let prefix = &self.scope.prefix;
         let glob = full_glob(prefix, pattern);
@@ -175,7 +132,7 @@ const SCAN_RESTARTS: u32 = 40;
 /// [`SCAN_RESTARTS`]; past them, a `Connection` error saying which node did not come back
 /// (and the invalidation is queued for the breaker's replay, as any unreachable one).
 async fn invalidate_on_cluster(
-    cache: &Cache,
+    cache: &Handle,
     redis: &RedisBackend,
     prefix: &str,
     glob: &str,
@@ -355,7 +312,7 @@ async fn wait_before_restart(
 /// scanned (on a cluster, the tombstones go by slot, wherever the keys live). The keys that
 /// held a value are counted into `removed` as they go, also when a later step fails.
 pub(crate) async fn invalidate_on_node(
-    cache: &Cache,
+    cache: &Handle,
     redis: &RedisBackend,
     node: Option<&(String, u16)>,
     prefix: &str,
@@ -591,7 +548,7 @@ impl PatternLog {
     }
 }
 
-impl Cache {
+impl Handle {
     /// Noted by a computation before it reads: see [`Cache::pattern_superseded`].
     pub(crate) fn pattern_mark(&self) -> u64 {
         self.shared.patterns.epoch.load(Ordering::SeqCst)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 
-use crate::engine::Cache;
+use crate::engine::Handle;
 
 /// Where a warming run is, given to the progress callback after each key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +98,7 @@ impl WarmCancel {
 /// A warming run being set up: see [`Cache::warm`].
 #[must_use = "a warming run does nothing until `.run().await`"]
 pub struct WarmBuilder<'a, F> {
-    cache: &'a Cache,
+    cache: &'a Handle,
     keys: Vec<String>,
     loader: F,
     concurrency: usize,
@@ -117,30 +117,8 @@ impl<F> std::fmt::Debug for WarmBuilder<'_, F> {
     }
 }
 
-impl Cache {
-    /// Loads `keys` with `loader` and stores each value (for the default TTL unless
-    /// [`ttl`](WarmBuilder::ttl) says otherwise), 16 at a time unless
-    /// [`concurrency`](WarmBuilder::concurrency) says otherwise. A failing loader or write is
-    /// counted and the run goes on; [`on_progress`](WarmBuilder::on_progress) hears after each
-    /// key, and a [`WarmCancel`] stops new loads.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// let ids: Vec<String> = (0..100).map(|i| format!("user:{i}")).collect();
-    /// let summary = cache
-    ///     .warm(ids, |key: String| async move {
-    ///         if key == "user:13" { Err("unlucky") } else { Ok(key.len()) } // a database call
-    ///     })
-    ///     .concurrency(8)
-    ///     .on_progress(|p| if p.done == p.total { println!("{} errors", p.errors) })
-    ///     .run()
-    ///     .await;
-    /// assert_eq!((summary.loaded, summary.errors), (99, 1));
-    /// assert_eq!(cache.get::<usize>("user:42").await?, Some(7));
-    /// # Ok(()) }
-    /// ```
-    pub fn warm<K, F, Fut, T, E>(
+impl Handle {
+    pub(crate) fn warm<K, F, Fut, T, E>(
         &self,
         keys: impl IntoIterator<Item = K>,
         loader: F,

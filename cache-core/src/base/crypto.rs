@@ -178,7 +178,10 @@ impl Keyring {
     }
 
     /// This keyring, also reading with `more` old keys.
-    pub(crate) fn with_old_keys(mut self, more: impl IntoIterator<Item = EncryptionKey>) -> Keyring {
+    pub(crate) fn with_old_keys(
+        mut self,
+        more: impl IntoIterator<Item = EncryptionKey>,
+    ) -> Keyring {
         self.old.extend(more);
         self
     }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use histogram::AtomicHistogram;
 use serde::Serialize;
 
-
 /// How many first-level namespaces a cache root keeps statistics for besides its own, the
 /// last of them being `<root>:_other`, where every later one counts.
 pub const MAX_NAMESPACES: usize = 64;

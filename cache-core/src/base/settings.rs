@@ -124,8 +124,6 @@ impl Default for Config {
     }
 }
 
-
-
 /// Hides the password of `scheme://user:password@host`, and the `pass=` / `password=` query
 /// parameters of `redis+unix:///path?pass=...` URLs.
 pub(crate) fn redact_url(url: &str) -> String {

@@ -86,4 +86,3 @@ impl<T> Lookup<T> {
         matches!(self, Lookup::Hit { .. })
     }
 }
-

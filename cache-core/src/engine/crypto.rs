@@ -5,29 +5,13 @@ use std::sync::Arc;
 
 use serde::de::DeserializeOwned;
 
-use crate::base::crypto::{EncryptionKey, Keyring};
 use crate::base::codec::Envelope;
+use crate::base::crypto::{EncryptionKey, Keyring};
 use crate::base::error::Result;
-use crate::engine::Cache;
+use crate::engine::Handle;
 
-impl Cache {
-    /// A handle on the same scope that encrypts the values it writes with `key` and reads only
-    /// values encrypted with it (or with the old keys of
-    /// [`with_old_encryption_keys`](Cache::with_old_encryption_keys)); anything else under
-    /// its keys is a miss. Handles made from it ([`namespace`](Cache::namespace),
-    /// [`tenant`](Cache::tenant)) encrypt too. See the README's "Encryption" section.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Cache, EncryptionKey};
-    /// let cache = Cache::in_memory();
-    /// let pii = cache.namespace("pii").with_encryption(EncryptionKey::generate()?);
-    /// pii.set("user:1:email", &"ann@example.com", None).await?;
-    /// assert_eq!(pii.get::<String>("user:1:email").await?.as_deref(), Some("ann@example.com"));
-    /// assert!(pii.is_encrypted() && !cache.is_encrypted());
-    /// # Ok(()) }
-    /// ```
-    pub fn with_encryption(&self, key: EncryptionKey) -> Cache {
+impl Handle {
+    pub(crate) fn with_encryption(&self, key: EncryptionKey) -> Handle {
         let old = self
             .scope
             .encryption
@@ -37,21 +21,10 @@ impl Cache {
         self.with_keyring(Some(Keyring::new(key, old)))
     }
 
-    /// A handle on the same scope that also reads values encrypted with `old` keys (writing
-    /// with its own key): what a key rotation needs. Without an encryption key on the handle,
-    /// it is the same handle.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Cache, EncryptionKey};
-    /// let (old, new) = (EncryptionKey::generate()?, EncryptionKey::generate()?);
-    /// let cache = Cache::in_memory();
-    /// cache.with_encryption(old.clone()).set("k", &1u8, None).await?;
-    /// let rotated = cache.with_encryption(new).with_old_encryption_keys([old]);
-    /// assert_eq!(rotated.get::<u8>("k").await?, Some(1));
-    /// # Ok(()) }
-    /// ```
-    pub fn with_old_encryption_keys(&self, old: impl IntoIterator<Item = EncryptionKey>) -> Cache {
+    pub(crate) fn with_old_encryption_keys(
+        &self,
+        old: impl IntoIterator<Item = EncryptionKey>,
+    ) -> Handle {
         let keyring = self
             .scope
             .encryption
@@ -60,32 +33,16 @@ impl Cache {
         self.with_keyring(keyring)
     }
 
-    /// A handle on the same scope that neither encrypts nor reads encrypted values (for data
-    /// that needs no encryption under an encrypted root, say).
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Cache, EncryptionKey};
-    /// let cache = Cache::builder().encryption_key(EncryptionKey::generate()?).build()?;
-    /// assert!(cache.is_encrypted());
-    /// assert!(!cache.namespace("public").without_encryption().is_encrypted());
-    /// # Ok(()) }
-    /// ```
-    pub fn without_encryption(&self) -> Cache {
+    pub(crate) fn without_encryption(&self) -> Handle {
         self.with_keyring(None)
     }
 
-    /// Whether this handle encrypts the values it writes.
-    ///
-    /// ```
-    /// assert!(!cache_core::Cache::in_memory().is_encrypted());
-    /// ```
-    pub fn is_encrypted(&self) -> bool {
+    pub(crate) fn is_encrypted(&self) -> bool {
         self.scope.encryption.is_some()
     }
 
-    fn with_keyring(&self, keyring: Option<Keyring>) -> Cache {
-        Cache {
+    fn with_keyring(&self, keyring: Option<Keyring>) -> Handle {
+        Handle {
             shared: self.shared.clone(),
             scope: Arc::new(crate::engine::Scope {
                 encryption: keyring.map(Arc::new),
@@ -124,4 +81,3 @@ impl Cache {
         }
     }
 }
-

@@ -42,7 +42,7 @@ use serde::de::DeserializeOwned;
 
 use crate::base::codec;
 use crate::base::settings::Config;
-use crate::engine::{Cache, Lookup, Shared, Source};
+use crate::engine::{Handle, Lookup, Shared, Source};
 use crate::store::Backend;
 use crate::store::breaker::{Breaker, BreakerState};
 
@@ -260,19 +260,9 @@ impl Local {
     }
 }
 
-
-impl Cache {
-    /// A handle on the same scope whose reads skip the L1 near cache (writes through it
-    /// still invalidate it everywhere). For namespaces whose values must always be read
-    /// fresh from Redis; `#[cached(local = false)]` does the same for one function.
-    ///
-    /// ```
-    /// let cache = cache_core::Cache::in_memory();
-    /// let prices = cache.namespace("prices").without_local_cache();
-    /// assert_eq!(prices.key_prefix(), "cache:prices:");
-    /// ```
-    pub fn without_local_cache(&self) -> Cache {
-        Cache {
+impl Handle {
+    pub(crate) fn without_local_cache(&self) -> Handle {
+        Handle {
             shared: self.shared.clone(),
             scope: Arc::new(crate::engine::Scope {
                 prefix: self.scope.prefix.clone(),
@@ -284,13 +274,7 @@ impl Cache {
         }
     }
 
-    /// True when reads through this handle may be answered by the L1: it is configured, this
-    /// handle did not opt out, and its invalidation feed is subscribed.
-    ///
-    /// ```
-    /// assert!(!cache_core::Cache::in_memory().local_cache_serving());
-    /// ```
-    pub fn local_cache_serving(&self) -> bool {
+    pub(crate) fn local_cache_serving(&self) -> bool {
         match &self.shared.local {
             Some(local) if self.scope.local => {
                 self.ensure_feed(local);
@@ -404,7 +388,7 @@ const KIND_TAGS: u8 = b't';
 const KIND_PATTERN: u8 = b'p';
 
 /// After keys were written, deleted or given a new TTL: drop them here, then tell the others.
-pub(crate) async fn after_keys(cache: &Cache, keys: &[&str]) {
+pub(crate) async fn after_keys(cache: &Handle, keys: &[&str]) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
     };
@@ -413,7 +397,7 @@ pub(crate) async fn after_keys(cache: &Cache, keys: &[&str]) {
 }
 
 /// After tags were bumped to `versions`.
-pub(crate) async fn after_tags(cache: &Cache, tag_keys: &[&str], versions: &[u64]) {
+pub(crate) async fn after_tags(cache: &Handle, tag_keys: &[&str], versions: &[u64]) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
     };
@@ -429,7 +413,7 @@ pub(crate) async fn after_tags(cache: &Cache, tag_keys: &[&str], versions: &[u64
 }
 
 /// After an invalidation by pattern (the full glob).
-pub(crate) async fn after_pattern(cache: &Cache, glob: &str) {
+pub(crate) async fn after_pattern(cache: &Handle, glob: &str) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
     };
@@ -439,13 +423,13 @@ pub(crate) async fn after_pattern(cache: &Cache, glob: &str) {
 
 /// An invalidation by pattern that could not reach Redis (queued for replay): this process's
 /// L1 drops what matches; nothing is published (Redis is out of reach).
-pub(crate) fn pattern_here(cache: &Cache, glob: &str) {
+pub(crate) fn pattern_here(cache: &Handle, glob: &str) {
     if let Some(local) = cache.shared.local.as_deref() {
         local.invalidate_glob(glob);
     }
 }
 
-async fn publish(cache: &Cache, kind: u8, body: String) {
+async fn publish(cache: &Handle, kind: u8, body: String) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
     };
@@ -618,7 +602,7 @@ fn receive(shared: &Shared, payload: &[u8]) {
 
 // ---- the get-or-compute read (compute.rs) ---------------------------------------------------
 
-impl Cache {
+impl Handle {
     /// The L1 step of a get-or-compute read: the value, or the L1 and the mark to fill it
     /// with after the backend read.
     pub(crate) fn local_begin<O, M: crate::pipeline::glue::Mode<O>>(

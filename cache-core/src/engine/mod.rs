@@ -5,7 +5,7 @@ pub(crate) mod local;
 pub(crate) mod observe;
 pub(crate) mod tags;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,13 +13,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::base::codec::{self, Meta};
+use crate::base::crypto::Keyring;
 use crate::base::error::{Error, Result};
-pub use crate::base::source::{Lookup, Source};
 use crate::base::key::{self, KeyBuf, KeyPart};
 use crate::base::observe::{MissReason, Operation, Outcome};
-use crate::base::crypto::Keyring;
 use crate::base::settings::{Config, Target};
-use crate::builder::CacheBuilder;
+pub use crate::base::source::{Lookup, Source};
 use crate::base::stats::{Stats, StatsSnapshot, WarnThrottle};
 use crate::store::memory::MemoryBackend;
 use crate::store::redis::RedisBackend;
@@ -55,31 +54,17 @@ pub(crate) struct Scope {
     pub(crate) local: bool,
 }
 
-/// A handle on the cache: cheap to clone (two `Arc`s), `Send + Sync`, usable from any task.
-///
-/// Values are any serde type (`Vec<u8>` and `bytes::Bytes` are stored as raw bytes). Every
-/// key lives under the handle's namespace and tenant; scoped handles made with
-/// [`namespace`](Cache::namespace) and [`tenant`](Cache::tenant) share the connection pool and
-/// the counters of the handle they come from.
-///
-/// ```
-/// use std::time::Duration;
-/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-/// let cache = cache_core::Cache::in_memory();
-/// cache.set("greeting", &"hello", Duration::from_secs(60)).await?;
-/// assert_eq!(cache.get::<String>("greeting").await?, Some("hello".to_owned()));
-///
-/// let acme = cache.tenant("acme");
-/// assert_eq!(acme.get::<String>("greeting").await?, None); // tenants are isolated
-/// # Ok(()) }
-/// ```
+/// The engine's handle on a cache root: its state and the scope (namespace, tenant, default
+/// TTL, keyring) of this handle. The front door's `Cache` wraps one; the layers above the
+/// engine receive one (ARCHITECTURE.md).
+#[doc(hidden)] // public only because the hidden `Pipeline` derefs to it; not nameable outside
 #[derive(Clone)]
-pub struct Cache {
+pub struct Handle {
     pub(crate) shared: Arc<Shared>,
     pub(crate) scope: Arc<Scope>,
 }
 
-impl std::fmt::Debug for Cache {
+impl std::fmt::Debug for Handle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cache")
             .field("backend", &self.shared.backend)
@@ -90,59 +75,17 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-impl Cache {
-    /// A builder, starting from defaults (not from the environment: see
-    /// [`CacheBuilder::from_env`]).
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::builder().namespace("billing").build()?;
-    /// assert_eq!(cache.key_prefix(), "billing:");
-    /// # Ok(()) }
-    /// ```
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::new()
-    }
-
-    /// A cache configured from the environment (see [`CacheBuilder::from_env`]): Redis when
-    /// `REDIS_URL` (or `REDIS_HOST`) is set, the embedded backend otherwise, with a log line
-    /// saying which. Does not connect, so an unreachable Redis is not an error here.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Cache, Source};
-    /// let cache = Cache::from_env()?;
-    /// let given = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    /// let wants_redis = given("REDIS_URL") || given("REDIS_HOST");
-    /// assert_eq!(cache.backend() == Source::Redis, wants_redis);
-    /// # Ok(()) }
-    /// ```
-    pub fn from_env() -> Result<Cache> {
-        CacheBuilder::from_env()?.build()
-    }
-
-    /// The embedded in-memory backend with default settings (namespace `cache`, default TTL
-    /// one hour, 64 MiB). Each call makes a separate store; clones and scoped handles share it.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::Cache;
-    /// let cache = Cache::in_memory();
-    /// cache.set("k", &"v", None).await?;
-    /// assert!(cache.clone().exists("k").await?);
-    /// assert!(!Cache::in_memory().exists("k").await?); // another store
-    /// # Ok(()) }
-    /// ```
-    pub fn in_memory() -> Cache {
+impl Handle {
+    pub(crate) fn in_memory() -> Handle {
         let config = Config::default();
-        Cache::with_backend(
+        Handle::with_backend(
             Backend::Memory(MemoryBackend::new(config.memory_capacity)),
             config,
             None,
         )
     }
 
-    pub(crate) fn from_config(config: Config, keyring: Option<Keyring>) -> Result<Cache> {
+    pub(crate) fn from_config(config: Config, keyring: Option<Keyring>) -> Result<Handle> {
         let backend = match &config.target {
             Target::Memory => {
                 tracing::info!(namespace = %config.namespace, "cache: no REDIS_URL, using the embedded in-memory backend");
@@ -154,10 +97,10 @@ impl Cache {
                 Backend::Redis(backend)
             }
         };
-        Ok(Cache::with_backend(backend, config, keyring))
+        Ok(Handle::with_backend(backend, config, keyring))
     }
 
-    fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Cache {
+    fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Handle {
         let scope = Scope {
             prefix: format!("{}:", config.namespace),
             default_ttl: config.default_ttl,
@@ -176,7 +119,7 @@ impl Cache {
             extensions: Default::default(),
         });
         crate::store::breaker::attach(&shared);
-        let cache = Cache {
+        let cache = Handle {
             shared,
             scope: Arc::new(scope),
         };
@@ -186,17 +129,7 @@ impl Cache {
 
     // ---- scopes -----------------------------------------------------------------------------
 
-    /// A handle whose keys live under `name` inside this handle's scope, with the same default
-    /// TTL (change it with [`with_default_ttl`](Cache::with_default_ttl)). The name is escaped,
-    /// so it cannot reach another scope.
-    ///
-    /// ```
-    /// # use std::time::Duration;
-    /// let cache = cache_core::Cache::in_memory();
-    /// let screening = cache.namespace("screening").with_default_ttl(Duration::from_secs(600));
-    /// assert_eq!(screening.default_ttl(), Some(Duration::from_secs(600)));
-    /// ```
-    pub fn namespace(&self, name: &str) -> Cache {
+    pub(crate) fn namespace(&self, name: &str) -> Handle {
         let escaped = key::escape(name);
         let stats = crate::engine::observe::namespace_stats(self, &escaped);
         self.scoped_with(
@@ -206,15 +139,7 @@ impl Cache {
         )
     }
 
-    /// A handle whose every key and tag lives under tenant `id`. Patterns and invalidations
-    /// through it cannot reach outside the tenant.
-    ///
-    /// ```
-    /// let cache = cache_core::Cache::in_memory();
-    /// let t = cache.tenant(42u64);
-    /// assert!(t.key_prefix().ends_with(":@42:"));
-    /// ```
-    pub fn tenant(&self, id: impl KeyPart) -> Cache {
+    pub(crate) fn tenant(&self, id: impl KeyPart) -> Handle {
         let mut k = KeyBuf::new();
         k.part(&id);
         self.scoped(
@@ -223,23 +148,11 @@ impl Cache {
         )
     }
 
-    /// The same scope (same keys, store and counters) with another default TTL.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::KeyTtl;
-    /// let cache = cache_core::Cache::in_memory();
-    /// let short = cache.with_default_ttl(Duration::from_secs(30));
-    /// short.set("k", &1u8, None).await?; // no TTL given: the handle's
-    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(30)));
-    /// # Ok(()) }
-    /// ```
-    pub fn with_default_ttl(&self, ttl: Duration) -> Cache {
+    pub(crate) fn with_default_ttl(&self, ttl: Duration) -> Handle {
         self.scoped(self.scope.prefix.clone(), Some(ttl))
     }
 
-    fn scoped(&self, prefix: String, default_ttl: Option<Duration>) -> Cache {
+    fn scoped(&self, prefix: String, default_ttl: Option<Duration>) -> Handle {
         self.scoped_with(prefix, default_ttl, self.scope.stats.clone())
     }
 
@@ -248,8 +161,8 @@ impl Cache {
         prefix: String,
         default_ttl: Option<Duration>,
         stats: Arc<crate::base::observe::NsStats>,
-    ) -> Cache {
-        Cache {
+    ) -> Handle {
+        Handle {
             shared: self.shared.clone(),
             scope: Arc::new(Scope {
                 prefix,
@@ -261,75 +174,25 @@ impl Cache {
         }
     }
 
-    /// The prefix of every key of this handle (`namespace:` plus scopes), as stored in Redis.
-    ///
-    /// ```
-    /// let cache = cache_core::Cache::in_memory();
-    /// assert_eq!(cache.key_prefix(), "cache:");
-    /// assert_eq!(cache.namespace("orders").tenant("acme").key_prefix(), "cache:orders:@acme:");
-    /// ```
-    pub fn key_prefix(&self) -> &str {
+    pub(crate) fn key_prefix(&self) -> &str {
         &self.scope.prefix
     }
 
-    /// The TTL of writes that do not give one; `None` when such writes never expire.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// assert_eq!(cache_core::Cache::in_memory().default_ttl(), Some(Duration::from_secs(3600)));
-    /// let forever = cache_core::Cache::builder().no_default_ttl().build()?;
-    /// assert_eq!(forever.default_ttl(), None);
-    /// # Ok(()) }
-    /// ```
-    pub fn default_ttl(&self) -> Option<Duration> {
+    pub(crate) fn default_ttl(&self) -> Option<Duration> {
         self.scope.default_ttl
     }
 
-    /// Which backend this cache uses.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Cache, Source};
-    /// assert_eq!(Cache::builder().build()?.backend(), Source::Memory); // no URL
-    /// let redis = Cache::builder().url("redis://127.0.0.1:6379").build()?;
-    /// assert_eq!(redis.backend(), Source::Redis);
-    /// # Ok(()) }
-    /// ```
-    pub fn backend(&self) -> Source {
+    pub(crate) fn backend(&self) -> Source {
         self.shared.backend.kind()
     }
 
-    /// The counters of this cache (shared by all its scoped handles).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("k", &1u8, None).await?;
-    /// cache.namespace("other").get::<u8>("k").await?; // another scope: a miss
-    /// let stats = cache.stats();
-    /// assert_eq!((stats.writes, stats.hits, stats.misses), (1, 0, 1));
-    /// # Ok(()) }
-    /// ```
-    pub fn stats(&self) -> StatsSnapshot {
+    pub(crate) fn stats(&self) -> StatsSnapshot {
         let mut stats = self.shared.stats.snapshot();
         self.add_breaker_stats(&mut stats);
         stats
     }
 
-    /// The full key stored in the backend for `key`. A key that is empty, holds whitespace or
-    /// a control character, or starts with `~` (reserved) is [`Error::InvalidKey`]; one longer
-    /// than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) is hashed.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::Error;
-    /// let cache = cache_core::Cache::in_memory().tenant(7u32);
-    /// assert_eq!(cache.full_key("user:42")?, "cache:@7:user:42");
-    /// assert!(matches!(cache.full_key("user 42"), Err(Error::InvalidKey { .. })));
-    /// # Ok(()) }
-    /// ```
-    pub fn full_key(&self, key: &str) -> Result<String> {
+    pub(crate) fn full_key(&self, key: &str) -> Result<String> {
         key::validate_user_key(key)?;
         Ok(key::full_key(&self.scope.prefix, key))
     }
@@ -375,35 +238,14 @@ impl Cache {
 
     // ---- reads ------------------------------------------------------------------------------
 
-    /// The value under `key`, if there is one usable as a `T`. A value that does not decode as
-    /// `T` (written as another type, or garbage) is a miss, counted in
-    /// [`StatsSnapshot::decode_errors`].
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// assert_eq!(cache.get::<u32>("n").await?, None);
-    /// cache.set("n", &7u32, None).await?;
-    /// assert_eq!(cache.get::<u32>("n").await?, Some(7));
-    /// assert_eq!(cache.get::<String>("n").await?, None); // not a `String`: a miss
-    /// assert_eq!(cache.stats().decode_errors, 1);
-    /// # Ok(()) }
-    /// ```
-    pub async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
+    pub(crate) async fn get<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Option<T>> {
         Ok(self.lookup(key).await?.into_value())
     }
 
-    /// As [`get`](Cache::get), saying where a hit came from and how old it is.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Lookup, Source};
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("n", &1u8, None).await?;
-    /// assert!(matches!(cache.lookup::<u8>("n").await?, Lookup::Hit { value: 1, source: Source::Memory, .. }));
-    /// # Ok(()) }
-    /// ```
-    pub async fn lookup<T: DeserializeOwned + 'static>(&self, key: &str) -> Result<Lookup<T>> {
+    pub(crate) async fn lookup<T: DeserializeOwned + 'static>(
+        &self,
+        key: &str,
+    ) -> Result<Lookup<T>> {
         let mut op = self.op(Operation::Get);
         let full = self.full_key(key)?;
         // local.rs: the L1 answers first, when on.
@@ -494,18 +336,7 @@ impl Cache {
         }
     }
 
-    /// Values of several keys in one round trip, in order; misses (and undecodable values)
-    /// are `None`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.mset(&[("a", 1u32), ("b", 2)], None).await?;
-    /// let found = cache.mget::<u32>(&["a", "absent", "b"]).await?;
-    /// assert_eq!(found, vec![Some(1), None, Some(2)]);
-    /// # Ok(()) }
-    /// ```
-    pub async fn mget<T: DeserializeOwned + 'static>(
+    pub(crate) async fn mget<T: DeserializeOwned + 'static>(
         &self,
         keys: &[&str],
     ) -> Result<Vec<Option<T>>> {
@@ -552,18 +383,7 @@ impl Cache {
         Ok(out)
     }
 
-    /// True if `key` holds a value (of any type: the value is not decoded, nor its tags
-    /// checked).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("k", &"v", None).await?;
-    /// assert!(cache.exists("k").await?);
-    /// assert!(!cache.exists("absent").await?);
-    /// # Ok(()) }
-    /// ```
-    pub async fn exists(&self, key: &str) -> Result<bool> {
+    pub(crate) async fn exists(&self, key: &str) -> Result<bool> {
         let mut op = self.op(Operation::Exists);
         let full = self.full_key(key)?;
         let r = self.shared.backend.exists(&full).await;
@@ -571,19 +391,7 @@ impl Cache {
         r.inspect_err(|e| self.backend_err("exists", &full, e))
     }
 
-    /// The remaining lifetime of `key`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::KeyTtl;
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("k", &1u8, Duration::from_secs(60)).await?;
-    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(60)));
-    /// assert_eq!(cache.ttl("absent").await?, KeyTtl::Missing);
-    /// # Ok(()) }
-    /// ```
-    pub async fn ttl(&self, key: &str) -> Result<KeyTtl> {
+    pub(crate) async fn ttl(&self, key: &str) -> Result<KeyTtl> {
         let mut op = self.op(Operation::Ttl);
         let full = self.full_key(key)?;
         let r = self.shared.backend.ttl(&full).await;
@@ -593,18 +401,7 @@ impl Cache {
 
     // ---- writes -----------------------------------------------------------------------------
 
-    /// Stores `value` under `key` for `ttl` (`None`: the handle's default TTL).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("session:1", &vec!["read", "write"], Duration::from_secs(900)).await?;
-    /// let rights = cache.get::<Vec<String>>("session:1").await?;
-    /// assert_eq!(rights, Some(vec!["read".to_owned(), "write".to_owned()]));
-    /// # Ok(()) }
-    /// ```
-    pub async fn set<T: Serialize + 'static>(
+    pub(crate) async fn set<T: Serialize + 'static>(
         &self,
         key: &str,
         value: &T,
@@ -613,18 +410,7 @@ impl Cache {
         self.set_tagged(key, value, ttl, &[]).await
     }
 
-    /// Stores `value` under `key`, attached to `tags`: [`invalidate_tag`](Cache::invalidate_tag)
-    /// of any of them makes it a miss.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set_tagged("user:1", &"ann", None, &["org:7"]).await?;
-    /// cache.invalidate_tag("org:7").await?;
-    /// assert_eq!(cache.get::<String>("user:1").await?, None);
-    /// # Ok(()) }
-    /// ```
-    pub async fn set_tagged<T: Serialize + 'static>(
+    pub(crate) async fn set_tagged<T: Serialize + 'static>(
         &self,
         key: &str,
         value: &T,
@@ -792,18 +578,7 @@ impl Cache {
         bytes
     }
 
-    /// Stores several values in one round trip, all with `ttl` (`None`: the default TTL).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.mset(&[("a", 1u32), ("b", 2)], Duration::from_secs(60)).await?;
-    /// assert_eq!(cache.get::<u32>("b").await?, Some(2));
-    /// assert_eq!(cache.stats().writes, 2);
-    /// # Ok(()) }
-    /// ```
-    pub async fn mset<T: Serialize + 'static>(
+    pub(crate) async fn mset<T: Serialize + 'static>(
         &self,
         items: &[(&str, T)],
         ttl: impl Into<Option<Duration>>,
@@ -835,38 +610,12 @@ impl Cache {
         Ok(())
     }
 
-    /// Removes `key`; true if it existed.
-    ///
-    /// A computation of the key already running when this lands (in
-    /// [`get_or_set`](Cache::get_or_set) or a `#[cached]` function, in any process) returns its
-    /// value to its caller but does not store it: the key keeps a tombstone, which reads as
-    /// absent, for [`invalidation_hold`](crate::CacheBuilder::invalidation_hold).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("k", &1u8, None).await?;
-    /// assert!(cache.delete("k").await?);
-    /// assert!(!cache.delete("k").await?); // already gone
-    /// assert_eq!(cache.get::<u8>("k").await?, None);
-    /// # Ok(()) }
-    /// ```
-    pub async fn delete(&self, key: &str) -> Result<bool> {
+    pub(crate) async fn delete(&self, key: &str) -> Result<bool> {
         let full = self.full_key(key)?;
         self.delete_full(vec![full]).await.map(|n| n > 0)
     }
 
-    /// Removes several keys in one round trip; returns how many existed.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.mset(&[("a", 1u8), ("b", 2)], None).await?;
-    /// assert_eq!(cache.delete_many(&["a", "b", "absent"]).await?, 2);
-    /// assert!(!cache.exists("a").await?);
-    /// # Ok(()) }
-    /// ```
-    pub async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+    pub(crate) async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
         let full = keys
             .iter()
             .map(|k| self.full_key(k))
@@ -892,20 +641,7 @@ impl Cache {
         Ok(removed)
     }
 
-    /// Sets `key` to expire after `ttl`; false if there is no such key.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::KeyTtl;
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set("k", &1u8, None).await?; // default TTL: one hour
-    /// assert!(cache.expire("k", Duration::from_secs(5)).await?);
-    /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= Duration::from_secs(5)));
-    /// assert!(!cache.expire("absent", Duration::from_secs(5)).await?);
-    /// # Ok(()) }
-    /// ```
-    pub async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+    pub(crate) async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
         let mut op = self.op(Operation::Expire);
         let full = self.full_key(key)?;
         let ttl = crate::base::limits::duration("ttl", ttl)?;
@@ -917,44 +653,14 @@ impl Cache {
         r.inspect_err(|e| self.backend_err("expire", &full, e))
     }
 
-    /// Restarts `key`'s lifetime at the handle's default TTL; false if there is no such key
-    /// (or the handle has no default TTL).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::KeyTtl;
-    /// let cache = cache_core::Cache::in_memory().with_default_ttl(Duration::from_secs(600));
-    /// cache.set("session", &"ann", Duration::from_secs(5)).await?;
-    /// assert!(cache.touch("session").await?); // back to ten minutes
-    /// assert!(matches!(cache.ttl("session").await?, KeyTtl::Expires(left) if left > Duration::from_secs(5)));
-    /// # Ok(()) }
-    /// ```
-    pub async fn touch(&self, key: &str) -> Result<bool> {
+    pub(crate) async fn touch(&self, key: &str) -> Result<bool> {
         match self.scope.default_ttl {
             Some(ttl) => self.expire(key, ttl).await,
             None => Ok(false),
         }
     }
 
-    /// Adds `by` to the integer counter under `key`, keeping its TTL, as Redis `INCRBY`. A
-    /// missing counter starts at 0 with no TTL (the default TTL does not apply: give it one
-    /// with [`expire`](Cache::expire)). A key holding a cached value, or a sum that overflows
-    /// `i64`, is [`Error::WrongKind`]. Read a counter back with `get::<i64>`.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Error, KeyTtl};
-    /// let cache = cache_core::Cache::in_memory();
-    /// assert_eq!(cache.incr("visits", 1).await?, 1);
-    /// assert_eq!(cache.incr("visits", 10).await?, 11);
-    /// assert_eq!(cache.get::<i64>("visits").await?, Some(11));
-    /// assert_eq!(cache.ttl("visits").await?, KeyTtl::Persistent);
-    /// cache.set("user", &"ann", None).await?;
-    /// assert!(matches!(cache.incr("user", 1).await, Err(Error::WrongKind { .. })));
-    /// # Ok(()) }
-    /// ```
-    pub async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+    pub(crate) async fn incr(&self, key: &str, by: i64) -> Result<i64> {
         let mut op = self.op(Operation::Incr);
         let full = self.full_key(key)?;
         let r = self.shared.backend.incr(&full, by).await;
@@ -966,36 +672,11 @@ impl Cache {
         })
     }
 
-    /// Invalidates every entry attached to `tag`, in O(1): one counter bump, whatever the
-    /// number of entries.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set_tagged("user:1", &"ann", None, &["org:7"]).await?;
-    /// cache.set_tagged("user:2", &"bob", None, &["org:8"]).await?;
-    /// cache.invalidate_tag("org:7").await?;
-    /// assert_eq!(cache.get::<String>("user:1").await?, None);
-    /// assert_eq!(cache.get::<String>("user:2").await?.as_deref(), Some("bob"));
-    /// # Ok(()) }
-    /// ```
-    pub async fn invalidate_tag(&self, tag: &str) -> Result<()> {
+    pub(crate) async fn invalidate_tag(&self, tag: &str) -> Result<()> {
         self.invalidate_tags(&[tag]).await
     }
 
-    /// Invalidates every entry attached to any of `tags`, in one round trip.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.set_tagged("a", &1u8, None, &["x"]).await?;
-    /// cache.set_tagged("b", &2u8, None, &["y"]).await?;
-    /// cache.set("c", &3u8, None).await?;
-    /// cache.invalidate_tags(&["x", "y"]).await?;
-    /// assert_eq!(cache.mget::<u8>(&["a", "b", "c"]).await?, vec![None, None, Some(3)]);
-    /// # Ok(()) }
-    /// ```
-    pub async fn invalidate_tags(&self, tags: &[&str]) -> Result<()> {
+    pub(crate) async fn invalidate_tags(&self, tags: &[&str]) -> Result<()> {
         let mut op = self.op(Operation::InvalidateTags);
         let keys = tags
             .iter()
@@ -1046,32 +727,4 @@ pub(crate) enum WriteIf {
     /// nor if a pattern invalidated after the read matches the key (the
     /// [`pattern_mark`](Cache::pattern_mark) taken before it).
     Unchanged(Option<Bytes>, u64),
-}
-
-static GLOBAL: OnceLock<Cache> = OnceLock::new();
-
-/// Installs the cache that `#[cached]` functions without `cache = ...` use. Call it once at
-/// start; a second call returns the cache it was given back.
-///
-/// ```
-/// # fn main() -> Result<(), cache_core::Error> {
-/// let cache = cache_core::Cache::from_env()?;
-/// let _ = cache_core::install(cache);
-/// assert!(cache_core::installed().is_some());
-/// # Ok(()) }
-/// ```
-pub fn install(cache: Cache) -> std::result::Result<(), Cache> {
-    GLOBAL.set(cache)
-}
-
-/// The installed global cache, if any.
-///
-/// ```
-/// use cache_core::{Cache, Source};
-/// assert!(cache_core::installed().is_none()); // nothing installed yet in this program
-/// assert!(cache_core::install(Cache::in_memory()).is_ok());
-/// assert!(matches!(cache_core::installed(), Some(c) if c.backend() == Source::Memory));
-/// ```
-pub fn installed() -> Option<&'static Cache> {
-    GLOBAL.get()
 }

@@ -5,13 +5,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::base::error::Result;
-use crate::base::observe::{Kind, MAX_NAMESPACES, MissReason, NamespaceStats, Namespaces, NsStats, Operation, Outcome};
+use crate::base::observe::{
+    Kind, MAX_NAMESPACES, MissReason, NamespaceStats, Namespaces, NsStats, Operation, Outcome,
+};
 use crate::base::source::{Lookup, Source};
 use crate::base::stats::WarnThrottle;
-use crate::engine::Cache;
+use crate::engine::Handle;
 
 /// Registers a root's own statistics (called once, when the root is built).
-pub(crate) fn register_root(cache: &Cache) {
+pub(crate) fn register_root(cache: &Handle) {
     let namespaces = cache.root_state::<Namespaces>();
     let mut list = namespaces.lock();
     if list.is_empty() {
@@ -21,7 +23,7 @@ pub(crate) fn register_root(cache: &Cache) {
 
 /// The statistics a handle for namespace `escaped` made from `parent` counts under: its own
 /// first-level entry if `parent` counts under the root, else the parent's.
-pub(crate) fn namespace_stats(parent: &Cache, escaped: &str) -> Arc<NsStats> {
+pub(crate) fn namespace_stats(parent: &Handle, escaped: &str) -> Arc<NsStats> {
     let namespaces = parent.root_state::<Namespaces>();
     let mut list = namespaces.lock();
     let Some(root) = list.first().cloned() else {
@@ -50,38 +52,14 @@ pub(crate) fn namespace_stats(parent: &Cache, escaped: &str) -> Arc<NsStats> {
     stats
 }
 
-impl Cache {
-    /// Statistics of every first-level namespace of this cache root (the root's own first,
-    /// then in order of first use). Each operation counts in exactly one of them, so they add
-    /// up to [`stats`](Cache::stats).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.namespace("a").get::<u8>("k").await?;
-    /// cache.namespace("b").tenant(7u32).get::<u8>("k").await?; // tenants count with their namespace
-    /// let names: Vec<_> = cache.namespace_stats().into_iter().map(|s| s.namespace).collect();
-    /// assert_eq!(names, ["cache", "cache:a", "cache:b"]);
-    /// # Ok(()) }
-    /// ```
-    pub fn namespace_stats(&self) -> Vec<NamespaceStats> {
+impl Handle {
+    pub(crate) fn namespace_stats(&self) -> Vec<NamespaceStats> {
         let namespaces = self.root_state::<Namespaces>();
         let list = namespaces.lock().clone();
         list.iter().map(|s| s.snapshot()).collect()
     }
 
-    /// Statistics of the namespace this handle counts under.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// let orders = cache.namespace("orders");
-    /// orders.get::<u8>("absent").await?;
-    /// assert_eq!(orders.scope_stats().misses.absent, 1);
-    /// assert_eq!(cache.scope_stats().misses.absent, 0); // the root's own
-    /// # Ok(()) }
-    /// ```
-    pub fn scope_stats(&self) -> NamespaceStats {
+    pub(crate) fn scope_stats(&self) -> NamespaceStats {
         self.scope.stats.snapshot()
     }
 
@@ -123,7 +101,7 @@ impl Cache {
 /// kind and the `metrics` facade), closes its span with the outcome, and logs itself if
 /// slower than `CACHE_SLOW_OP`. Dropped without an outcome (an early `?`), it is an error.
 pub(crate) struct Op<'a> {
-    cache: &'a Cache,
+    cache: &'a Handle,
     operation: Operation,
     started: Instant,
     span: tracing::Span,
@@ -224,7 +202,7 @@ impl Drop for Op<'_> {
 #[derive(Debug, Default)]
 struct SlowLog(WarnThrottle);
 
-fn slow_check(cache: &Cache, operation: &'static str, took: Duration) {
+fn slow_check(cache: &Handle, operation: &'static str, took: Duration) {
     let Some(threshold) = cache.shared.config.slow_op else {
         return;
     };
@@ -243,4 +221,3 @@ fn slow_check(cache: &Cache, operation: &'static str, took: Duration) {
         );
     }
 }
-

@@ -5,7 +5,7 @@
 
 use crate::base::codec::Tags;
 use crate::base::error::{Error, Result};
-use crate::engine::Cache;
+use crate::engine::Handle;
 
 /// What separates a scope's prefix from a tag in its version key.
 const VERSION_KEY_MARK: &str = "~tag:";
@@ -42,7 +42,7 @@ pub(crate) fn checked_tag(tag: &str) -> Result<&str> {
 /// The current version of each tag key, creating the missing ones, to record in an entry.
 /// `known` holds versions already read in the same round trip as the value.
 pub(crate) async fn current_versions(
-    cache: &Cache,
+    cache: &Handle,
     tag_keys: &[String],
     known: Option<Vec<Option<u64>>>,
 ) -> Result<Vec<u64>> {
@@ -84,7 +84,7 @@ pub(crate) async fn current_versions(
 /// True if every tag recorded in an entry still has the recorded version. `known` holds
 /// versions read in the same round trip as the entry; the others are read now.
 pub(crate) async fn still_valid(
-    cache: &Cache,
+    cache: &Handle,
     recorded: Tags<'_>,
     known: Option<(&[String], &[Option<u64>])>,
 ) -> Result<bool> {

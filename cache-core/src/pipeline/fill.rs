@@ -18,7 +18,8 @@ use super::fill_lock;
 use super::flight::Leader;
 use crate::base::codec;
 use crate::base::error::Error;
-use crate::engine::{Cache, WriteIf};
+use crate::engine::WriteIf;
+use crate::pipeline::Pipeline;
 use crate::pipeline::glue::Mode;
 
 // ---- how work outlives its caller -------------------------------------------------------------
@@ -119,7 +120,7 @@ pub(super) async fn within<F: Future + Unpin>(
 /// Everything needed to store a computed value, owned, so that it can move to a task of its
 /// own with the computation.
 pub(crate) struct Fill {
-    pub(super) cache: Cache,
+    pub(super) cache: Pipeline,
     pub(super) function: &'static str,
     pub(super) full: String,
     pub(super) tag_keys: Vec<String>,
@@ -138,7 +139,7 @@ pub(crate) struct Fill {
 
 impl Fill {
     pub(super) fn new(
-        cache: &Cache,
+        cache: &Pipeline,
         function: &'static str,
         full: &str,
         tag_keys: &[String],

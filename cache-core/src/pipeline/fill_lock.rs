@@ -21,8 +21,8 @@ use redis::Script;
 
 use super::Policy;
 use crate::base::codec;
-use crate::engine::Cache;
 use crate::lock::ReleaseWatch;
+use crate::pipeline::Pipeline;
 use crate::store::Backend;
 
 static UNLOCK: LazyLock<Script> =
@@ -39,7 +39,7 @@ pub(crate) struct Guard {
 
 impl Guard {
     /// Releases the lock if this process still owns it. A failure is left to the lease.
-    pub(crate) async fn release(self, cache: &Cache) {
+    pub(crate) async fn release(self, cache: &Pipeline) {
         let (Some((key, owner)), Backend::Redis(redis)) = (self.held, cache.backend_ref()) else {
             return;
         };
@@ -64,7 +64,7 @@ pub(crate) enum Acquired {
 
 /// The fill lock of `full`, or what to do instead. `seen` is what the caller's read found.
 pub(crate) async fn acquire(
-    cache: &Cache,
+    cache: &Pipeline,
     full: &str,
     seen: Option<&[u8]>,
     policy: &Policy,

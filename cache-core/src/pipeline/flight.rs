@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::base::codec;
-use crate::engine::Cache;
+use crate::pipeline::Pipeline;
 
 /// What the reader of a key found before computing: flights join only readers that found
 /// the same thing, so that a computation that started before an invalidation never answers
@@ -198,7 +198,7 @@ pub(super) async fn wait(mut rx: watch::Receiver<Landing>, bound: Option<Duratio
 
 /// A value handed over by the caller that computed it (decrypted if the handle encrypts).
 pub(super) fn decode_shared<S: DeserializeOwned + 'static>(
-    cache: &Cache,
+    cache: &Pipeline,
     full: &str,
     bytes: &[u8],
 ) -> Option<S> {

@@ -7,7 +7,6 @@
 //! [`ResultErrMode`] with `cache_err`), anything else ([`Plain`]).
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -15,9 +14,8 @@ use serde::de::DeserializeOwned;
 
 use crate::base::error::Result;
 pub use crate::base::key::KeyBuf;
-use crate::engine::{Cache, installed};
 pub use crate::pipeline::{Detach, Inline, Spawn};
-use crate::pipeline::{FillLock, Policy};
+use crate::pipeline::{FillLock, Pipeline, Policy};
 
 /// What a generated function knows statically.
 #[derive(Debug)]
@@ -67,26 +65,9 @@ impl Spec {
     }
 }
 
-/// The cache a generated function uses, or none (no global cache installed).
-pub type CacheRef<'a> = Option<&'a Cache>;
-
-/// `cache = expr`.
-pub fn explicit(cache: &Cache) -> CacheRef<'_> {
-    Some(cache)
-}
-
-/// The cache installed with [`crate::install`]; before installation, functions compute
-/// directly, and this says so once.
-pub fn global() -> CacheRef<'static> {
-    static WARNED: AtomicBool = AtomicBool::new(false);
-    let cache = installed();
-    if cache.is_none() && !WARNED.swap(true, Ordering::Relaxed) {
-        tracing::warn!(
-            "a #[cached] function ran before cache_core::install(..): computing without a cache until one is installed"
-        );
-    }
-    cache
-}
+/// The cache a generated function uses, or none (no global cache installed); made by
+/// `explicit` and `global`, which the front door defines (they name its `Cache`).
+pub type CacheRef<'a> = Option<&'a Pipeline>;
 
 /// How a return type maps to what is stored.
 pub trait Mode<O>: Copy + Send + Sync + 'static {

@@ -38,7 +38,7 @@ use crate::base::codec;
 use crate::base::error::Error;
 use crate::base::observe::{MissReason, Operation, Outcome}; // ops
 use crate::engine::tags;
-use crate::engine::{Cache, Lookup, WriteIf};
+use crate::engine::{Handle, Lookup, WriteIf};
 use crate::pipeline::glue::Mode;
 use tracing::Instrument; // ops
 
@@ -94,40 +94,70 @@ enum Found<S> {
     Miss,
 }
 
-impl Cache {
-    /// Makes the early-refresh decisions of this cache root reproducible (tests,
-    /// simulations): XFetch draws its random numbers from a generator seeded with `seed`.
-    ///
-    /// ```
-    /// let cache = cache_core::Cache::in_memory();
-    /// cache.seed_early_refresh(42);
-    /// ```
-    pub fn seed_early_refresh(&self, seed: u64) {
-        self.root_state::<XRng>().0.store(seed, Ordering::Relaxed);
+/// The pipeline's own state of a cache root: the computations in flight and the random
+/// numbers of early refresh. Owned by the front door's handle, shared by its scoped handles.
+#[derive(Default)]
+pub(crate) struct State {
+    flights: Arc<Flights>,
+    xrng: XRng,
+}
+
+/// A handle of the engine with the pipeline's state: what get-or-compute runs on. The front
+/// door's `Cache` holds one; generated code reaches it through `__private`.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct Pipeline {
+    handle: Handle,
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.handle.fmt(f)
+    }
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = Handle;
+
+    fn deref(&self) -> &Handle {
+        &self.handle
+    }
+}
+
+impl Pipeline {
+    /// A new root's pipeline over `handle`.
+    pub(crate) fn new(handle: Handle) -> Pipeline {
+        Pipeline {
+            handle,
+            state: Arc::default(),
+        }
+    }
+
+    /// The same pipeline state over another scope of the root.
+    pub(crate) fn with_handle(&self, handle: Handle) -> Pipeline {
+        Pipeline {
+            handle,
+            state: self.state.clone(),
+        }
+    }
+
+    /// The engine's handle.
+    pub(crate) fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    pub(crate) fn seed_early_refresh(&self, seed: u64) {
+        self.state.xrng.0.store(seed, Ordering::Relaxed);
     }
 
     fn flights(&self) -> Arc<Flights> {
-        self.root_state::<Flights>()
+        self.state.flights.clone()
     }
 
     // ---- the public entry points ------------------------------------------------------------
 
-    /// The value under `key`, or `compute()`'s, stored for `ttl` (`None`: default TTL).
-    ///
-    /// Never fails because of the cache: if the backend is down or the stored value does not
-    /// decode, the value is computed and returned (and the problem logged and counted).
-    /// Concurrent calls of one key in this process run `compute` once (single-flight).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let cache = cache_core::Cache::in_memory();
-    /// let v: u64 = cache.get_or_set("answer", None, || async { 42 }).await;
-    /// assert_eq!(v, 42);
-    /// let again: u64 = cache.get_or_set("answer", None, || async { unreachable!() }).await;
-    /// assert_eq!(again, 42);
-    /// # }
-    /// ```
-    pub async fn get_or_set<T, F, Fut>(
+    pub(crate) async fn get_or_set<T, F, Fut>(
         &self,
         key: &str,
         ttl: impl Into<Option<Duration>>,
@@ -151,21 +181,7 @@ impl Cache {
         .await
     }
 
-    /// As [`get_or_set`](Cache::get_or_set) for a fallible computation: `Ok` values are
-    /// stored, errors are returned and not stored.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// let cache = cache_core::Cache::in_memory();
-    /// let down = cache.try_get_or_set("rate", None, || async { Err::<u32, _>("upstream down") }).await;
-    /// assert_eq!(down, Err("upstream down"));
-    /// let rate = cache.try_get_or_set("rate", None, || async { Ok::<u32, &str>(42) }).await;
-    /// assert_eq!(rate, Ok(42)); // computed: the error was not stored
-    /// let again = cache.try_get_or_set("rate", None, || async { Err::<u32, _>("not called") }).await;
-    /// assert_eq!(again, Ok(42));
-    /// # }
-    /// ```
-    pub async fn try_get_or_set<T, E, F, Fut>(
+    pub(crate) async fn try_get_or_set<T, E, F, Fut>(
         &self,
         key: &str,
         ttl: impl Into<Option<Duration>>,
@@ -189,26 +205,7 @@ impl Cache {
         .await
     }
 
-    /// [`get_or_set`](Cache::get_or_set) with [`ComputeOptions`]: stale-while-revalidate and
-    /// fail-safe, a soft timeout, early refresh, the distributed fill lock.
-    ///
-    /// The computation must be `Send + 'static` (clone into it what it needs, as for
-    /// `tokio::spawn`): a refresh behind a stale value, or past the soft timeout, finishes in
-    /// a task of its own and stores its result. A hard timeout needs an error to return, so
-    /// it is [`try_get_or_set_with`](Cache::try_get_or_set_with)'s only (a compile error
-    /// here).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// use std::time::Duration;
-    /// use cache_core::{Cache, ComputeOptions};
-    /// let cache = Cache::in_memory();
-    /// let options = ComputeOptions::new().ttl(Duration::from_secs(60)).stale(Duration::from_secs(3600));
-    /// let price: u32 = cache.get_or_set_with("price:7", &options, || async { 42 }).await;
-    /// assert_eq!(price, 42);
-    /// # }
-    /// ```
-    pub async fn get_or_set_with<T, F, Fut>(
+    pub(crate) async fn get_or_set_with<T, F, Fut>(
         &self,
         key: &str,
         options: &ComputeOptions,
@@ -231,23 +228,7 @@ impl Cache {
         .await
     }
 
-    /// [`try_get_or_set`](Cache::try_get_or_set) with [`ComputeOptions`]; the failure of a
-    /// refresh behind a stale value serves the stale value (fail-safe) instead of the `Err`.
-    /// With a [`hard_timeout`](ComputeOptions::hard_timeout), a computation that takes
-    /// longer returns `Err(E::from(Error::ComputeTimeout { .. }))` when there is no stale
-    /// value to serve.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// use std::time::Duration;
-    /// use cache_core::{Cache, ComputeOptions};
-    /// let cache = Cache::in_memory();
-    /// let options = ComputeOptions::new().ttl(Duration::from_secs(60)).stale(Duration::from_secs(3600));
-    /// let rate = cache.try_get_or_set_with("rate", &options, || async { Ok::<u32, String>(42) }).await;
-    /// assert_eq!(rate, Ok(42));
-    /// # }
-    /// ```
-    pub async fn try_get_or_set_with<T, E, F, Fut, H>(
+    pub(crate) async fn try_get_or_set_with<T, E, F, Fut, H>(
         &self,
         key: &str,
         options: &ComputeOptions<H>,
@@ -850,8 +831,7 @@ impl Cache {
         let refresh = beta > 0.0 && env.expires_at_ms != 0 && env.compute_us > 0 && {
             let delta_ms = f64::from(env.compute_us) / 1000.0 * beta;
             let left_ms = env.expires_at_ms.saturating_sub(now) as f64;
-            left_ms < delta_ms * MAX_NEG_LN
-                && delta_ms * -self.root_state::<XRng>().next().ln() >= left_ms
+            left_ms < delta_ms * MAX_NEG_LN && delta_ms * -self.state.xrng.next().ln() >= left_ms
         };
         Ok(Found::Fresh { value, refresh })
     }

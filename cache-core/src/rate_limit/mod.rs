@@ -42,7 +42,7 @@ use redis::Script;
 use crate::base::error::{Error, Result};
 use crate::base::key::{self, KeyBuf, KeyPart};
 use crate::base::stats::WarnThrottle;
-use crate::engine::Cache;
+use crate::engine::Handle;
 use crate::store::Backend;
 
 static SLIDING_LOG: LazyLock<Script> =
@@ -729,7 +729,7 @@ pub struct RateLimiter {
 }
 
 struct Inner {
-    cache: Cache,
+    cache: Handle,
     /// The configuration and its checked policy (or what is wrong with it).
     config: RwLock<(RateLimit, Compiled)>,
     clock: Arc<dyn Clock>,
@@ -747,24 +747,8 @@ impl fmt::Debug for RateLimiter {
     }
 }
 
-impl Cache {
-    /// A rate limiter whose state lives in this cache, under this handle's scope (namespace,
-    /// tenant). Limiters of the same name and algorithm in the same scope share their state,
-    /// so every instance of a service enforces one limit. A configuration out of range (limit,
-    /// window, burst, name) is an [`Error::Config`] at the first check.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// use std::time::Duration;
-    /// use cache_core::{Cache, RateLimit};
-    /// let cache = Cache::in_memory();
-    /// let limiter = cache.rate_limiter(RateLimit::sliding_log(100, Duration::from_secs(60)));
-    /// assert!(limiter.check("client-7").await?.allowed);
-    /// let acme = cache.tenant("acme").rate_limiter(RateLimit::sliding_log(100, Duration::from_secs(60)));
-    /// assert_eq!(acme.check("client-7").await?.remaining, 99); // another tenant, another count
-    /// # Ok(()) }
-    /// ```
-    pub fn rate_limiter(&self, config: RateLimit) -> RateLimiter {
+impl Handle {
+    pub(crate) fn rate_limiter(&self, config: RateLimit) -> RateLimiter {
         let compiled = config.compile().map_err(|e| match e {
             Error::Config { setting, reason } => (setting, reason),
             other => ("rate limit", other.to_string()),

@@ -38,7 +38,7 @@ use crate::base::codec;
 use crate::base::error::{Error, Result};
 use crate::base::key::{self, KeyBuf};
 use crate::base::limits;
-use crate::engine::Cache;
+use crate::engine::Handle;
 use crate::store::Backend;
 use crate::store::redis::RedisBackend;
 
@@ -140,24 +140,14 @@ pub use tower_store::TowerSessionStore;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Sessions {
-    cache: Cache,
+    cache: Handle,
     idle: Duration,
     max: Duration,
     step: Option<Duration>,
 }
 
-impl Cache {
-    /// The session store of this handle's scope (namespace and tenant); see [`Sessions`].
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::in_memory();
-    /// let id = cache.sessions().create(None, &"cart").await?;
-    /// assert!(cache.sessions().exists(&id).await?);
-    /// assert!(!cache.tenant("acme").sessions().exists(&id).await?); // another scope
-    /// # Ok(()) }
-    /// ```
-    pub fn sessions(&self) -> Sessions {
+impl Handle {
+    pub(crate) fn sessions(&self) -> Sessions {
         Sessions {
             cache: self.clone(),
             idle: Duration::from_secs(30 * 60),

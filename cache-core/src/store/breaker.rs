@@ -67,7 +67,7 @@ use crate::base::codec::{self, Meta};
 use crate::base::error::{Error, Result};
 use crate::base::settings::Config;
 use crate::base::stats::StatsSnapshot;
-use crate::engine::{Cache, Shared};
+use crate::engine::{Handle, Shared};
 use crate::pipeline::glue::Mode;
 use crate::store::Backend;
 use crate::store::memory::MemoryBackend;
@@ -638,7 +638,7 @@ pub(crate) fn attach(shared: &Arc<Shared>) {
 
 // ---- the cache's side ---------------------------------------------------------------------
 
-impl Cache {
+impl Handle {
     /// The circuit breaker of this cache's root; `None` on the memory backend.
     #[allow(dead_code)]
     pub(crate) fn breaker(&self) -> Option<&Breaker> {
