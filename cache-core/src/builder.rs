@@ -881,6 +881,40 @@ fn observe_from_env(b: &mut CacheBuilder, get: &dyn Fn(&str) -> Option<String>) 
     Ok(())
 }
 
+// The builder's entry points on the handle (here, so that the handle does not import its
+// builder).
+impl Cache {
+    /// A builder, starting from defaults (not from the environment: see
+    /// [`CacheBuilder::from_env`]).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder().namespace("billing").build()?;
+    /// assert_eq!(cache.key_prefix(), "billing:");
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> CacheBuilder {
+        CacheBuilder::new()
+    }
+
+    /// A cache configured from the environment (see [`CacheBuilder::from_env`]): Redis when
+    /// `REDIS_URL` (or `REDIS_HOST`) is set, the embedded backend otherwise, with a log line
+    /// saying which. Does not connect, so an unreachable Redis is not an error here.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// use cache_core::{Cache, Source};
+    /// let cache = Cache::from_env()?;
+    /// let given = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    /// let wants_redis = given("REDIS_URL") || given("REDIS_HOST");
+    /// assert_eq!(cache.backend() == Source::Redis, wants_redis);
+    /// # Ok(()) }
+    /// ```
+    pub fn from_env() -> Result<Cache> {
+        CacheBuilder::from_env()?.build()
+    }
+}
+
 fn set_tls_scheme(url: &str, tls: bool) -> String {
     match (
         tls,

@@ -16,15 +16,14 @@ use crate::base::key::KeyPart;
 use crate::base::observe::NamespaceStats;
 use crate::base::source::{Lookup, Source};
 use crate::base::stats::StatsSnapshot;
-use crate::builder::CacheBuilder;
 use crate::engine::Handle;
 use crate::health::Health;
 use crate::key_report::KeyReportBuilder;
 use crate::lock::Lock;
 use crate::pipeline::glue::CacheRef;
 use crate::pipeline::{ComputeOptions, HardTimeoutFor, Pipeline};
-use crate::rate_limit::{RateLimit, RateLimiter};
-use crate::session::Sessions;
+use crate::rate_limit::{MemoryLimits, RateLimit, RateLimiter};
+use crate::session::{MemSessions, Sessions};
 use crate::store::KeyTtl;
 use crate::warm::WarmBuilder;
 
@@ -52,9 +51,13 @@ pub struct Cache {
     capabilities: Arc<Capabilities>,
 }
 
-/// What the capabilities keep per cache root beside the engine's state.
+/// What the capabilities keep per cache root beside the engine's state: their state on the
+/// embedded backend.
 #[derive(Debug, Default)]
-struct Capabilities {}
+struct Capabilities {
+    limits: Arc<MemoryLimits>,
+    sessions: Arc<MemSessions>,
+}
 
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,36 +84,6 @@ impl Cache {
 
     fn handle(&self) -> &Handle {
         self.pipeline.handle()
-    }
-
-    /// A builder, starting from defaults (not from the environment: see
-    /// [`CacheBuilder::from_env`]).
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::builder().namespace("billing").build()?;
-    /// assert_eq!(cache.key_prefix(), "billing:");
-    /// # Ok(()) }
-    /// ```
-    pub fn builder() -> CacheBuilder {
-        CacheBuilder::new()
-    }
-
-    /// A cache configured from the environment (see [`CacheBuilder::from_env`]): Redis when
-    /// `REDIS_URL` (or `REDIS_HOST`) is set, the embedded backend otherwise, with a log line
-    /// saying which. Does not connect, so an unreachable Redis is not an error here.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), cache_core::Error> {
-    /// use cache_core::{Cache, Source};
-    /// let cache = Cache::from_env()?;
-    /// let given = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    /// let wants_redis = given("REDIS_URL") || given("REDIS_HOST");
-    /// assert_eq!(cache.backend() == Source::Redis, wants_redis);
-    /// # Ok(()) }
-    /// ```
-    pub fn from_env() -> Result<Cache> {
-        CacheBuilder::from_env()?.build()
     }
 
     /// The embedded in-memory backend with default settings (namespace `cache`, default TTL
@@ -929,7 +902,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn sessions(&self) -> Sessions {
-        self.handle().sessions()
+        Sessions::new(self.handle(), self.capabilities.sessions.clone())
     }
 
     /// A rate limiter whose state lives in this cache, under this handle's scope (namespace,
@@ -949,7 +922,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub fn rate_limiter(&self, config: RateLimit) -> RateLimiter {
-        self.handle().rate_limiter(config)
+        RateLimiter::new(self.handle(), self.capabilities.limits.clone(), config)
     }
 }
 

@@ -271,7 +271,7 @@ const MEMORY_NEARLY_FULL: f64 = 0.95;
 
 impl Handle {
     pub(crate) async fn health(&self) -> Health {
-        let bound = match &self.shared.backend {
+        let bound = match self.backend_ref() {
             Backend::Redis(r) => {
                 let (connect, command) = r.timeouts();
                 connect + command * 2
@@ -287,7 +287,7 @@ impl Handle {
         let mut h = Health {
             status: HealthStatus::Ok,
             mode: HealthMode::Memory,
-            namespace: self.shared.config.namespace.clone(),
+            namespace: self.config().namespace.clone(),
             ping_ms: None,
             checked_in_ms: 0.0,
             error: None,
@@ -302,13 +302,13 @@ impl Handle {
             stats,
             hit_ratio: stats.hit_ratio(),
         };
-        match &self.shared.backend {
+        match self.backend_ref() {
             Backend::Memory(m) => {
                 let (entries, used_bytes) = m.usage();
                 h.memory = Some(MemoryHealth {
                     entries,
                     used_bytes,
-                    capacity_bytes: self.shared.config.memory_capacity,
+                    capacity_bytes: self.config().memory_capacity,
                 });
             }
             Backend::Redis(r) => {
@@ -420,7 +420,7 @@ impl Handle {
 
     /// The report's figures as `metrics` gauges (feature `metrics`).
     fn health_gauges(&self, h: &Health) {
-        let name = &self.shared.config.namespace;
+        let name = &self.config().namespace;
         let set = |metric: &'static str, v: Option<f64>| {
             if let Some(v) = v {
                 crate::base::metrics::gauge_set(metric, name, v);

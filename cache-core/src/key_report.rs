@@ -131,7 +131,7 @@ impl<'a> KeyReportBuilder<'a> {
         let mut groups = Groups::default();
         let mut scanned = 0u64;
         let mut complete = true;
-        match &self.cache.shared.backend {
+        match self.cache.backend_ref() {
             Backend::Memory(m) => {
                 let limit = usize::try_from(self.max_keys.saturating_add(1)).unwrap_or(usize::MAX);
                 let mut keys = m.keys_with_prefix(&prefix, limit);

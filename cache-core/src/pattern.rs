@@ -18,13 +18,11 @@
 //! process are stopped from storing by an in-process log of recent patterns (and in other
 //! processes when the L1 invalidation feed delivers the pattern before they store).
 
-use std::collections::VecDeque;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::base::codec;
 use crate::base::error::{Error, Result};
+use crate::base::glob::glob_match;
 use crate::engine::Handle;
 use crate::store::Backend;
 use crate::store::redis::RedisBackend;
@@ -36,13 +34,13 @@ const SCAN_COUNT: u32 = 2000;
 impl Handle {
     pub(crate) async fn invalidate_pattern(&self, pattern: &str) -> Result<u64> {
         check_pattern(pattern)?;
-        let prefix = &self.scope.prefix;
+        let prefix = &self.key_prefix();
         let glob = full_glob(prefix, pattern);
-        let log = &self.shared.patterns;
+        let log = &self.pattern_log();
         // Recorded before the scan: a computation of a key the scan cannot see (it held
         // nothing yet) that stores after this returned is one the log stops.
-        log.record(&glob, self.shared.config.invalidation_hold);
-        let removed = match &self.shared.backend {
+        log.record(&glob, self.config().invalidation_hold);
+        let removed = match self.backend_ref() {
             // One scan per node holding keys: the server, or each cluster primary (`SCAN`
             // has no key to route by).
             Backend::Redis(redis) if redis.is_cluster() => {
@@ -66,9 +64,9 @@ impl Handle {
         let removed = match removed {
             Ok(removed) => removed,
             Err(e) => {
-                self.shared.stats.backend_error();
+                self.root_stats().backend_error();
                 tracing::warn!(pattern = %crate::base::key::shorten_for_display(&glob), error = %e, "invalidation by pattern failed");
-                if let Backend::Redis(redis) = &self.shared.backend {
+                if let Backend::Redis(redis) = self.backend_ref() {
                     // Not lost when Redis is out of reach: queued on the breaker's recovery
                     // queue and replayed (a full scan of every primary) before it closes, as
                     // deletes and tag bumps are. Keys already tombstoned stay so.
@@ -91,9 +89,9 @@ impl Handle {
         if keys.is_empty() {
             return Ok(());
         }
-        let hold = self.shared.config.invalidation_hold;
+        let hold = self.config().invalidation_hold;
         let tombstone = codec::tombstone();
-        let backend = &self.shared.backend;
+        let backend = self.backend_ref();
         let groups: Vec<Vec<String>> = match backend {
             Backend::Redis(redis) if redis.is_cluster() => crate::store::cluster::by_slot(&keys)
                 .into_iter()
@@ -420,145 +418,6 @@ fn is_reserved(rest: &str) -> bool {
             !mark.is_empty() && mark != "h" && mark.bytes().all(|b| b.is_ascii_lowercase())
         })
     })
-}
-
-/// Redis's glob matching (`stringmatchlen` in util.c), byte for byte: `*`, `?`, `[...]` with
-/// `^` and ranges, `\` escaping the next byte. Used where Redis does not match for us (the
-/// memory backend, the L1) and to check what a scan returned.
-pub(crate) fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    let (mut p, mut i) = (0usize, 0usize);
-    // Backtracking point of the last `*`: pattern position after it, and the next string
-    // position to try. Linear in practice; the classic iterative form of Redis's recursion.
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        if p < pattern.len() {
-            match pattern[p] {
-                b'*' => {
-                    while p < pattern.len() && pattern[p] == b'*' {
-                        p += 1;
-                    }
-                    if p == pattern.len() {
-                        return true;
-                    }
-                    star = Some((p, i));
-                    continue;
-                }
-                _ if i < s.len() => {
-                    if let Some(next) = match_one(pattern, p, s[i]) {
-                        p = next;
-                        i += 1;
-                        continue;
-                    }
-                }
-                _ => {}
-            }
-        } else if i == s.len() {
-            return true;
-        }
-        // Mismatch: let the last `*` swallow one more byte, if there is one.
-        match star {
-            Some((sp, si)) if si < s.len() => {
-                star = Some((sp, si + 1));
-                p = sp;
-                i = si + 1;
-            }
-            _ => return false,
-        }
-    }
-}
-
-/// Matches one pattern element at `p` (not `*`) against byte `c`; the position after the
-/// element if it matches.
-fn match_one(pattern: &[u8], mut p: usize, c: u8) -> Option<usize> {
-    match pattern[p] {
-        b'?' => Some(p + 1),
-        b'[' => {
-            p += 1;
-            let not = pattern.get(p) == Some(&b'^');
-            if not {
-                p += 1;
-            }
-            let mut matched = false;
-            loop {
-                match pattern.get(p) {
-                    // An unclosed class ends at the end of the pattern, as in Redis.
-                    None => {
-                        p -= 1;
-                        break;
-                    }
-                    Some(b'\\') if p + 1 < pattern.len() => {
-                        p += 1;
-                        if pattern[p] == c {
-                            matched = true;
-                        }
-                    }
-                    Some(b']') => break,
-                    Some(&lo) if pattern.get(p + 1) == Some(&b'-') && p + 2 < pattern.len() => {
-                        let hi = pattern[p + 2];
-                        let (lo, hi) = if lo > hi { (hi, lo) } else { (lo, hi) };
-                        p += 2;
-                        if c >= lo && c <= hi {
-                            matched = true;
-                        }
-                    }
-                    Some(&b) => {
-                        if b == c {
-                            matched = true;
-                        }
-                    }
-                }
-                p += 1;
-            }
-            (matched != not).then_some(p + 1)
-        }
-        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
-        b => (b == c).then_some(p + 1),
-    }
-}
-
-/// Patterns invalidated recently in this process (or heard of through the L1 feed), so a
-/// computation of a key that held nothing when the scan passed does not store after the
-/// invalidation returned.
-#[derive(Default)]
-pub(crate) struct PatternLog {
-    /// Bumped with every pattern recorded; a computation notes it before it starts.
-    epoch: AtomicU64,
-    recent: Mutex<VecDeque<(u64, Instant, String)>>,
-}
-
-impl PatternLog {
-    pub(crate) fn record(&self, glob: &str, hold: Duration) {
-        let now = Instant::now();
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        while recent.front().is_some_and(|(_, until, _)| *until <= now) {
-            recent.pop_front();
-        }
-        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
-        recent.push_back((epoch, now + hold, glob.to_owned()));
-    }
-
-    fn superseded(&self, full_key: &str, since: u64) -> bool {
-        if self.epoch.load(Ordering::SeqCst) == since {
-            return false;
-        }
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.iter().any(|(epoch, _, glob)| {
-            *epoch > since && glob_match(glob.as_bytes(), full_key.as_bytes())
-        })
-    }
-}
-
-impl Handle {
-    /// Noted by a computation before it reads: see [`Cache::pattern_superseded`].
-    pub(crate) fn pattern_mark(&self) -> u64 {
-        self.shared.patterns.epoch.load(Ordering::SeqCst)
-    }
-
-    /// True if a pattern invalidated since `mark` matches `full_key`: the computation's
-    /// result must not be stored.
-    pub(crate) fn pattern_superseded(&self, full_key: &str, mark: u64) -> bool {
-        self.shared.patterns.superseded(full_key, mark)
-    }
 }
 
 #[cfg(test)]

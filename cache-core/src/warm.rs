@@ -304,7 +304,7 @@ where
         summary.elapsed = started.elapsed();
         if summary.errors > 0 || summary.cancelled {
             tracing::info!(
-                namespace = &*cache.scope.stats.name,
+                namespace = &*cache.ns_stats().name,
                 total,
                 loaded = summary.loaded,
                 errors = summary.errors,

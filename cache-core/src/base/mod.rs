@@ -5,6 +5,7 @@ pub(crate) mod advisor;
 pub(crate) mod codec;
 pub(crate) mod crypto;
 pub(crate) mod error;
+pub(crate) mod glob;
 pub(crate) mod key;
 pub(crate) mod limits;
 pub(crate) mod metrics;

@@ -245,7 +245,7 @@ impl Local {
         let doomed: Vec<Arc<String>> = self
             .entries
             .iter()
-            .filter(|(k, _)| crate::pattern::glob_match(glob.as_bytes(), k.as_bytes()))
+            .filter(|(k, _)| crate::base::glob::glob_match(glob.as_bytes(), k.as_bytes()))
             .map(|(k, _)| k)
             .collect();
         for key in doomed {
@@ -598,48 +598,4 @@ fn receive(shared: &Shared, payload: &[u8]) {
     // Counted once applied: whoever sees the count (a test, a dashboard) may rely on the L1
     // no longer serving what the message invalidated.
     shared.stats.local_invalidation();
-}
-
-// ---- the get-or-compute read (compute.rs) ---------------------------------------------------
-
-impl Handle {
-    /// The L1 step of a get-or-compute read: the value, or the L1 and the mark to fill it
-    /// with after the backend read.
-    pub(crate) fn local_begin<O, M: crate::pipeline::glue::Mode<O>>(
-        &self,
-        full: &str,
-        mode: &M,
-    ) -> Result<M::Stored, (Option<&Local>, Option<Mark>)> {
-        let Some(local) = self.local().filter(|_| mode.use_local()) else {
-            return Err((None, None));
-        };
-        let fingerprint = codec::fingerprint::<M::Stored>();
-        let keep = |v: &M::Stored| {
-            let copy = mode.local_clone(v)?;
-            Some(Arc::new(copy) as Arc<dyn Any + Send + Sync>)
-        };
-        match self.local_read::<M::Stored>(local, full, fingerprint, |v| mode.local_clone(v), keep)
-        {
-            Ok(Lookup::Hit { value, .. }) => Ok(value),
-            Ok(Lookup::Miss) => Err((None, None)),
-            Err(mark) => Err((Some(local), Some(mark))),
-        }
-    }
-
-    /// Keeps a get-or-compute hit in the L1 (decoded, when the mode can clone it).
-    pub(crate) fn local_fill_from<O, M: crate::pipeline::glue::Mode<O>>(
-        &self,
-        local: Option<&Local>,
-        mark: Option<Mark>,
-        full: &str,
-        bytes: Option<&Bytes>,
-        mode: &M,
-        value: &M::Stored,
-    ) {
-        if let (Some(local), Some(mark)) = (local, mark) {
-            let fingerprint = codec::fingerprint::<M::Stored>();
-            let decoded = mode.local_clone(value).map(|v| (fingerprint, v));
-            self.local_fill(local, full, bytes, mark, decoded);
-        }
-    }
 }

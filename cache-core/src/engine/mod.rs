@@ -1,8 +1,10 @@
 //! The `Cache` handle: typed operations over a backend, scoped by namespace and tenant.
 
 pub(crate) mod crypto;
+pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod observe;
+pub(crate) mod patterns;
 pub(crate) mod tags;
 
 use std::sync::Arc;
@@ -20,38 +22,40 @@ use crate::base::observe::{MissReason, Operation, Outcome};
 use crate::base::settings::{Config, Target};
 pub use crate::base::source::{Lookup, Source};
 use crate::base::stats::{Stats, StatsSnapshot, WarnThrottle};
+use crate::store::breaker::Breaker;
 use crate::store::memory::MemoryBackend;
 use crate::store::redis::RedisBackend;
 use crate::store::{Backend, KeyTtl};
 
 pub(crate) struct Shared {
-    pub(crate) backend: Backend,
-    pub(crate) config: Config,
-    pub(crate) stats: Stats,
+    backend: Backend,
+    config: Config,
+    stats: Stats,
     /// Backend failures are logged at most once a second (with how many were held back).
     warnings: WarnThrottle,
-    /// Per-root state of capabilities built on top of the backend (lock waiters, in-memory
-    /// limiter windows, ...), one value per type; see [`Cache::root_state`].
-    /// Patterns invalidated recently (pattern.rs).
-    pub(crate) patterns: crate::pattern::PatternLog,
+    /// Patterns invalidated recently (patterns.rs).
+    patterns: patterns::PatternLog,
     /// The L1 near cache, when configured on a Redis backend (local.rs).
-    pub(crate) local: Option<Arc<crate::engine::local::Local>>,
-    extensions: std::sync::Mutex<
-        std::collections::HashMap<std::any::TypeId, Arc<dyn std::any::Any + Send + Sync>>,
-    >,
+    local: Option<Arc<crate::engine::local::Local>>,
+    /// Lease owners, embedded locks and lock wake-ups (lease.rs).
+    leases: lease::Leases,
+    /// The first-level namespaces' statistics (observe.rs).
+    namespaces: crate::base::observe::Namespaces,
+    /// Slow operations are logged at most once a second (observe.rs).
+    slow_log: WarnThrottle,
 }
 
 /// Everything a handle adds to keys: `root:[namespace:...][@tenant:]`.
 #[derive(Debug, Clone)]
 pub(crate) struct Scope {
-    pub(crate) prefix: String,
-    pub(crate) default_ttl: Option<Duration>,
+    prefix: String,
+    default_ttl: Option<Duration>,
     /// The keys values are encrypted with (crypto.rs); inherited by scopes made from this one.
-    pub(crate) encryption: Option<Arc<crate::base::crypto::Keyring>>,
+    encryption: Option<Arc<crate::base::crypto::Keyring>>,
     /// The statistics of the first-level namespace this handle counts under (observe.rs).
-    pub(crate) stats: Arc<crate::base::observe::NsStats>,
+    stats: Arc<crate::base::observe::NsStats>,
     /// Whether reads through this scope use the L1 (local.rs; on unless opted out).
-    pub(crate) local: bool,
+    local: bool,
 }
 
 /// The engine's handle on a cache root: its state and the scope (namespace, tenant, default
@@ -60,8 +64,8 @@ pub(crate) struct Scope {
 #[doc(hidden)] // public only because the hidden `Pipeline` derefs to it; not nameable outside
 #[derive(Clone)]
 pub struct Handle {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) scope: Arc<Scope>,
+    shared: Arc<Shared>,
+    scope: Arc<Scope>,
 }
 
 impl std::fmt::Debug for Handle {
@@ -116,9 +120,10 @@ impl Handle {
             warnings: WarnThrottle::default(),
             patterns: Default::default(),
             local,
-            extensions: Default::default(),
+            leases: Default::default(),
+            namespaces: Default::default(),
+            slow_log: Default::default(),
         });
-        crate::store::breaker::attach(&shared);
         let cache = Handle {
             shared,
             scope: Arc::new(scope),
@@ -692,28 +697,33 @@ impl Handle {
         Ok(())
     }
 
+    /// The root's counters.
+    pub(crate) fn root_stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// The root's settings.
+    pub(crate) fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The counters of the namespace this handle counts under.
+    pub(crate) fn ns_stats(&self) -> &crate::base::observe::NsStats {
+        &self.scope.stats
+    }
+
+    /// The log of recent pattern invalidations (patterns.rs).
+    pub(crate) fn pattern_log(&self) -> &patterns::PatternLog {
+        &self.shared.patterns
+    }
+
     pub(crate) fn backend_ref(&self) -> &Backend {
         &self.shared.backend
     }
 
-    /// The one `T` of this cache root (shared by clones and scoped handles), made on first
-    /// use: where a capability keeps its per-root state without a field in [`Shared`].
-    #[allow(dead_code)] // the capability modules of the next issues use it
-    pub(crate) fn root_state<T: Default + Send + Sync + 'static>(&self) -> Arc<T> {
-        let mut map = match self.shared.extensions.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let entry = map
-            .entry(std::any::TypeId::of::<T>())
-            .or_insert_with(|| Arc::new(T::default()) as Arc<dyn std::any::Any + Send + Sync>)
-            .clone();
-        drop(map);
-        match entry.downcast::<T>() {
-            Ok(state) => state,
-            // The map is keyed by the type id, so the downcast cannot fail.
-            Err(_) => unreachable!("root_state entry of another type"),
-        }
+    /// The lease primitives of this root (lease.rs).
+    pub(crate) fn leases(&self) -> &lease::Leases {
+        &self.shared.leases
     }
 }
 
@@ -727,4 +737,23 @@ pub(crate) enum WriteIf {
     /// nor if a pattern invalidated after the read matches the key (the
     /// [`pattern_mark`](Cache::pattern_mark) taken before it).
     Unchanged(Option<Bytes>, u64),
+}
+
+// ---- the Redis backend's circuit breaker, for the layers above -------------------------------
+
+impl Handle {
+    /// The circuit breaker of this cache's root; `None` on the memory backend.
+    pub(crate) fn breaker(&self) -> Option<&Breaker> {
+        match &self.shared.backend {
+            Backend::Redis(redis) => Some(redis.breaker()),
+            Backend::Memory(_) => None,
+        }
+    }
+
+    /// Adds the breaker's counters to a snapshot.
+    pub(crate) fn add_breaker_stats(&self, s: &mut StatsSnapshot) {
+        if let Backend::Redis(redis) = &self.shared.backend {
+            redis.breaker().add_stats(s);
+        }
+    }
 }

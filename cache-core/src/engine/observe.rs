@@ -6,15 +6,14 @@ use std::time::{Duration, Instant};
 
 use crate::base::error::Result;
 use crate::base::observe::{
-    Kind, MAX_NAMESPACES, MissReason, NamespaceStats, Namespaces, NsStats, Operation, Outcome,
+    Kind, MAX_NAMESPACES, MissReason, NamespaceStats, NsStats, Operation, Outcome,
 };
 use crate::base::source::{Lookup, Source};
-use crate::base::stats::WarnThrottle;
 use crate::engine::Handle;
 
 /// Registers a root's own statistics (called once, when the root is built).
 pub(crate) fn register_root(cache: &Handle) {
-    let namespaces = cache.root_state::<Namespaces>();
+    let namespaces = &cache.shared.namespaces;
     let mut list = namespaces.lock();
     if list.is_empty() {
         list.push(cache.scope.stats.clone());
@@ -24,7 +23,7 @@ pub(crate) fn register_root(cache: &Handle) {
 /// The statistics a handle for namespace `escaped` made from `parent` counts under: its own
 /// first-level entry if `parent` counts under the root, else the parent's.
 pub(crate) fn namespace_stats(parent: &Handle, escaped: &str) -> Arc<NsStats> {
-    let namespaces = parent.root_state::<Namespaces>();
+    let namespaces = &parent.shared.namespaces;
     let mut list = namespaces.lock();
     let Some(root) = list.first().cloned() else {
         return parent.scope.stats.clone();
@@ -54,7 +53,7 @@ pub(crate) fn namespace_stats(parent: &Handle, escaped: &str) -> Arc<NsStats> {
 
 impl Handle {
     pub(crate) fn namespace_stats(&self) -> Vec<NamespaceStats> {
-        let namespaces = self.root_state::<Namespaces>();
+        let namespaces = &self.shared.namespaces;
         let list = namespaces.lock().clone();
         list.iter().map(|s| s.snapshot()).collect()
     }
@@ -197,11 +196,6 @@ impl Drop for Op<'_> {
     }
 }
 
-/// Slow operations are logged at most once a second per cache root, with how many were held
-/// back.
-#[derive(Debug, Default)]
-struct SlowLog(WarnThrottle);
-
 fn slow_check(cache: &Handle, operation: &'static str, took: Duration) {
     let Some(threshold) = cache.shared.config.slow_op else {
         return;
@@ -209,8 +203,7 @@ fn slow_check(cache: &Handle, operation: &'static str, took: Duration) {
     if took < threshold {
         return;
     }
-    let log = cache.root_state::<SlowLog>();
-    if let Some(held) = log.0.admit(crate::base::codec::now_ms()) {
+    if let Some(held) = cache.shared.slow_log.admit(crate::base::codec::now_ms()) {
         tracing::warn!(
             namespace = &*cache.scope.stats.name,
             operation,

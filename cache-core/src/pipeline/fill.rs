@@ -183,8 +183,8 @@ impl Fill {
             }
             failed => {
                 if fallback.is_some() && self.stale_seen.is_some() {
-                    self.cache.shared.stats.stale_served();
-                    self.cache.scope.stats.stale_serve(); // ops
+                    self.cache.root_stats().stale_served();
+                    self.cache.ns_stats().stale_serve(); // ops
                 }
                 // Releases the fill lock, extends the stale value's life if there is one,
                 // and lands the flight as failed, so that a waiter takes over.
@@ -226,7 +226,7 @@ impl Fill {
 
     pub(super) fn encode<O, M: Mode<O>>(&self, mode: &M, out: &O) -> Option<(Bytes, bool)> {
         let took = self.started.elapsed();
-        self.cache.scope.stats.computed(took); // ops: compute latency
+        self.cache.ns_stats().computed(took); // ops: compute latency
         let compute_us = took.as_micros().min(u32::MAX as u128) as u32;
         let value = mode.shared(out)?;
         let no_tags = Vec::new();

@@ -21,7 +21,7 @@ use redis::Script;
 
 use super::Policy;
 use crate::base::codec;
-use crate::lock::ReleaseWatch;
+use crate::engine::lease::ReleaseWatch;
 use crate::pipeline::Pipeline;
 use crate::store::Backend;
 
@@ -73,10 +73,10 @@ pub(crate) async fn acquire(
     let Backend::Redis(redis) = cache.backend_ref() else {
         return Acquired::Held(Guard { held: None });
     };
-    let prefix = &cache.scope.prefix;
+    let prefix = cache.key_prefix();
     let lock_key = format!(
         "{prefix}~fill:{}",
-        full.strip_prefix(prefix.as_str()).unwrap_or(full)
+        full.strip_prefix(prefix).unwrap_or(full)
     );
     let owner = owner_token();
     let lease = crate::base::limits::millis(policy.lock_lease);

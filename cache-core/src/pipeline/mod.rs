@@ -42,10 +42,12 @@ use crate::engine::{Handle, Lookup, WriteIf};
 use crate::pipeline::glue::Mode;
 use tracing::Instrument; // ops
 
+pub(crate) mod fallback;
 mod fill;
 pub(crate) mod fill_lock;
 mod flight;
 pub(crate) mod glue;
+mod local;
 mod options;
 
 pub(crate) use fill::Fill;
@@ -287,8 +289,8 @@ impl Pipeline {
             }
             Err(e) => {
                 tracing::warn!(function, error = %e, "unusable key, computing without the cache");
-                self.shared.stats.compute();
-                self.scope.stats.compute(); // ops
+                self.root_stats().compute();
+                self.ns_stats().compute(); // ops
                 compute().await
             }
         }
@@ -352,7 +354,7 @@ impl Pipeline {
         let epoch = landings();
         let mut known = None;
         let mut stale = None;
-        let read = self.shared.backend.get_with_versions(&full, tag_keys).await;
+        let read = self.backend_ref().get_with_versions(&full, tag_keys).await;
         op.read_done(); // ops: read latency
         match read {
             Ok((bytes, versions)) if policy.reads_plainly() => {
@@ -390,7 +392,7 @@ impl Pipeline {
                         value,
                         refresh: false,
                     }) => {
-                        op.hit(self.shared.backend.kind()); // ops
+                        op.hit(self.backend_ref().kind()); // ops
                         self.local_fill_from(
                             local,
                             local_mark,
@@ -406,7 +408,7 @@ impl Pipeline {
                         value,
                         refresh: true,
                     }) => {
-                        op.hit(self.shared.backend.kind()); // ops
+                        op.hit(self.backend_ref().kind()); // ops
                         let fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
                         return Box::pin(self.refresh_early(
                             fill,
@@ -491,7 +493,7 @@ impl Pipeline {
                     None => break,
                 },
                 Joined::Wait(rx) => {
-                    self.shared.stats.flight_wait();
+                    self.root_stats().flight_wait();
                     match wait(rx, None).await {
                         Waited::Value(bytes) => {
                             match decode_shared::<M::Stored>(self, full, &bytes) {
@@ -572,18 +574,18 @@ impl Pipeline {
                     }
                     Joined::Landed(bytes) => {
                         if let Some(value) = decode_shared::<M::Stored>(self, &full, &bytes) {
-                            self.shared.stats.flight_wait();
+                            self.root_stats().flight_wait();
                             return mode.restore(value);
                         }
                         break;
                     }
                     Joined::Wait(rx) => {
                         if let Some(value) = stale {
-                            self.shared.stats.stale_served();
-                            self.scope.stats.stale_serve(); // ops
+                            self.root_stats().stale_served();
+                            self.ns_stats().stale_serve(); // ops
                             return mode.restore(value);
                         }
-                        self.shared.stats.flight_wait();
+                        self.root_stats().flight_wait();
                         let bound = policy.hard_timeout.filter(|_| M::TIMES_OUT);
                         match wait(rx, bound).await {
                             Waited::Value(bytes) => {
@@ -613,14 +615,14 @@ impl Pipeline {
                 fill_lock::Acquired::Held(guard) => fill.fill_lock = Some(guard),
                 fill_lock::Acquired::Stale => {
                     if let Some(value) = stale {
-                        self.shared.stats.stale_served();
-                        self.scope.stats.stale_serve(); // ops
+                        self.root_stats().stale_served();
+                        self.ns_stats().stale_serve(); // ops
                         return mode.restore(value);
                     }
                 }
                 fill_lock::Acquired::Arrived => {
                     // Another process stored the value: read it as a waiter would.
-                    if let Ok(Some(bytes)) = self.shared.backend.get(&full).await
+                    if let Ok(Some(bytes)) = self.backend_ref().get(&full).await
                         && let Ok(Lookup::Hit { value, .. }) = self
                             .decode_hit::<M::Stored>(
                                 &full,
@@ -630,14 +632,14 @@ impl Pipeline {
                             )
                             .await
                     {
-                        self.shared.stats.flight_wait();
+                        self.root_stats().flight_wait();
                         if let Some(leader) = fill.leader.take() {
                             leader.land(Some(bytes));
                         }
                         return mode.restore(value);
                     }
                 }
-                fill_lock::Acquired::TimedOut => self.shared.stats.lock_timeout(),
+                fill_lock::Acquired::TimedOut => self.root_stats().lock_timeout(),
             }
         }
 
@@ -655,8 +657,8 @@ impl Pipeline {
         }
 
         // 6. compute
-        self.shared.stats.compute();
-        self.scope.stats.compute(); // ops
+        self.root_stats().compute();
+        self.ns_stats().compute(); // ops
         let mut job = Job {
             fut: Caught(Box::pin(compute)),
             fill,
@@ -678,10 +680,10 @@ impl Pipeline {
                 match within(bound, &mut job.fut).await {
                     Some(out) => job.fill.settle(job.mode, out, Some(stale)).await,
                     None => {
-                        self.shared.stats.stale_served();
-                        self.scope.stats.stale_serve(); // ops
+                        self.root_stats().stale_served();
+                        self.ns_stats().stale_serve(); // ops
                         match detach.detach(job) {
-                            None => self.shared.stats.background_refresh(),
+                            None => self.root_stats().background_refresh(),
                             Some(job) => {
                                 let Job { fut, fill, .. } = job;
                                 drop(fut);
@@ -699,7 +701,7 @@ impl Pipeline {
                     None => {
                         let error = job.fill.timeout_error();
                         if detach.detach(job).is_none() {
-                            self.shared.stats.background_refresh();
+                            self.root_stats().background_refresh();
                         }
                         match mode.timed_out(error) {
                             Some(out) => out,
@@ -741,9 +743,9 @@ impl Pipeline {
             .await
             .ok();
         fill.condition = WriteIf::Unchanged(bytes, self.pattern_mark()); // pattern.rs
-        self.shared.stats.compute();
-        self.scope.stats.compute(); // ops
-        self.shared.stats.background_refresh();
+        self.root_stats().compute();
+        self.ns_stats().compute(); // ops
+        self.root_stats().background_refresh();
         let job = Job {
             fut: Caught(Box::pin(compute)),
             fill,
@@ -771,7 +773,7 @@ impl Pipeline {
         versions: &[Option<u64>],
         policy: &Policy,
     ) -> crate::base::error::Result<Found<S>> {
-        let stats = &self.shared.stats;
+        let stats = &self.root_stats();
         let Some(bytes) = bytes.filter(|b| !codec::is_tombstone(b)) else {
             self.count_miss(MissReason::Absent); // ops
             stats.miss();
@@ -825,7 +827,7 @@ impl Pipeline {
             stats.miss();
             return Ok(Found::Stale(value));
         }
-        self.scope.stats.hit(); // ops
+        self.ns_stats().hit(); // ops
         stats.hit();
         let beta = policy.early_refresh_beta;
         let refresh = beta > 0.0 && env.expires_at_ms != 0 && env.compute_us > 0 && {
@@ -839,7 +841,7 @@ impl Pipeline {
     /// Rendered tags turned into their version keys, in their own buffers.
     fn version_keys_in_place<'t>(&self, tags: &'t mut [String]) -> &'t [String] {
         for tag in tags.iter_mut() {
-            tags::into_version_key(&self.scope.prefix, tag);
+            tags::into_version_key(&self.key_prefix(), tag);
         }
         tags
     }
@@ -868,8 +870,8 @@ impl Pipeline {
             .await
             .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
             .ok();
-        self.shared.stats.compute();
-        self.scope.stats.compute(); // ops
+        self.root_stats().compute();
+        self.ns_stats().compute(); // ops
         let out = compute.await;
         fill.record(&mode, &out).await;
         out

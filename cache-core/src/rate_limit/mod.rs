@@ -635,10 +635,10 @@ enum MemState {
     Gcra(Option<u64>),
 }
 
-/// The limiters' state of a memory cache root (see `Cache::root_state`), by full key, each
+/// The limiters' state of a memory cache root (the front door keeps one per root), by full key, each
 /// with its expiry (microseconds of the writer's clock).
 #[derive(Debug, Default)]
-struct MemoryLimits {
+pub(crate) struct MemoryLimits {
     states: Mutex<HashMap<String, (MemState, u64)>>,
     /// Size of the map after the last sweep of expired entries.
     swept_at_len: AtomicU64,
@@ -730,6 +730,8 @@ pub struct RateLimiter {
 
 struct Inner {
     cache: Handle,
+    /// The root's limiter state on the embedded backend.
+    memory: Arc<MemoryLimits>,
     /// The configuration and its checked policy (or what is wrong with it).
     config: RwLock<(RateLimit, Compiled)>,
     clock: Arc<dyn Clock>,
@@ -747,15 +749,17 @@ impl fmt::Debug for RateLimiter {
     }
 }
 
-impl Handle {
-    pub(crate) fn rate_limiter(&self, config: RateLimit) -> RateLimiter {
+impl RateLimiter {
+    /// A limiter of `config` on `cache`'s scope; `memory` is the root's state on the embedded
+    /// backend.
+    pub(crate) fn new(cache: &Handle, memory: Arc<MemoryLimits>, config: RateLimit) -> RateLimiter {
         let compiled = config.compile().map_err(|e| match e {
             Error::Config { setting, reason } => (setting, reason),
             other => ("rate limit", other.to_string()),
         });
         let key_prefix = format!(
             "{}~rl:{}:{}:",
-            self.scope.prefix,
+            cache.key_prefix(),
             config.algorithm.tag(),
             key::escape(&config.name)
         );
@@ -765,7 +769,8 @@ impl Handle {
             .unwrap_or_else(|| Arc::new(SystemClock));
         RateLimiter {
             inner: Arc::new(Inner {
-                cache: self.clone(),
+                cache: cache.clone(),
+                memory,
                 config: RwLock::new((config, compiled)),
                 clock,
                 key_prefix,
@@ -847,7 +852,7 @@ impl RateLimiter {
     }
 
     async fn reset_key(&self, key: String) -> Result<bool> {
-        match &self.inner.cache.shared.backend {
+        match &self.inner.cache.backend_ref() {
             Backend::Redis(redis) => {
                 let mut cmd = redis::cmd("UNLINK");
                 cmd.arg(&key);
@@ -966,7 +971,7 @@ impl RateLimiter {
     }
 
     fn memory(&self) -> Arc<MemoryLimits> {
-        self.inner.cache.root_state::<MemoryLimits>()
+        self.inner.memory.clone()
     }
 
     async fn decide(&self, key: String, cost: u64, consume: bool) -> Result<Decision> {
@@ -977,7 +982,7 @@ impl RateLimiter {
                 limit: policy.capacity,
             });
         }
-        match &self.inner.cache.shared.backend {
+        match &self.inner.cache.backend_ref() {
             Backend::Memory(_) => {
                 let outcome =
                     self.memory()
@@ -1031,7 +1036,7 @@ impl RateLimiter {
         on_unavailable: OnUnavailable,
         e: Error,
     ) -> Result<Decision> {
-        self.inner.cache.shared.stats.backend_error();
+        self.inner.cache.root_stats().backend_error();
         if let Some(held) = self.inner.warnings.admit(crate::base::codec::now_ms()) {
             tracing::warn!(limiter = %self.inner.key_prefix, policy = ?on_unavailable, error = %e, held_back = held, "rate limiter: redis unavailable");
         }

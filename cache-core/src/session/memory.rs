@@ -15,6 +15,13 @@ pub(crate) struct MemSessions {
     state: Mutex<MemState>,
 }
 
+// Holds session data: its `Debug` shows nothing of it.
+impl std::fmt::Debug for MemSessions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemSessions").finish_non_exhaustive()
+    }
+}
+
 impl Default for MemSessions {
     fn default() -> Self {
         MemSessions {

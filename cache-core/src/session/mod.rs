@@ -141,15 +141,19 @@ pub use tower_store::TowerSessionStore;
 #[derive(Clone, Debug)]
 pub struct Sessions {
     cache: Handle,
+    /// The root's sessions on the embedded backend.
+    memory: std::sync::Arc<MemSessions>,
     idle: Duration,
     max: Duration,
     step: Option<Duration>,
 }
 
-impl Handle {
-    pub(crate) fn sessions(&self) -> Sessions {
+impl Sessions {
+    /// The sessions of `cache`'s scope; `memory` is the root's store on the embedded backend.
+    pub(crate) fn new(cache: &Handle, memory: std::sync::Arc<MemSessions>) -> Sessions {
         Sessions {
-            cache: self.clone(),
+            cache: cache.clone(),
+            memory,
             idle: Duration::from_secs(30 * 60),
             max: Duration::from_secs(24 * 3600),
             step: None,
@@ -246,7 +250,7 @@ impl Sessions {
     }
 
     fn record_key(&self, id: &SessionId) -> String {
-        let prefix = &self.cache.scope.prefix;
+        let prefix = &self.cache.key_prefix();
         let mut k = String::with_capacity(prefix.len() + 9 + ID_LEN);
         k.push_str(prefix);
         k.push_str("~session:");
@@ -262,7 +266,7 @@ impl Sessions {
         part.part(user);
         Ok(format!(
             "{}~session-user:{}",
-            self.cache.scope.prefix,
+            self.cache.key_prefix(),
             part.as_str()
         ))
     }
@@ -271,7 +275,7 @@ impl Sessions {
         serde_json::to_vec(data).map_err(|source| Error::Encode {
             key: match id {
                 Some(id) => key::shorten_for_display(&self.record_key(id)),
-                None => format!("{}~session:<new>", self.cache.scope.prefix),
+                None => format!("{}~session:<new>", self.cache.key_prefix()),
             },
             source,
         })
@@ -328,14 +332,14 @@ impl Sessions {
     }
 
     fn redis(&self) -> Option<&RedisBackend> {
-        match &self.cache.shared.backend {
+        match self.cache.backend_ref() {
             Backend::Redis(r) => Some(r),
             Backend::Memory(_) => None,
         }
     }
 
     fn memory(&self) -> std::sync::Arc<MemSessions> {
-        self.cache.root_state::<MemSessions>()
+        self.memory.clone()
     }
 
     /// Starts a session holding `data`, for `user` if given (listed by

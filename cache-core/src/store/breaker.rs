@@ -55,21 +55,16 @@
 //!   [`Cache::put_in_fallback`]: called from a few marked lines of `compute.rs`.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::watch;
 
-use crate::base::codec::{self, Meta};
+use crate::base::codec;
 use crate::base::error::{Error, Result};
 use crate::base::settings::Config;
 use crate::base::stats::StatsSnapshot;
-use crate::engine::{Handle, Shared};
-use crate::pipeline::glue::Mode;
-use crate::store::Backend;
 use crate::store::memory::MemoryBackend;
 use crate::store::redis::RedisBackend;
 
@@ -181,8 +176,9 @@ pub(crate) struct Breaker {
     status: watch::Sender<BreakerStatus>,
     /// The recovery task runs (at most one).
     recovering: AtomicBool,
-    /// The root's shared state, for the background tasks; set once the root is built.
-    home: OnceLock<Weak<Shared>>,
+    /// The backend that owns this breaker, for its recovery task (a `Weak`, so that the task
+    /// ends when the backend is dropped).
+    home: Weak<RedisBackend>,
     fallback: RwLock<Option<Arc<MemoryBackend>>>,
     queue: Mutex<Queue>,
     queued: AtomicUsize,
@@ -206,7 +202,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Breaker {
-    pub(crate) fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config, home: Weak<RedisBackend>) -> Self {
         Breaker {
             state: AtomicU8::new(CLOSED),
             failures: AtomicU32::new(0),
@@ -223,7 +219,7 @@ impl Breaker {
             })
             .0,
             recovering: AtomicBool::new(false),
-            home: OnceLock::new(),
+            home,
             fallback: RwLock::new(None),
             queue: Mutex::new(Queue::default()),
             queued: AtomicUsize::new(0),
@@ -407,7 +403,11 @@ impl Breaker {
 
     /// Queues `items`; true if the breaker was closed by then (see
     /// [`RedisBackend::not_reached`] for what that means).
-    fn enqueue(&self, items: impl Iterator<Item = Invalidation>, hold: Duration) -> bool {
+    pub(crate) fn enqueue(
+        &self,
+        items: impl Iterator<Item = Invalidation>,
+        hold: Duration,
+    ) -> bool {
         let mut dropped = 0u64;
         let closed = {
             let mut q = lock(&self.queue);
@@ -511,9 +511,7 @@ impl Breaker {
 
     /// Starts the recovery task unless it runs.
     fn ensure_recovery(&self) {
-        let Some(home) = self.home.get().cloned() else {
-            return;
-        };
+        let home = self.home.clone();
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
@@ -554,20 +552,18 @@ impl Breaker {
     }
 
     /// A fallback hit.
-    fn fallback_hit(&self) {
+    pub(crate) fn fallback_hit(&self) {
         self.counters.fallback_hits.fetch_add(1, Ordering::Relaxed);
     }
 }
 
 /// Clears one of the breaker's "task running" flags when the task ends, however it ends
 /// (including dropped with its runtime).
-struct Flag(Weak<Shared>, fn(&Breaker) -> &AtomicBool);
+struct Flag(Weak<RedisBackend>, fn(&Breaker) -> &AtomicBool);
 
 impl Drop for Flag {
     fn drop(&mut self) {
-        if let Some(shared) = self.0.upgrade()
-            && let Backend::Redis(redis) = &shared.backend
-        {
+        if let Some(redis) = self.0.upgrade() {
             (self.1)(redis.breaker()).store(false, Ordering::Release);
         }
     }
@@ -575,14 +571,11 @@ impl Drop for Flag {
 
 /// The recovery task: after `open_for`, probe; on success replay the queue, then close; on
 /// failure open again. Ends when the breaker closes or the cache is dropped.
-async fn recover(home: Weak<Shared>) {
+async fn recover(home: Weak<RedisBackend>) {
     let _running = Flag(home.clone(), |b| &b.recovering);
     loop {
         let wait = {
-            let Some(shared) = home.upgrade() else { return };
-            let Backend::Redis(redis) = &shared.backend else {
-                return;
-            };
+            let Some(redis) = home.upgrade() else { return };
             let b = redis.breaker();
             if b.state() == BreakerState::Closed {
                 return;
@@ -590,16 +583,13 @@ async fn recover(home: Weak<Shared>) {
             b.open_for.saturating_sub(b.since_change())
         };
         tokio::time::sleep(wait).await;
-        let Some(shared) = home.upgrade() else { return };
-        let Backend::Redis(redis) = &shared.backend else {
-            return;
-        };
+        let Some(redis) = home.upgrade() else { return };
         let b = redis.breaker();
         b.state.store(HALF_OPEN, Ordering::Release);
         b.changed(BreakerState::HalfOpen, b.opens());
         let outage = b.epoch.elapsed();
         let outcome = match redis.probe().await {
-            Ok(()) => b.replay(redis, false).await,
+            Ok(()) => b.replay(&redis, false).await,
             Err(e) => Err(e),
         };
         match outcome {
@@ -614,7 +604,7 @@ async fn recover(home: Weak<Shared>) {
                         );
                         return;
                     }
-                    match b.replay(redis, false).await {
+                    match b.replay(&redis, false).await {
                         Ok(n) => replayed += n,
                         Err(_) => break,
                     }
@@ -629,244 +619,17 @@ async fn recover(home: Weak<Shared>) {
     }
 }
 
-/// Gives the breaker of a Redis root access to the root, for its background tasks.
-pub(crate) fn attach(shared: &Arc<Shared>) {
-    if let Backend::Redis(redis) = &shared.backend {
-        let _ = redis.breaker().home.set(Arc::downgrade(shared));
-    }
-}
-
-// ---- the cache's side ---------------------------------------------------------------------
-
-impl Handle {
-    /// The circuit breaker of this cache's root; `None` on the memory backend.
-    #[allow(dead_code)]
-    pub(crate) fn breaker(&self) -> Option<&Breaker> {
-        match &self.shared.backend {
-            Backend::Redis(redis) => Some(redis.breaker()),
-            Backend::Memory(_) => None,
-        }
-    }
-
-    /// Adds the breaker's counters to a snapshot.
-    pub(crate) fn add_breaker_stats(&self, s: &mut StatsSnapshot) {
-        if let Backend::Redis(redis) = &self.shared.backend {
-            redis.breaker().add_stats(s);
-        }
-    }
-
-    /// The fallback store, if `e` is the breaker turning a read of the get-or-compute
-    /// pipeline away.
-    pub(crate) fn fallback_for(&self, e: &Error) -> Option<Arc<MemoryBackend>> {
-        match (e, &self.shared.backend) {
-            (Error::CircuitOpen { .. }, Backend::Redis(redis)) => redis.breaker().fallback(),
-            _ => None,
-        }
-    }
-
-    /// The fallback store, if the breaker is open or half-open.
-    pub(crate) fn open_fallback(&self) -> Option<Arc<MemoryBackend>> {
-        match &self.shared.backend {
-            Backend::Redis(redis) if redis.breaker().state() != BreakerState::Closed => {
-                redis.breaker().fallback()
-            }
-            _ => None,
-        }
-    }
-
-    /// The get-or-compute pipeline while the breaker is open: the fallback store's value, or
-    /// `compute`'s, kept there. `tag_keys` are the version keys of the entry's tags.
-    pub(crate) async fn compute_in_fallback<O, M: Mode<O>, F: Future<Output = O>>(
-        &self,
-        store: Arc<MemoryBackend>,
-        full: &str,
-        tag_keys: &[String],
-        ttl: Option<Duration>,
-        mode: M,
-        compute: F,
-    ) -> O {
-        let seen = match self.fallback_lookup::<M::Stored>(&store, full, tag_keys) {
-            Ok(value) => return mode.restore(value),
-            Err(seen) => seen,
-        };
-        self.shared.stats.miss();
-        self.fill_fallback(&store, full, tag_keys, ttl, Some(seen), mode, compute)
-            .await
-    }
-
-    /// The fallback store's value of `full` (counted as a hit), or what the store holds
-    /// there instead (an entry of another type, or invalidated by a tag; `None`: nothing).
-    pub(crate) fn fallback_lookup<S: serde::de::DeserializeOwned + 'static>(
-        &self,
-        store: &MemoryBackend,
-        full: &str,
-        tag_keys: &[String],
-    ) -> std::result::Result<S, Option<bytes::Bytes>> {
-        match store.get_with_versions(full, tag_keys) {
-            Ok((Some(bytes), versions)) => match fallback_value::<S>(&bytes, tag_keys, &versions) {
-                Some(value) => {
-                    self.scope.stats.hit(); // per namespace too
-                    self.shared.stats.hit();
-                    if let Backend::Redis(redis) = &self.shared.backend {
-                        redis.breaker().fallback_hit();
-                    }
-                    Ok(value)
-                }
-                None => Err(Some(bytes)),
-            },
-            _ => Err(None),
-        }
-    }
-
-    /// `_refresh` and `#[cache_put]` while the breaker is open: the value goes to the
-    /// fallback store, and the key's entry in Redis, older than this value, is invalidated
-    /// when Redis is back.
-    pub(crate) async fn put_in_fallback<O, M: Mode<O>, F: Future<Output = O>>(
-        &self,
-        store: Arc<MemoryBackend>,
-        full: &str,
-        tag_keys: &[String],
-        ttl: Option<Duration>,
-        mode: M,
-        compute: F,
-    ) -> O {
-        if let Backend::Redis(redis) = &self.shared.backend {
-            let _ = redis.breaker().enqueue(
-                std::iter::once(Invalidation::Key(full.to_owned())),
-                self.shared.config.invalidation_hold,
-            );
-        }
-        self.fill_fallback(&store, full, tag_keys, ttl, None, mode, compute)
-            .await
-    }
-
-    /// Keeps `value` in the fallback store for `ttl`, for a write to Redis the open breaker
-    /// refused: the stale value a failed refresh extends (fail-safe) stays servable during
-    /// the outage, instead of the failing source being called on every read.
-    pub(crate) fn keep_in_fallback<T: Serialize + 'static>(
-        &self,
-        store: &MemoryBackend,
-        full: &str,
-        value: &T,
-        tag_keys: &[String],
-        ttl: Duration,
-        compute_us: u32,
-    ) {
-        let versions = fallback_versions(store, tag_keys);
-        if let Some(bytes) = encode_for_fallback(
-            value,
-            Some(ttl),
-            tag_keys,
-            &versions,
-            compute_us,
-            self.shared.config.compression_threshold,
-        ) {
-            let _ = store.set(full, bytes, Some(ttl));
-        }
-    }
-
-    /// Computes and keeps the value in `store`: if `seen` is given, only if the key still
-    /// holds what the read found (an invalidation during the computation wins, as on Redis).
-    #[allow(clippy::too_many_arguments)]
-    async fn fill_fallback<O, M: Mode<O>, F: Future<Output = O>>(
-        &self,
-        store: &MemoryBackend,
-        full: &str,
-        tag_keys: &[String],
-        ttl: Option<Duration>,
-        seen: Option<Option<bytes::Bytes>>,
-        mode: M,
-        compute: F,
-    ) -> O {
-        // Versions read before computing, as on Redis: an invalidation during the
-        // computation wins.
-        let versions = fallback_versions(store, tag_keys);
-        self.shared.stats.compute();
-        let started = Instant::now();
-        let out = compute.await;
-        if let Some(value) = mode.stored(&out) {
-            let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            let ttl = self.ttl_or_default(ttl);
-            if let Some(bytes) = encode_for_fallback(
-                value,
-                ttl,
-                tag_keys,
-                &versions,
-                compute_us,
-                self.shared.config.compression_threshold,
-            ) {
-                let _ = match seen {
-                    Some(seen) => store
-                        .set_if_unchanged(full, bytes, ttl, seen.as_deref())
-                        .map(drop),
-                    None => store.set(full, bytes, ttl),
-                };
-            }
-        }
-        out
-    }
-}
-
-/// The fallback store's current versions of `tag_keys` (created where missing).
-fn fallback_versions(store: &MemoryBackend, tag_keys: &[String]) -> Vec<u64> {
-    store
-        .create_versions(tag_keys, codec::now_us())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|v| v.unwrap_or(0))
-        .collect()
-}
-
-/// The value of a fallback entry whose tags all still have their recorded versions.
-fn fallback_value<T: serde::de::DeserializeOwned + 'static>(
-    bytes: &[u8],
-    tag_keys: &[String],
-    versions: &[Option<u64>],
-) -> Option<T> {
-    if codec::is_tombstone(bytes) {
-        return None;
-    }
-    let env = codec::parse(bytes).ok()?;
-    for (key, recorded) in env.tags() {
-        let i = tag_keys.iter().position(|k| k == key)?;
-        if versions.get(i).copied().flatten() != Some(recorded) {
-            return None;
-        }
-    }
-    env.value::<T>(codec::fingerprint::<T>()).ok()
-}
-
-fn encode_for_fallback<T: Serialize + 'static>(
-    value: &T,
-    ttl: Option<Duration>,
-    tag_keys: &[String],
-    tag_versions: &[u64],
-    compute_us: u32,
-    compression_threshold: usize,
-) -> Option<Vec<u8>> {
-    let now = codec::now_ms();
-    let meta = Meta {
-        created_at_ms: now,
-        expires_at_ms: ttl.map_or(0, |t| crate::base::limits::expires_at_ms(now, t)),
-        compute_us,
-        fingerprint: codec::fingerprint::<T>(),
-        tag_keys,
-        tag_versions,
-        ..Default::default()
-    };
-    codec::encode(value, &meta, compression_threshold).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::fallback::{encode_for_fallback, fallback_value};
 
     fn breaker(threshold: u32) -> Breaker {
         let config = Config {
             breaker_failures: threshold,
             ..Config::default()
         };
-        Breaker::new(&config)
+        Breaker::new(&config, Weak::new())
     }
 
     fn down() -> Result<()> {

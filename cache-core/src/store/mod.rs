@@ -51,7 +51,7 @@ pub(crate) type Write = (String, Vec<u8>, Option<Duration>);
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Backend {
-    Redis(redis::RedisBackend),
+    Redis(std::sync::Arc<redis::RedisBackend>),
     Memory(memory::MemoryBackend),
 }
 

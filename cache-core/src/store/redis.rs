@@ -149,7 +149,8 @@ impl std::fmt::Debug for RedisBackend {
 }
 
 impl RedisBackend {
-    pub(crate) fn new(target: &RedisTarget, config: &Config) -> Result<Self> {
+    /// The backend of `target`, in an `Arc` whose `Weak` its breaker's recovery task holds.
+    pub(crate) fn new(target: &RedisTarget, config: &Config) -> Result<Arc<Self>> {
         let info = target
             .url
             .as_str()
@@ -174,7 +175,7 @@ impl RedisBackend {
         let conn_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connect_timeout))
             .set_response_timeout(Some(config.command_timeout));
-        Ok(RedisBackend {
+        Ok(Arc::new_cyclic(|home| RedisBackend {
             pool: OnceLock::new(),
             slots: (0..config.pool_size.max(1))
                 .map(|_| RwLock::new(None))
@@ -192,8 +193,8 @@ impl RedisBackend {
                 crate::base::settings::redact_url(&target.url),
             )),
             display_url: crate::base::settings::redact_url(&target.url),
-            breaker: Breaker::new(config),
-        })
+            breaker: Breaker::new(config, home.clone()),
+        }))
     }
 
     /// The circuit breaker in front of every command.
