@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See the README for the tour, the configuration table and the benchmarks.
+//! The [`guide`] has the tour, the configuration table and a chapter per capability.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +33,7 @@ mod compute;
 mod config;
 mod crypto;
 mod error;
+pub mod guide;
 mod health;
 mod key;
 mod key_report;
