@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! See the README for the tour, the configuration table and the benchmarks.
+//! The [`guide`] has the tour, the configuration table and a chapter per capability.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -31,6 +31,7 @@ mod engine;
 mod pipeline;
 mod store;
 // Capabilities.
+pub mod guide;
 mod health;
 mod key_report;
 mod lock;

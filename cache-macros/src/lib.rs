@@ -68,7 +68,7 @@ use crate::attr::Kind;
 /// With `stale`, `soft_timeout`, `hard_timeout` or `refresh`, a function whose
 /// parameters are all owned (no reference, lifetime, generic or receiver) finishes its
 /// refreshes in a task of its own, so its body must be `Send`; other functions are driven by
-/// their caller (see the README, "Stampedes and staleness").
+/// their caller (see the guide, `cache_core::guide::stampedes_and_staleness`).
 ///
 /// # Key templates
 ///
