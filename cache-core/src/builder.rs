@@ -1,4 +1,4 @@
-//! The front door's builder: [`CacheBuilder`], from code and from the environment.
+//! The front door's builder: [`CacheBuilder`](crate::CacheBuilder), from code and from the environment.
 
 use std::time::Duration;
 
@@ -885,7 +885,7 @@ fn observe_from_env(b: &mut CacheBuilder, get: &dyn Fn(&str) -> Option<String>) 
 // builder).
 impl Cache {
     /// A builder, starting from defaults (not from the environment: see
-    /// [`CacheBuilder::from_env`]).
+    /// [`CacheBuilder::from_env`](crate::CacheBuilder::from_env)).
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
@@ -897,7 +897,7 @@ impl Cache {
         CacheBuilder::new()
     }
 
-    /// A cache configured from the environment (see [`CacheBuilder::from_env`]): Redis when
+    /// A cache configured from the environment (see [`CacheBuilder::from_env`](crate::CacheBuilder::from_env)): Redis when
     /// `REDIS_URL` (or `REDIS_HOST`) is set, the embedded backend otherwise, with a log line
     /// saying which. Does not connect, so an unreachable Redis is not an error here.
     ///

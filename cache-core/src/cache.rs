@@ -199,7 +199,7 @@ impl Cache {
     }
 
     /// The full key stored in the backend for `key`. A key that is empty, holds whitespace or
-    /// a control character, or starts with `~` (reserved) is [`Error::InvalidKey`]; one longer
+    /// a control character, or starts with `~` (reserved) is [`Error::InvalidKey`](crate::Error::InvalidKey); one longer
     /// than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) is hashed.
     ///
     /// ```
@@ -426,7 +426,7 @@ impl Cache {
     /// Adds `by` to the integer counter under `key`, keeping its TTL, as Redis `INCRBY`. A
     /// missing counter starts at 0 with no TTL (the default TTL does not apply: give it one
     /// with [`expire`](Cache::expire)). A key holding a cached value, or a sum that overflows
-    /// `i64`, is [`Error::WrongKind`]. Read a counter back with `get::<i64>`.
+    /// `i64`, is [`Error::WrongKind`](crate::Error::WrongKind). Read a counter back with `get::<i64>`.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -780,7 +780,7 @@ impl Cache {
 
     /// A health report, within the connect timeout plus the command timeout (see
     /// [`health_within`](Cache::health_within)). Never fails: a Redis that does not answer is
-    /// a [`HealthStatus::Down`] report.
+    /// a [`HealthStatus::Down`](crate::HealthStatus::Down) report.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -836,7 +836,7 @@ impl Cache {
     /// [`ttl`](WarmBuilder::ttl) says otherwise), 16 at a time unless
     /// [`concurrency`](WarmBuilder::concurrency) says otherwise. A failing loader or write is
     /// counted and the run goes on; [`on_progress`](WarmBuilder::on_progress) hears after each
-    /// key, and a [`WarmCancel`] stops new loads.
+    /// key, and a [`WarmCancel`](crate::WarmCancel) stops new loads.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -871,7 +871,7 @@ impl Cache {
 
     /// A distributed lock named `name`, in this handle's scope (a tenant's locks are its own).
     /// Configure it, then [`acquire`](Lock::acquire) (waiting) or
-    /// [`try_acquire`](Lock::try_acquire) (once); the [`LockGuard`] releases it.
+    /// [`try_acquire`](Lock::try_acquire) (once); the [`LockGuard`](crate::LockGuard) releases it.
     ///
     /// Names follow the rules of keys: not empty, no whitespace or control characters, not
     /// starting with `~`. On Redis, the lock is the key `<prefix>~lock:{<name>}` and its
@@ -908,7 +908,7 @@ impl Cache {
     /// A rate limiter whose state lives in this cache, under this handle's scope (namespace,
     /// tenant). Limiters of the same name and algorithm in the same scope share their state,
     /// so every instance of a service enforces one limit. A configuration out of range (limit,
-    /// window, burst, name) is an [`Error::Config`] at the first check.
+    /// window, burst, name) is an [`Error::Config`](crate::Error::Config) at the first check.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {

@@ -197,7 +197,7 @@ pub struct SentinelHealth {
     pub sentinels: Vec<SentinelNodeHealth>,
 }
 
-/// A health report: see [`Cache::health`]. Serializes to the JSON of the README's "Health"
+/// A health report: see [`Cache::health`](crate::Cache::health). Serializes to the JSON of the README's "Health"
 /// section.
 ///
 /// ```

@@ -26,7 +26,7 @@ pub struct KeyGroup {
     pub estimated_bytes: u64,
 }
 
-/// What [`Cache::key_report`] found.
+/// What [`Cache::key_report`](crate::Cache::key_report) found.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct KeyReport {
@@ -45,7 +45,7 @@ const MAX_GROUPS: usize = 1_000;
 /// Keys measured in each group before sampling thins out.
 const ALWAYS_SAMPLED: u64 = 16;
 
-/// A key report being set up: see [`Cache::key_report`].
+/// A key report being set up: see [`Cache::key_report`](crate::Cache::key_report).
 #[must_use = "a key report does nothing until `.run().await`"]
 pub struct KeyReportBuilder<'a> {
     cache: &'a Handle,

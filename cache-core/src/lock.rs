@@ -1,4 +1,4 @@
-//! Distributed locks with fencing tokens (DESIGN.md sections 7 and 12).
+//! Distributed locks with fencing tokens (ARCHITECTURE.md §5).
 //!
 //! A lock is a key holding its owner's random 128-bit id for a lease (`SET NX PX`), beside a
 //! fencing counter in the same hash slot; taking it is one script that also counts the counter
@@ -56,7 +56,7 @@ impl Handle {
     }
 }
 
-/// A named lock and how to take it: made by [`Cache::lock`], configured with
+/// A named lock and how to take it: made by [`Cache::lock`](crate::Cache::lock), configured with
 /// [`ttl`](Lock::ttl), [`wait`](Lock::wait) and [`watchdog`](Lock::watchdog), taken with
 /// [`acquire`](Lock::acquire) or [`try_acquire`](Lock::try_acquire) (as many times as wanted).
 ///
@@ -156,7 +156,7 @@ impl Lock {
         self
     }
 
-    /// The lock's name, as given to [`Cache::lock`].
+    /// The lock's name, as given to [`Cache::lock`](crate::Cache::lock).
     ///
     /// ```
     /// let cache = cache_core::Cache::in_memory();

@@ -1,11 +1,11 @@
 //! Invalidation by pattern: `SCAN MATCH` over the keyspace, and every key found that holds a
-//! value replaced by a tombstone, as [`Cache::delete`] does (never `KEYS`, which blocks the
+//! value replaced by a tombstone, as [`Cache::delete`](crate::Cache::delete) does (never `KEYS`, which blocks the
 //! server for the whole keyspace).
 //!
 //! The glob is the handle's scope prefix, glob-escaped, followed by the caller's pattern, so
 //! whatever the pattern holds (`*`, `?`, `[`, `\`, `:`), a key outside the scope cannot match:
 //! a glob matches from its first byte, and the prefix is literal. Parts built with
-//! [`key!`](crate::base::key!) or [`KeyPart`](crate::KeyPart) carry no glob character (they are
+//! [`key!`](crate::key!) or [`KeyPart`](crate::KeyPart) carry no glob character (they are
 //! escaped as `%XX`), so user data inside a pattern matches only itself.
 //!
 //! The cache's own keys (tag versions, locks, limiters: a `:`-separated segment made of `~`
@@ -82,7 +82,7 @@ impl Handle {
         Ok(removed)
     }
 
-    /// Tombstones for keys a scan found (the same step as [`Cache::delete`]), counting into
+    /// Tombstones for keys a scan found (the same step as [`Cache::delete`](crate::Cache::delete)), counting into
     /// `removed` the keys that held a value, those of the slots that succeeded included when
     /// another slot's delete failed (a failover is under way: the caller scans again).
     async fn delete_scanned(&self, keys: Vec<String>, removed: &mut u64) -> Result<()> {

@@ -95,7 +95,7 @@ impl WarmCancel {
     }
 }
 
-/// A warming run being set up: see [`Cache::warm`].
+/// A warming run being set up: see [`Cache::warm`](crate::Cache::warm).
 #[must_use = "a warming run does nothing until `.run().await`"]
 pub struct WarmBuilder<'a, F> {
     cache: &'a Handle,

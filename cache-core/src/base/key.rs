@@ -237,7 +237,7 @@ pub(crate) fn lower_hex(bytes: &[u8]) -> String {
 
 /// Builds the user part of a key: literal text and escaped [`KeyPart`]s.
 ///
-/// Used by generated code, and by the [`key!`](crate::base::key!) macro.
+/// Used by generated code, and by the [`key!`](crate::key!) macro.
 ///
 /// ```
 /// use cache_core::KeyBuf;

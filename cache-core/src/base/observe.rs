@@ -3,7 +3,7 @@
 //! facade.
 //!
 //! Statistics attach to *first-level namespaces*: a cache root counts under its own namespace
-//! (`cache`), and a handle made with [`Cache::namespace`] on the root, or on one of its
+//! (`cache`), and a handle made with [`Cache::namespace`](crate::Cache::namespace) on the root, or on one of its
 //! tenants, counts under `cache:<name>`; deeper namespaces and tenants count with the handle
 //! they come from, so tenant ids never become a statistics scope (or a metric label). A root
 //! keeps at most [`MAX_NAMESPACES`] of them, the last one `<root>:_other` shared by all later ones.
@@ -359,7 +359,7 @@ pub struct LatencySummary {
     pub max_us: f64,
 }
 
-/// Statistics of one first-level namespace (see [`Cache::namespace_stats`]).
+/// Statistics of one first-level namespace (see [`Cache::namespace_stats`](crate::Cache::namespace_stats)).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {

@@ -1,7 +1,7 @@
 //! Settings, from the builder and from the environment.
 //!
 //! Every setting has a builder method and an environment variable; see the README's
-//! configuration table. Environment values are read once, by [`CacheBuilder::from_env`].
+//! configuration table. Environment values are read once, by [`CacheBuilder::from_env`](crate::CacheBuilder::from_env).
 
 use std::time::Duration;
 

@@ -24,7 +24,7 @@ pub enum Source {
     Local,
 }
 
-/// The outcome of [`Cache::lookup`]: a hit with where it came from and how old it is, or a
+/// The outcome of [`Cache::lookup`](crate::Cache::lookup): a hit with where it came from and how old it is, or a
 /// miss.
 ///
 /// ```

@@ -1,8 +1,8 @@
 //! The L1 near cache: decoded values kept in this process, in front of Redis, and an
 //! invalidation feed over Redis pub/sub that keeps every instance's L1 consistent.
 //!
-//! - Off by default; on with [`CacheBuilder::local_cache`] (entries) and
-//!   [`CacheBuilder::local_ttl`], or `CACHE_LOCAL_CAPACITY` / `CACHE_LOCAL_TTL`. One L1 per
+//! - Off by default; on with [`CacheBuilder::local_cache`](crate::CacheBuilder::local_cache) (entries) and
+//!   [`CacheBuilder::local_ttl`](crate::CacheBuilder::local_ttl), or `CACHE_LOCAL_CAPACITY` / `CACHE_LOCAL_TTL`. One L1 per
 //!   cache root, on the Redis backend only (the memory backend is already in process).
 //! - An entry holds the envelope as read from Redis and, once a reader that can clone the type
 //!   asked for it (`#[cached]` functions whose value type is `Clone`), the decoded value,

@@ -735,7 +735,7 @@ pub(crate) enum WriteIf {
     /// A value computed after a read that found this (`None`: nothing): written only if the
     /// key still holds it, so that nothing that changed the key meanwhile is overwritten;
     /// nor if a pattern invalidated after the read matches the key (the
-    /// [`pattern_mark`](Cache::pattern_mark) taken before it).
+    /// [`pattern_mark`](crate::Cache::pattern_mark) taken before it).
     Unchanged(Option<Bytes>, u64),
 }
 

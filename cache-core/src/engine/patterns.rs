@@ -43,7 +43,7 @@ impl PatternLog {
 }
 
 impl Handle {
-    /// Noted by a computation before it reads: see [`Cache::pattern_superseded`].
+    /// Noted by a computation before it reads: see [`Cache::pattern_superseded`](crate::Cache::pattern_superseded).
     pub(crate) fn pattern_mark(&self) -> u64 {
         self.shared.patterns.epoch.load(Ordering::SeqCst)
     }

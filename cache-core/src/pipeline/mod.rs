@@ -643,7 +643,7 @@ impl Pipeline {
             }
         }
 
-        // Invalidations that land while the value is computed win (DESIGN.md section 5). By
+        // Invalidations that land while the value is computed win (ARCHITECTURE.md §4). By
         // tag: the versions are read before computing, so the stored entry records an old
         // version and the next read misses. By key: the result is written only if the key
         // still holds what the read found, and an invalidation leaves a tombstone there.
@@ -841,7 +841,7 @@ impl Pipeline {
     /// Rendered tags turned into their version keys, in their own buffers.
     fn version_keys_in_place<'t>(&self, tags: &'t mut [String]) -> &'t [String] {
         for tag in tags.iter_mut() {
-            tags::into_version_key(&self.key_prefix(), tag);
+            tags::into_version_key(self.key_prefix(), tag);
         }
         tags
     }

@@ -112,7 +112,7 @@ pub enum OnUnavailable {
 }
 
 /// A limiter's configuration: algorithm, limit, window, name, burst and outage policy.
-/// Give it to [`Cache::rate_limiter`].
+/// Give it to [`Cache::rate_limiter`](crate::Cache::rate_limiter).
 ///
 /// ```
 /// use std::time::Duration;
@@ -708,7 +708,7 @@ impl MemoryLimits {
 /// A checked policy, or the setting and reason of an [`Error::Config`].
 type Compiled = std::result::Result<Policy, (&'static str, String)>;
 
-/// A rate limiter made by [`Cache::rate_limiter`]: cheap to clone (clones share the policy,
+/// A rate limiter made by [`Cache::rate_limiter`](crate::Cache::rate_limiter): cheap to clone (clones share the policy,
 /// so [`set_limit`](RateLimiter::set_limit) on one changes all).
 ///
 /// ```

@@ -85,7 +85,7 @@ pub use tower_store::TowerSessionStore;
 
 // ---- the store ----------------------------------------------------------------------------
 
-/// The session store of a cache scope, from [`Cache::sessions`]: cheap to clone, settings by
+/// The session store of a cache scope, from [`Cache::sessions`](crate::Cache::sessions): cheap to clone, settings by
 /// builder methods.
 ///
 /// - **Ids**: [`SessionId`], 128 random bits from the operating system.
@@ -108,12 +108,12 @@ pub use tower_store::TowerSessionStore;
 ///   elsewhere can never be read back.
 /// - Sessions live under the handle's scope: a tenant's sessions are invisible to another.
 /// - **Encryption at rest**: from a handle with an encryption key
-///   ([`Cache::with_encryption`], or the builder's), the data of each session is stored
+///   ([`Cache::with_encryption`](crate::Cache::with_encryption), or the builder's), the data of each session is stored
 ///   encrypted on Redis (XChaCha20-Poly1305, as cached values are, bound to the record's key
 ///   so it does not open under another id); the user id, creation time, deadline and version
 ///   stay readable. Data that does not open with the handle's keys (another key, plaintext
 ///   from a handle without one, a copy from another record) reads as no session, never an
-///   error; old keys ([`Cache::with_old_encryption_keys`]) still read. Turning encryption on
+///   error; old keys ([`Cache::with_old_encryption_keys`](crate::Cache::with_old_encryption_keys)) still read. Turning encryption on
 ///   so ends the sessions stored before. The embedded backend keeps sessions in the
 ///   process's memory, unencrypted.
 ///

@@ -258,7 +258,7 @@ async fn operations_fail_fast_while_redis_is_down_and_recover_when_it_is_back() 
     assert_eq!(v, 3, "a hit again once Redis is back");
 }
 
-/// DESIGN.md section 9: the server killed and restarted under load. Sixteen tasks keep calling
+/// Faults for real (ARCHITECTURE.md §6): the server killed and restarted under load. Sixteen tasks keep calling
 /// `get_or_set` on fifty keys throughout: every call returns its key's own value within the
 /// bound (computed while Redis is gone, from the cache before and after), errors are counted
 /// while it is down, and hits come back once it is up again, with no new `Cache`.

@@ -1,4 +1,4 @@
-//! Invalidation by key against computations already running (DESIGN.md section 5): the
+//! Invalidation by key against computations already running (ARCHITECTURE.md §4): the
 //! invalidation wins, so a value computed from data older than it is returned to its own
 //! caller but never stored, and the next call computes again. On both backends.
 //!

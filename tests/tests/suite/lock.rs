@@ -1,4 +1,4 @@
-//! Distributed locks (issue 12, DESIGN.md sections 7 and 12): mutual exclusion under
+//! Distributed locks (issue 12): mutual exclusion under
 //! contention in one process and across OS processes, leases that run out and the refusals
 //! that follow, fencing tokens, the watchdog, a holder killed mid-hold, cancelled acquires,
 //! tenant scoping, bad input, Redis down. On both backends where the concept applies.

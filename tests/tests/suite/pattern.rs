@@ -1,4 +1,4 @@
-//! Invalidation by pattern (DESIGN.md sections 5 and 12): exactly the keys matching, inside
+//! Invalidation by pattern (ARCHITECTURE.md §4): exactly the keys matching, inside
 //! the handle's scope only, never the cache's own keys, and winning over computations already
 //! running. On both backends.
 
