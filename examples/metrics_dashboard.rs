@@ -26,7 +26,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS)?
         .install_recorder()?;
-    cache_core::describe_metrics();
+    cache_core::stats::describe_metrics();
 
     let cache = Cache::from_env()?;
     let secs: u64 = std::env::var("DASHBOARD_SECS")

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use cache_core::{Cache, WarmCancel};
+use cache_core::{warm::WarmCancel, Cache};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use cache_core::__private::{bench_decode, bench_encode, bench_open, bench_seal};
-use cache_core::{Cache, EncryptionKey, KeyBuf};
+use cache_core::{key::KeyBuf, Cache, EncryptionKey};
 use criterion::{criterion_group, criterion_main, Criterion};
 use serde::{Deserialize, Serialize};
 

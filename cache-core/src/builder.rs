@@ -588,8 +588,8 @@ impl CacheBuilder {
     /// larger one is [`Error::TooLarge`] from `set` and friends, refused before it reaches the
     /// backend, on both backends; `#[cached]` functions and `get_or_set` return it without
     /// storing it (counted in [`encode_errors`](crate::StatsSnapshot::encode_errors), logged).
-    /// 1 byte to [`MAX_VALUE_SIZE_LIMIT`](crate::MAX_VALUE_SIZE_LIMIT) (512 MiB, Redis's
-    /// largest string); default [`DEFAULT_MAX_VALUE_SIZE`](crate::DEFAULT_MAX_VALUE_SIZE)
+    /// 1 byte to [`MAX_VALUE_SIZE_LIMIT`](crate::limits::MAX_VALUE_SIZE_LIMIT) (512 MiB, Redis's
+    /// largest string); default [`DEFAULT_MAX_VALUE_SIZE`](crate::limits::DEFAULT_MAX_VALUE_SIZE)
     /// (16 MiB). Environment: `CACHE_MAX_VALUE_SIZE`.
     ///
     /// ```

@@ -200,7 +200,7 @@ impl Cache {
 
     /// The full key stored in the backend for `key`. A key that is empty, holds whitespace or
     /// a control character, or starts with `~` (reserved) is [`Error::InvalidKey`](crate::Error::InvalidKey); one longer
-    /// than [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) is hashed.
+    /// than [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) is hashed.
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
@@ -836,7 +836,7 @@ impl Cache {
     /// [`ttl`](WarmBuilder::ttl) says otherwise), 16 at a time unless
     /// [`concurrency`](WarmBuilder::concurrency) says otherwise. A failing loader or write is
     /// counted and the run goes on; [`on_progress`](WarmBuilder::on_progress) hears after each
-    /// key, and a [`WarmCancel`](crate::WarmCancel) stops new loads.
+    /// key, and a [`WarmCancel`](crate::warm::WarmCancel) stops new loads.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -876,7 +876,7 @@ impl Cache {
     /// Names follow the rules of keys: not empty, no whitespace or control characters, not
     /// starting with `~`. On Redis, the lock is the key `<prefix>~lock:{<name>}` and its
     /// fencing counter `<prefix>~lock:{<name>}:fence` (one hash slot); names longer than
-    /// [`MAX_KEY_LEN`](crate::MAX_KEY_LEN) or holding braces are stored by digest.
+    /// [`MAX_KEY_LEN`](crate::key::MAX_KEY_LEN) or holding braces are stored by digest.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {

@@ -1,5 +1,14 @@
-//! `cache.health()`: what a readiness route or an operator needs to know, in one bounded call
-//! that never fails.
+//! [`Cache::health`](crate::Cache::health): what a readiness route or an operator needs to
+//! know, in one bounded call that never fails. The report ([`Health`]) serializes to JSON;
+//! the guide's [operations](crate::guide::operations) chapter shows it.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use cache_core::health::HealthStatus;
+//! let health = cache_core::Cache::in_memory().health().await;
+//! assert_eq!(health.status, HealthStatus::Up);
+//! # }
+//! ```
 
 use std::time::{Duration, Instant};
 
@@ -94,7 +103,7 @@ pub struct BreakerHealth {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// // `None` on the embedded backend; `single`, `cluster` or `sentinel` on Redis.
 /// assert_eq!(cache_core::Cache::in_memory().health().await.topology, None);
-/// let json = serde_json::to_value(cache_core::HealthTopology::Cluster).unwrap();
+/// let json = serde_json::to_value(cache_core::health::HealthTopology::Cluster).unwrap();
 /// assert_eq!(json, "cluster");
 /// # }
 /// ```
@@ -113,7 +122,7 @@ pub enum HealthTopology {
 /// What a node does, as [`NodeHealth::role`] reports it.
 ///
 /// ```
-/// let json = serde_json::to_value(cache_core::NodeRole::Replica).unwrap();
+/// let json = serde_json::to_value(cache_core::health::NodeRole::Replica).unwrap();
 /// assert_eq!(json, "replica");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -130,7 +139,7 @@ pub enum NodeRole {
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-/// use cache_core::{Cache, NodeRole};
+/// use cache_core::{Cache, health::NodeRole};
 /// let cache = Cache::builder().cluster_nodes(["redis://127.0.0.1:7000"]).build()?;
 /// for node in cache.health().await.nodes {
 ///     if !node.reachable {
@@ -202,7 +211,7 @@ pub struct SentinelHealth {
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// use cache_core::{HealthMode, HealthStatus};
+/// use cache_core::{HealthStatus, health::HealthMode};
 /// let h = cache_core::Cache::in_memory().health().await;
 /// assert_eq!((h.status, h.mode), (HealthStatus::Ok, HealthMode::Memory));
 /// assert_eq!(h.http_status(), 200);

@@ -1,5 +1,5 @@
-//! `cache.key_report()`: how many keys, and roughly how many bytes, each group of a handle's
-//! keys holds. A bounded `SCAN` (never `KEYS`, which blocks the server) with `MEMORY USAGE`
+//! [`Cache::key_report`](crate::Cache::key_report) (which has an example): how many keys, and
+//! roughly how many bytes, each group of a handle's keys holds. A bounded `SCAN` (never `KEYS`, which blocks the server) with `MEMORY USAGE`
 //! on a sample of the keys.
 
 use serde::Serialize;

@@ -1,4 +1,19 @@
-//! Distributed locks with fencing tokens (ARCHITECTURE.md §5).
+//! Distributed locks with fencing tokens: [`Cache::lock`](crate::Cache::lock) names one,
+//! [`Lock`] takes it, [`LockGuard`] holds it. The guide's [locks](crate::guide::locks)
+//! chapter has the whole story.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+//! use std::time::Duration;
+//! let cache = cache_core::Cache::in_memory(); // or Redis: one lock for every process
+//! let guard = cache.lock("invoice:42").ttl(Duration::from_secs(10)).acquire().await?;
+//! assert!(cache.lock("invoice:42").try_acquire().await?.is_none()); // held
+//! let token = guard.token(); // strictly increasing per lock name: fence writes with it
+//! guard.release().await?;
+//! # let _ = token; Ok(()) }
+//! ```
+//!
+//! # How it works
 //!
 //! A lock is a key holding its owner's random 128-bit id for a lease (`SET NX PX`), beside a
 //! fencing counter in the same hash slot; taking it is one script that also counts the counter
@@ -99,7 +114,7 @@ impl std::fmt::Debug for Lock {
 impl Lock {
     /// The lease: how long the lock stays held if its holder neither releases nor extends it
     /// (it crashed, say); default 30 s. Durations follow the cache's rule (README, "Durations
-    /// and sizes"): whole milliseconds, rounded up; longer than [`MAX_TTL`](crate::MAX_TTL)
+    /// and sizes"): whole milliseconds, rounded up; longer than [`MAX_TTL`](crate::limits::MAX_TTL)
     /// clamped; zero is [`Error::InvalidDuration`] when the lock is taken.
     ///
     /// ```
@@ -470,7 +485,7 @@ impl LockGuard {
 
     /// Sets the lease to `ttl` from now, if this guard still holds the lock: false if the
     /// lease already ran out (another owner may hold the lock now). `ttl` from 1 ms to
-    /// [`MAX_TTL`](crate::MAX_TTL); zero is [`Error::InvalidDuration`].
+    /// [`MAX_TTL`](crate::limits::MAX_TTL); zero is [`Error::InvalidDuration`].
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {

@@ -1,5 +1,6 @@
 //! Cache warming: load a list of keys ahead of traffic, with bounded concurrency, progress,
-//! cancellation and a summary.
+//! cancellation and a summary. Started by [`Cache::warm`](crate::Cache::warm), which has an
+//! example; the guide's [operations](crate::guide::operations) chapter has more.
 
 use std::fmt::Display;
 use std::future::Future;
@@ -56,7 +57,7 @@ const KEPT_ERRORS: usize = 10;
 /// keep a clone to cancel from another task.
 ///
 /// ```
-/// let cancel = cache_core::WarmCancel::new();
+/// let cancel = cache_core::warm::WarmCancel::new();
 /// assert!(!cancel.is_cancelled());
 /// cancel.clone().cancel();
 /// assert!(cancel.is_cancelled());
@@ -68,7 +69,7 @@ impl WarmCancel {
     /// A token not yet cancelled.
     ///
     /// ```
-    /// assert!(!cache_core::WarmCancel::new().is_cancelled());
+    /// assert!(!cache_core::warm::WarmCancel::new().is_cancelled());
     /// ```
     pub fn new() -> Self {
         Self::default()
@@ -77,7 +78,7 @@ impl WarmCancel {
     /// Stops the runs given this token from starting new loads.
     ///
     /// ```
-    /// let c = cache_core::WarmCancel::new();
+    /// let c = cache_core::warm::WarmCancel::new();
     /// c.cancel();
     /// assert!(c.is_cancelled());
     /// ```
@@ -88,7 +89,7 @@ impl WarmCancel {
     /// True once [`cancel`](Self::cancel) was called.
     ///
     /// ```
-    /// assert!(!cache_core::WarmCancel::default().is_cancelled());
+    /// assert!(!cache_core::warm::WarmCancel::default().is_cancelled());
     /// ```
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Relaxed)
@@ -199,7 +200,7 @@ where
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let cache = cache_core::Cache::in_memory();
-    /// let cancel = cache_core::WarmCancel::new();
+    /// let cancel = cache_core::warm::WarmCancel::new();
     /// cancel.cancel();
     /// let s = cache.warm(["a", "b"], |_| async { Ok::<_, String>(1u8) }).cancel_on(cancel).run().await;
     /// assert!(s.cancelled && s.skipped == 2);

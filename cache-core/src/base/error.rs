@@ -95,7 +95,7 @@ pub enum Error {
     },
     /// A duration that cannot be used: zero, where the cache needs a lifetime (a TTL given
     /// to a write or to `expire`, a lock's TTL, a window). Durations above
-    /// [`MAX_TTL`](crate::MAX_TTL) are clamped, not refused; see the README's "Durations and
+    /// [`MAX_TTL`](crate::limits::MAX_TTL) are clamped, not refused; see the README's "Durations and
     /// sizes".
     ///
     /// ```

@@ -23,7 +23,7 @@ use crate::base::error::{Error, Result};
 /// digits), so one long argument cannot make a long key.
 ///
 /// ```
-/// use cache_core::{key, MAX_PART_LEN};
+/// use cache_core::{key, key::MAX_PART_LEN};
 /// let fits = "x".repeat(MAX_PART_LEN);
 /// assert_eq!(key!("search", fits), format!("search:{fits}"));
 /// let long = key!("search", "x".repeat(MAX_PART_LEN + 1));
@@ -37,7 +37,7 @@ pub const MAX_PART_LEN: usize = 128;
 ///
 /// ```
 /// # fn main() -> Result<(), cache_core::Error> {
-/// use cache_core::{Cache, MAX_KEY_LEN};
+/// use cache_core::{Cache, key::MAX_KEY_LEN};
 /// let cache = Cache::in_memory();
 /// assert_eq!(cache.full_key("user:42")?, "cache:user:42");
 /// let long = format!("{{org:7}}:{}", "y".repeat(MAX_KEY_LEN));
@@ -56,7 +56,7 @@ pub const MAX_KEY_LEN: usize = 512;
 /// fields through the [`KeyWriter`]:
 ///
 /// ```
-/// use cache_core::{KeyPart, KeyWriter};
+/// use cache_core::{KeyPart, key::KeyWriter};
 ///
 /// struct OrgId(u64);
 ///
@@ -79,7 +79,7 @@ pub trait KeyPart {
     /// and separate them with [`KeyWriter::separator`].
     ///
     /// ```
-    /// use cache_core::{key, KeyPart, KeyWriter};
+    /// use cache_core::{key, KeyPart, key::KeyWriter};
     ///
     /// enum Sort { Newest, Oldest }
     ///
@@ -98,7 +98,7 @@ pub trait KeyPart {
 /// [`write_key_part`](KeyPart::write_key_part), never built by hand.
 ///
 /// ```
-/// use cache_core::{key, KeyPart, KeyWriter};
+/// use cache_core::{key, KeyPart, key::KeyWriter};
 /// struct Tile { x: i32, y: i32 }
 /// impl KeyPart for Tile {
 ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
@@ -119,7 +119,7 @@ impl KeyWriter<'_> {
     /// the key's structure.
     ///
     /// ```
-    /// use cache_core::{key, KeyPart, KeyWriter};
+    /// use cache_core::{key, KeyPart, key::KeyWriter};
     ///
     /// struct Email(String);
     ///
@@ -139,7 +139,7 @@ impl KeyWriter<'_> {
     /// [`KeyPart`] impl.
     ///
     /// ```
-    /// use cache_core::{key, KeyPart, KeyWriter};
+    /// use cache_core::{key, KeyPart, key::KeyWriter};
     /// struct Filter { org: u64, region: Option<String> }
     /// impl KeyPart for Filter {
     ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
@@ -159,7 +159,7 @@ impl KeyWriter<'_> {
     /// [`write_str`](KeyWriter::write_str) escapes, so components cannot run into each other.
     ///
     /// ```
-    /// use cache_core::{key, KeyPart, KeyWriter};
+    /// use cache_core::{key, KeyPart, key::KeyWriter};
     /// struct Route<'a> { from: &'a str, to: &'a str }
     /// impl KeyPart for Route<'_> {
     ///     fn write_key_part(&self, out: &mut KeyWriter<'_>) {
@@ -240,7 +240,7 @@ pub(crate) fn lower_hex(bytes: &[u8]) -> String {
 /// Used by generated code, and by the [`key!`](crate::key!) macro.
 ///
 /// ```
-/// use cache_core::KeyBuf;
+/// use cache_core::key::KeyBuf;
 /// let mut k = KeyBuf::new();
 /// k.literal("user:");
 /// k.part("ann smith");
@@ -256,7 +256,7 @@ impl KeyBuf {
     /// An empty key.
     ///
     /// ```
-    /// let mut k = cache_core::KeyBuf::new();
+    /// let mut k = cache_core::key::KeyBuf::new();
     /// assert_eq!(k.as_str(), "");
     /// k.part(&42u64);
     /// assert_eq!(k.as_str(), "42");
@@ -270,7 +270,7 @@ impl KeyBuf {
     /// Appends literal text, unescaped (template text written by the programmer).
     ///
     /// ```
-    /// let mut k = cache_core::KeyBuf::new();
+    /// let mut k = cache_core::key::KeyBuf::new();
     /// k.literal("search:"); // the `:` is structure: kept
     /// k.part("a:b"); // the `:` is data: escaped
     /// assert_eq!(k.as_str(), "search:a%3Ab");
@@ -283,7 +283,7 @@ impl KeyBuf {
     /// 128-bit digest of its rendering.
     ///
     /// ```
-    /// let mut k = cache_core::KeyBuf::new();
+    /// let mut k = cache_core::key::KeyBuf::new();
     /// k.part(&None::<u32>);
     /// k.literal(":");
     /// k.part(&vec!["a", "b c"]);
@@ -304,7 +304,7 @@ impl KeyBuf {
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
-    /// let mut k = cache_core::KeyBuf::new();
+    /// let mut k = cache_core::key::KeyBuf::new();
     /// k.literal("user:");
     /// k.part(&42u64);
     /// let cache = cache_core::Cache::in_memory();
@@ -318,7 +318,7 @@ impl KeyBuf {
     /// The key text, owned.
     ///
     /// ```
-    /// let mut k = cache_core::KeyBuf::new();
+    /// let mut k = cache_core::key::KeyBuf::new();
     /// k.literal("order:");
     /// k.part(&("eu", 17u32));
     /// let key: String = k.into_string();
@@ -327,23 +327,6 @@ impl KeyBuf {
     pub fn into_string(self) -> String {
         self.buf
     }
-}
-
-/// Builds a key from parts joined by `:`, each escaped through [`KeyPart`].
-///
-/// ```
-/// let user_id = 42;
-/// assert_eq!(cache_core::key!("user", user_id), "user:42");
-/// assert_eq!(cache_core::key!("search", "a:b*"), "search:a%3Ab%2A");
-/// ```
-#[macro_export]
-macro_rules! key {
-    ($first:expr $(, $rest:expr)* $(,)?) => {{
-        let mut buf = $crate::KeyBuf::new();
-        buf.part(&$first);
-        $( buf.literal(":"); buf.part(&$rest); )*
-        buf.into_string()
-    }};
 }
 
 /// Checks a key given to the direct API (`cache.get("user:42")`): `:` levels, braces and glob

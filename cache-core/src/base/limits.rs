@@ -35,7 +35,7 @@ use crate::base::error::{Error, Result};
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
 /// use std::time::Duration;
-/// use cache_core::{KeyTtl, MAX_TTL};
+/// use cache_core::{KeyTtl, limits::MAX_TTL};
 /// let cache = cache_core::Cache::in_memory();
 /// cache.set("k", &1u8, Duration::MAX).await?; // clamped, not an overflow
 /// assert!(matches!(cache.ttl("k").await?, KeyTtl::Expires(left) if left <= MAX_TTL));
@@ -46,7 +46,7 @@ pub const MAX_TTL: Duration = Duration::from_secs(3650 * 24 * 3600);
 /// The default of [`max_value_size`](crate::CacheBuilder::max_value_size): 16 MiB.
 ///
 /// ```
-/// assert_eq!(cache_core::DEFAULT_MAX_VALUE_SIZE, 16 * 1024 * 1024);
+/// assert_eq!(cache_core::limits::DEFAULT_MAX_VALUE_SIZE, 16 * 1024 * 1024);
 /// ```
 pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 
@@ -54,7 +54,7 @@ pub const DEFAULT_MAX_VALUE_SIZE: usize = 16 * 1024 * 1024;
 /// the largest string Redis stores by default (`proto-max-bulk-len`).
 ///
 /// ```
-/// assert_eq!(cache_core::MAX_VALUE_SIZE_LIMIT, 512 * 1024 * 1024);
+/// assert_eq!(cache_core::limits::MAX_VALUE_SIZE_LIMIT, 512 * 1024 * 1024);
 /// ```
 pub const MAX_VALUE_SIZE_LIMIT: usize = 512 * 1024 * 1024;
 

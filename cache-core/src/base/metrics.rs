@@ -4,7 +4,7 @@
 //! Labels are low-cardinality: `namespace` (a first-level namespace, bounded per root; see
 //! `observe.rs`), `operation`, `outcome`, `reason`. Never keys, tenants or ids. Durations are
 //! in seconds. The names are listed in the README's metric table and described to the
-//! installed recorder by [`describe_metrics`](crate::describe_metrics).
+//! installed recorder by [`describe_metrics`](crate::stats::describe_metrics).
 
 #[cfg(feature = "metrics")]
 mod imp {
@@ -187,7 +187,7 @@ pub(crate) use off::*;
 /// after installing the recorder; without the `metrics` feature it does nothing.
 ///
 /// ```
-/// cache_core::describe_metrics(); // a no-op without a recorder (or without the feature)
+/// cache_core::stats::describe_metrics(); // a no-op without a recorder (or without the feature)
 /// ```
 pub fn describe_metrics() {
     describe();

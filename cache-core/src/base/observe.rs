@@ -324,7 +324,7 @@ impl MissCounts {
     /// All misses.
     ///
     /// ```
-    /// let m = cache_core::MissCounts::default();
+    /// let m = cache_core::stats::MissCounts::default();
     /// assert_eq!(m.total(), 0);
     /// ```
     pub fn total(&self) -> u64 {

@@ -296,30 +296,6 @@ impl Pipeline {
         }
     }
 
-    /// The get-or-compute path with the default policy.
-    #[allow(dead_code)] // the entry point other capabilities were built against
-    pub(crate) async fn compute_through<O, M: Mode<O>, F: Future<Output = O>>(
-        &self,
-        function: &'static str,
-        full: String,
-        tags: &mut [String],
-        ttl: Option<Duration>,
-        mode: M,
-        compute: F,
-    ) -> O {
-        self.compute_with(
-            function,
-            full,
-            tags,
-            ttl,
-            &Policy::DEFAULT,
-            mode,
-            Inline,
-            compute,
-        )
-        .await
-    }
-
     // ---- the pipeline -----------------------------------------------------------------------
 
     /// The one get-or-compute path, shared by the direct API and generated code.

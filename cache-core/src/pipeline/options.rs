@@ -9,7 +9,7 @@ use crate::base::error::Error;
 /// Stampede protection of a get-or-compute: who computes when several callers miss one key.
 ///
 /// ```
-/// use cache_core::{ComputeOptions, FillLock};
+/// use cache_core::{ComputeOptions, compute::FillLock};
 /// let options = ComputeOptions::new().lock(FillLock::Distributed);
 /// # let _ = options;
 /// assert_eq!(FillLock::default(), FillLock::Local);
@@ -107,7 +107,7 @@ impl<E: From<Error>> HardTimeoutFor<E> for HardTimeout {
 ///
 /// ```
 /// use std::time::Duration;
-/// use cache_core::{ComputeOptions, FillLock};
+/// use cache_core::{ComputeOptions, compute::FillLock};
 /// let options = ComputeOptions::new()
 ///     .ttl(Duration::from_secs(60))           // fresh for a minute
 ///     .stale(Duration::from_secs(3600))       // then served stale for an hour if need be
@@ -238,7 +238,7 @@ impl<H> ComputeOptions<H> {
     /// Stampede protection (default [`FillLock::Local`]).
     ///
     /// ```
-    /// let options = cache_core::ComputeOptions::new().lock(cache_core::FillLock::None);
+    /// let options = cache_core::ComputeOptions::new().lock(cache_core::compute::FillLock::None);
     /// # let _ = options;
     /// ```
     pub fn lock(mut self, lock: FillLock) -> Self {

@@ -329,11 +329,3 @@ impl MemState {
         }
     }
 }
-
-impl MemSessions {
-    /// Entries of a user's index (for tests of the index's size).
-    #[allow(dead_code)]
-    pub(crate) fn index_len(&self, index: &str) -> usize {
-        self.lock().indexes.get(index).map_or(0, HashMap::len)
-    }
-}

@@ -1,6 +1,21 @@
 //! Sessions: typed records under random ids, with a sliding idle timeout, an absolute
 //! lifetime no activity extends, and an index of each user's sessions for "log out
-//! everywhere".
+//! everywhere". Made by [`Cache::sessions`](crate::Cache::sessions); the guide's
+//! [sessions](crate::guide::sessions) chapter has the whole story.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+//! use std::time::Duration;
+//! let cache = cache_core::Cache::in_memory();
+//! let sessions = cache.sessions().idle_timeout(Duration::from_secs(1800));
+//! let id = sessions.create(Some("user-7"), &"cart: 2 items").await?;
+//! assert_eq!(sessions.get::<String>(&id).await?.as_deref(), Some("cart: 2 items"));
+//! sessions.delete_for_user("user-7").await?; // log out everywhere
+//! assert!(!sessions.exists(&id).await?);
+//! # Ok(()) }
+//! ```
+//!
+//! # How they are stored
 //!
 //! On Redis a record is a hash (`d` data, `u` user, `c` created-at, `x` absolute deadline,
 //! `v` version) under `<scope>~session:<id>`, whose TTL is always `min(idle timeout,
@@ -171,7 +186,7 @@ struct Times {
 
 impl Sessions {
     /// How long a session lives without activity (default 30 minutes). Zero is
-    /// [`Error::Config`] on the next operation; above [`MAX_TTL`](crate::MAX_TTL), clamped.
+    /// [`Error::Config`] on the next operation; above [`MAX_TTL`](crate::limits::MAX_TTL), clamped.
     ///
     /// ```
     /// use std::time::Duration;
@@ -185,7 +200,7 @@ impl Sessions {
 
     /// The absolute lifetime of a session from its creation, which no activity extends
     /// (default 24 hours). Zero is [`Error::Config`] on the next operation; above
-    /// [`MAX_TTL`](crate::MAX_TTL), clamped.
+    /// [`MAX_TTL`](crate::limits::MAX_TTL), clamped.
     ///
     /// ```
     /// use std::time::Duration;

@@ -30,7 +30,7 @@ use super::{SessionId, Sessions, Written};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use tower_sessions_core::{session::Record, SessionStore};
 /// let cache = cache_core::Cache::in_memory();
-/// let store = cache_core::TowerSessionStore::new(cache.sessions()).user_field("user");
+/// let store = cache_core::session::TowerSessionStore::new(cache.sessions()).user_field("user");
 /// let mut record = Record {
 ///     id: Default::default(),
 ///     data: [("user".to_owned(), serde_json::json!("ann"))].into(),
@@ -66,7 +66,7 @@ impl TowerSessionStore {
     /// and lifetime).
     ///
     /// ```
-    /// let store = cache_core::TowerSessionStore::new(cache_core::Cache::in_memory().sessions());
+    /// let store = cache_core::session::TowerSessionStore::new(cache_core::Cache::in_memory().sessions());
     /// # let _ = store;
     /// ```
     pub fn new(sessions: Sessions) -> Self {
@@ -80,7 +80,7 @@ impl TowerSessionStore {
     /// or a number), for [`Sessions::list_for_user`] and [`Sessions::delete_for_user`].
     ///
     /// ```
-    /// let store = cache_core::TowerSessionStore::new(cache_core::Cache::in_memory().sessions())
+    /// let store = cache_core::session::TowerSessionStore::new(cache_core::Cache::in_memory().sessions())
     ///     .user_field("user_id");
     /// # let _ = store;
     /// ```
@@ -92,7 +92,7 @@ impl TowerSessionStore {
     /// The session store underneath (to list or end a user's sessions).
     ///
     /// ```
-    /// let store = cache_core::TowerSessionStore::new(cache_core::Cache::in_memory().sessions());
+    /// let store = cache_core::session::TowerSessionStore::new(cache_core::Cache::in_memory().sessions());
     /// assert_eq!(store.sessions().idle(), std::time::Duration::from_secs(1800));
     /// ```
     pub fn sessions(&self) -> &Sessions {
@@ -104,7 +104,7 @@ impl TowerSessionStore {
     /// ```
     /// use tower_sessions_core::session::Id;
     /// let id = Id(42);
-    /// assert_eq!(cache_core::TowerSessionStore::session_id(&id).to_string(), id.to_string());
+    /// assert_eq!(cache_core::session::TowerSessionStore::session_id(&id).to_string(), id.to_string());
     /// ```
     pub fn session_id(id: &Id) -> SessionId {
         SessionId::from_bytes(id.0.to_le_bytes())

@@ -76,7 +76,6 @@ const REPLAY_CHUNK: usize = 100;
 
 /// Where the breaker stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)] // `as_str` and the variants are read by `health()` and the L1
 pub(crate) enum BreakerState {
     /// Commands go to Redis.
     Closed,
@@ -105,7 +104,6 @@ impl BreakerState {
     }
 
     /// `closed`, `open` or `half_open`, for reports.
-    #[allow(dead_code)]
     pub(crate) fn as_str(self) -> &'static str {
         match self {
             BreakerState::Closed => "closed",
@@ -121,7 +119,6 @@ const HALF_OPEN: u8 = BreakerState::HalfOpen.code();
 
 /// What [`Breaker::subscribe`] publishes at each change of state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(dead_code)]
 pub(crate) struct BreakerStatus {
     /// The state entered.
     pub(crate) state: BreakerState,
@@ -318,7 +315,6 @@ impl Breaker {
     }
 
     /// Time since the last change of state (since the cache was built, if none).
-    #[allow(dead_code)]
     pub(crate) fn since_change(&self) -> Duration {
         let at = Duration::from_micros(self.changed_at_us.load(Ordering::Relaxed));
         self.epoch.elapsed().saturating_sub(at)

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use cache_core::{key, Cache, Error, KeyBuf, KeyTtl, Source};
+use cache_core::{key, key::KeyBuf, Cache, Error, KeyTtl, Source};
 use proptest::prelude::*;
 
 use super::Raw;
@@ -488,8 +488,8 @@ async fn a_one_megabyte_direct_key_is_hashed() {
     // (Hashing a megabyte is slow in a debug build: the 1 MB key does the round trip, keys
     // just over the limit check the rest.)
     let huge = "k".repeat(MB);
-    let long = "k".repeat(cache_core::MAX_KEY_LEN + 1);
-    let other = format!("{}j", "k".repeat(cache_core::MAX_KEY_LEN));
+    let long = "k".repeat(cache_core::key::MAX_KEY_LEN + 1);
+    let other = format!("{}j", "k".repeat(cache_core::key::MAX_KEY_LEN));
     let tagged = format!("{{user7}}:{long}");
     for (b, root) in tests::backends().await {
         let full = root.full_key(&huge).expect(b);
@@ -539,7 +539,7 @@ async fn a_one_megabyte_direct_key_is_hashed() {
 /// short direct key can name the same entry.
 #[tokio::test]
 async fn a_hashed_key_does_not_collide_with_a_short_key() {
-    let long = "k".repeat(cache_core::MAX_KEY_LEN + 1);
+    let long = "k".repeat(cache_core::key::MAX_KEY_LEN + 1);
     for (b, cache) in tests::backends().await {
         let full = cache.full_key(&long).expect(b);
         let digest_form = full

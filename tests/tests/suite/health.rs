@@ -5,7 +5,10 @@
 
 use std::collections::BTreeSet;
 
-use cache_core::{HealthStatus, HealthTopology, NodeRole};
+use cache_core::{
+    health::{HealthTopology, NodeRole},
+    HealthStatus,
+};
 
 /// `127.0.0.1:<port>` of each URL `redis://127.0.0.1:<port>/`.
 fn addresses(urls: &[String]) -> BTreeSet<String> {

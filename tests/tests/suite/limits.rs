@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use cache_core::{cached, Cache, CacheBuilder, Error, KeyTtl, MAX_TTL};
+use cache_core::{cached, limits::MAX_TTL, Cache, CacheBuilder, Error, KeyTtl};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 
@@ -254,7 +254,7 @@ async fn builder_durations_and_sizes_at_their_extremes() {
             .default_ttl(Duration::MAX)
             .memory_capacity(u64::MAX)
             .compression_threshold(usize::MAX)
-            .max_value_size(cache_core::MAX_VALUE_SIZE_LIMIT)
+            .max_value_size(cache_core::limits::MAX_VALUE_SIZE_LIMIT)
             .build()
             .expect(b);
         assert_eq!(cache.default_ttl(), Some(MAX_TTL), "{b}");

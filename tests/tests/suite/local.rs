@@ -424,8 +424,9 @@ async fn l1_hits_count_per_namespace_and_the_namespaces_add_up_to_the_whole() {
     let root = b.scope_stats();
     assert_eq!((root.hits, root.local_hits), (5, 3), "{root:?}");
     let all = b.stats();
-    let sum =
-        |f: fn(&cache_core::NamespaceStats) -> u64| b.namespace_stats().iter().map(f).sum::<u64>();
+    let sum = |f: fn(&cache_core::stats::NamespaceStats) -> u64| {
+        b.namespace_stats().iter().map(f).sum::<u64>()
+    };
     assert_eq!(sum(|s| s.hits), all.hits, "{all:?}");
     assert_eq!(sum(|s| s.local_hits), all.local_hits, "{all:?}");
     assert_eq!(all.local_hits, 8);

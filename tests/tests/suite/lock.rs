@@ -570,7 +570,7 @@ async fn bad_input_is_a_typed_error() {
         );
         for (i, ttl) in [
             Duration::from_micros(500),
-            cache_core::MAX_TTL + Duration::from_secs(1),
+            cache_core::limits::MAX_TTL + Duration::from_secs(1),
             Duration::MAX,
         ]
         .into_iter()
@@ -603,7 +603,7 @@ async fn bad_input_is_a_typed_error() {
         // A wait too long for the clock is no deadline, not an overflow.
         let forever = cache.lock("free").wait(Duration::MAX).acquire().await;
         assert!(forever.is_ok(), "{backend}");
-        let long = "n".repeat(cache_core::MAX_KEY_LEN * 2);
+        let long = "n".repeat(cache_core::key::MAX_KEY_LEN * 2);
         let long_guard = cache.lock(&long).try_acquire().await.expect("long name");
         assert!(long_guard.is_some(), "{backend}");
         assert!(

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use cache_core::{Cache, HealthMode, HealthStatus, NamespaceStats, WarmCancel};
+use cache_core::{
+    health::HealthMode, stats::NamespaceStats, warm::WarmCancel, Cache, HealthStatus,
+};
 use tests::{backends, memory_cache, redis_cache, RedisServer};
 
 use super::foundation::cache_at;

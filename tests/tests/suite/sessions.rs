@@ -517,7 +517,7 @@ async fn invalid_settings_and_users_are_errors() {
         .max_lifetime(Duration::MAX)
         .idle_timeout(Duration::MAX);
     let id = forever.create(None, &()).await.expect("create");
-    assert!(forever.ttl(&id).await.expect("ttl").expect("alive") <= cache_core::MAX_TTL);
+    assert!(forever.ttl(&id).await.expect("ttl").expect("alive") <= cache_core::limits::MAX_TTL);
     assert!(matches!(
         cache.sessions().create(Some(""), &()).await,
         Err(cache_core::Error::InvalidKey { .. })
@@ -538,7 +538,7 @@ async fn invalid_settings_and_users_are_errors() {
 mod tower {
     use std::collections::HashMap;
 
-    use cache_core::TowerSessionStore;
+    use cache_core::session::TowerSessionStore;
     use time::{Duration, OffsetDateTime};
     use tower_sessions_core::session::{Id, Record};
     use tower_sessions_core::SessionStore;

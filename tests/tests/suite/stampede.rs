@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cache_core::{cached, Cache, ComputeOptions, Error, FillLock};
+use cache_core::{cached, compute::FillLock, Cache, ComputeOptions, Error};
 use tokio::sync::Notify;
 
 /// Polls `cond` every few milliseconds until it holds; panics with `what` after `limit`.
