@@ -75,7 +75,7 @@ impl CacheBuilder {
 
     /// Starts from the environment: `REDIS_URL` (or `REDIS_HOST`, `REDIS_PORT`, `REDIS_DB`,
     /// `REDIS_USERNAME`, `REDIS_PASSWORD`, `REDIS_TLS`) and the `CACHE_*` variables of the
-    /// README's configuration table. Without `REDIS_URL` or `REDIS_HOST` the embedded
+    /// configuration table of [the guide](crate::guide::configuration). Without `REDIS_URL` or `REDIS_HOST` the embedded
     /// backend is used. Builder methods called afterwards override the environment.
     ///
     /// ```
@@ -609,7 +609,7 @@ impl CacheBuilder {
     /// reads only values encrypted with it or with an [old key](Self::old_encryption_keys).
     /// Environment: `CACHE_ENCRYPTION_KEY`, the base64 of 32 bytes. For one namespace only,
     /// see [`Cache::with_encryption`](crate::Cache::with_encryption); what is encrypted and
-    /// what it costs: the README's "Encryption" section.
+    /// what it costs: [the guide](crate::guide::configuration#encryption).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -817,7 +817,7 @@ impl CacheBuilder {
     /// Turns the L1 near cache on, holding up to `entries` decoded values in this process
     /// (`0`: off, the default; env `CACHE_LOCAL_CAPACITY`). Redis backend only. Every instance
     /// that writes to the namespace must have it on too, since only those publish their
-    /// invalidations; see the README's "Invalidation" section for the guarantees.
+    /// invalidations; see [the guide](crate::guide::near_cache) for the guarantees.
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {

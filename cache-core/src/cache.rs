@@ -481,7 +481,7 @@ impl Cache {
     /// values encrypted with it (or with the old keys of
     /// [`with_old_encryption_keys`](Cache::with_old_encryption_keys)); anything else under
     /// its keys is a miss. Handles made from it ([`namespace`](Cache::namespace),
-    /// [`tenant`](Cache::tenant)) encrypt too. See the README's "Encryption" section.
+    /// [`tenant`](Cache::tenant)) encrypt too. See [the guide](crate::guide::configuration#encryption).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
@@ -749,7 +749,7 @@ impl Cache {
     /// Redis unreachable: the error is returned (`Error::CircuitOpen` at once while the
     /// circuit breaker is open, `Connection`/`Timeout` otherwise), and the invalidation is not
     /// lost: it is queued on the breaker's recovery queue and replayed, as a new scan, when
-    /// Redis answers again, before any read is served from it (see the README, "When Redis
+    /// Redis answers again, before any read is served from it (see [the guide](crate::guide::resilience), "When Redis
     /// goes down").
     ///
     /// Cost: a full `SCAN` of the server's keyspace (every key is visited, whatever the

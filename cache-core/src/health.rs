@@ -206,7 +206,7 @@ pub struct SentinelHealth {
     pub sentinels: Vec<SentinelNodeHealth>,
 }
 
-/// A health report: see [`Cache::health`](crate::Cache::health). Serializes to the JSON of the README's "Health"
+/// A health report: see [`Cache::health`](crate::Cache::health). Serializes to the JSON shown in [the guide](crate::guide::operations#health) ("Health"
 /// section.
 ///
 /// ```

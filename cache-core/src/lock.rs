@@ -113,7 +113,7 @@ impl std::fmt::Debug for Lock {
 
 impl Lock {
     /// The lease: how long the lock stays held if its holder neither releases nor extends it
-    /// (it crashed, say); default 30 s. Durations follow the cache's rule (README, "Durations
+    /// (it crashed, say); default 30 s. Durations follow the cache's rule ([the guide](crate::guide::configuration#durations-and-sizes), "Durations
     /// and sizes"): whole milliseconds, rounded up; longer than [`MAX_TTL`](crate::limits::MAX_TTL)
     /// clamped; zero is [`Error::InvalidDuration`] when the lock is taken.
     ///
@@ -387,7 +387,7 @@ impl Lock {
 /// Holding a guard does not prove the lock is still held: a lease can run out while the
 /// process is paused (GC-like stalls, a swapped-out VM, a debugger) or be lost in a Redis
 /// failover. Pass [`token`](LockGuard::token) to the resource the lock protects and have it
-/// refuse a token lower than one it has seen (see the README, "Locks").
+/// refuse a token lower than one it has seen (see [the guide](crate::guide::locks)).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {

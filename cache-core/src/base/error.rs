@@ -95,7 +95,7 @@ pub enum Error {
     },
     /// A duration that cannot be used: zero, where the cache needs a lifetime (a TTL given
     /// to a write or to `expire`, a lock's TTL, a window). Durations above
-    /// [`MAX_TTL`](crate::limits::MAX_TTL) are clamped, not refused; see the README's "Durations and
+    /// [`MAX_TTL`](crate::limits::MAX_TTL) are clamped, not refused; see [the guide](crate::guide::configuration#durations-and-sizes), "Durations and
     /// sizes".
     ///
     /// ```
@@ -187,7 +187,7 @@ pub enum Error {
     /// The circuit breaker of this cache is open: the last operations could not reach Redis,
     /// so this one was not attempted (it returned at once, without touching the network).
     /// [`is_unavailable`](Error::is_unavailable) is true. The breaker probes Redis in the
-    /// background and closes when it answers; see the README, "When Redis goes down".
+    /// background and closes when it answers; see [the guide](crate::guide::resilience), "When Redis goes down".
     ///
     /// ```
     /// use cache_core::Error;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use crate::base::error::{Error, Result};
 
 /// The longest duration the cache uses: longer TTLs (and other durations) are clamped to this,
-/// 3,650 days. See the README's "Durations and sizes" section.
+/// 3,650 days. See [the guide](crate::guide::configuration#durations-and-sizes).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {

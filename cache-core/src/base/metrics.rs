@@ -3,7 +3,7 @@
 //!
 //! Labels are low-cardinality: `namespace` (a first-level namespace, bounded per root; see
 //! `observe.rs`), `operation`, `outcome`, `reason`. Never keys, tenants or ids. Durations are
-//! in seconds. The names are listed in the README's metric table and described to the
+//! in seconds. The names are listed in the guide's metric table (operations chapter) and described to the
 //! installed recorder by [`describe_metrics`](crate::stats::describe_metrics).
 
 #[cfg(feature = "metrics")]
@@ -182,7 +182,7 @@ mod off {
 #[cfg(not(feature = "metrics"))]
 pub(crate) use off::*;
 
-/// Describes every metric of the README's table (unit and help text) to the installed
+/// Describes every metric of [the guide's table](crate::guide::operations#metrics) (unit and help text) to the installed
 /// `metrics` recorder, so that exporters such as Prometheus print `# HELP` lines. Call it
 /// after installing the recorder; without the `metrics` feature it does nothing.
 ///

@@ -9,7 +9,7 @@
 //! keeps at most [`MAX_NAMESPACES`] of them, the last one `<root>:_other` shared by all later ones.
 //!
 //! The hot path pays two clock reads, a few relaxed atomic adds (a counter and one histogram
-//! bucket) and a disabled-span check; see the README's "Metrics" section for the measured cost.
+//! bucket) and a disabled-span check; see the guide's operations chapter ("Metrics") for the measured cost.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
-//! Settings, from the builder and from the environment.
-//!
-//! Every setting has a builder method and an environment variable; see the README's
-//! configuration table. Environment values are read once, by [`CacheBuilder::from_env`](crate::CacheBuilder::from_env).
+//! The plain settings of a cache root (`Config`), as the builder (builder.rs, the front door)
+//! makes them from code and the environment, and where Redis is (`Target`). Every setting has
+//! a builder method and an environment variable; the guide's configuration chapter has the
+//! table.
 
 use std::time::Duration;
 

@@ -64,7 +64,7 @@ pub struct StatsSnapshot {
     pub background_refreshes: u64,
     /// Distributed fill locks not had within their wait: the value was computed anyway.
     pub lock_timeouts: u64,
-    /// Times the circuit breaker opened (Redis unreachable); see the README, "When Redis
+    /// Times the circuit breaker opened (Redis unreachable); see [the guide](crate::guide::resilience), "When Redis
     /// goes down".
     pub breaker_opened: u64,
     /// Operations the open circuit breaker answered at once, without Redis (the direct API
