@@ -1,4 +1,4 @@
-//! `cargo run --example metrics_dashboard`: the cache's metrics as Prometheus scrapes them,
+//! `cargo run --example metrics_dashboard --features metrics`: the cache's metrics as Prometheus scrapes them,
 //! while a bounded load runs.
 //!
 //! Serves `http://127.0.0.1:9898/metrics` (the Prometheus exposition, through
