@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 
 use crate::base::error::Result;
 pub use crate::base::key::KeyBuf;
+use crate::pipeline::{Call, FillLock, Pipeline, Policy};
 pub use crate::pipeline::{Detach, Inline, Spawn};
-use crate::pipeline::{FillLock, Pipeline, Policy};
 
 /// What a generated function knows statically.
 #[derive(Debug)]
@@ -347,18 +347,14 @@ pub async fn cached_with<O, M: Mode<O>, F: Future<Output = O>, D: Detach<F>>(
     match cache {
         Some(cache) => {
             let full = cache.full_key_of(key);
-            cache
-                .compute_with(
-                    spec.function,
-                    full,
-                    tags,
-                    spec.ttl,
-                    &spec.policy,
-                    mode,
-                    detach,
-                    compute,
-                )
-                .await
+            let call = Call {
+                function: spec.function,
+                full: &full,
+                tag_keys: cache.version_keys_in_place(tags),
+                ttl: spec.ttl,
+                policy: &spec.policy,
+            };
+            cache.compute_with(call, mode, detach, compute).await
         }
         None => compute.await,
     }
@@ -376,17 +372,14 @@ pub async fn refresh<O, M: Mode<O>, F: Future<Output = O>>(
     match cache {
         Some(cache) => {
             let full = cache.full_key_of(key);
-            cache
-                .compute_and_store(
-                    spec.function,
-                    full,
-                    tags,
-                    spec.ttl,
-                    &spec.policy,
-                    mode,
-                    compute,
-                )
-                .await
+            let call = Call {
+                function: spec.function,
+                full: &full,
+                tag_keys: cache.version_keys_in_place(tags),
+                ttl: spec.ttl,
+                policy: &spec.policy,
+            };
+            cache.compute_and_store(call, mode, compute).await
         }
         None => compute.await,
     }

@@ -96,6 +96,26 @@ enum Found<S> {
     Miss,
 }
 
+/// What one get-or-compute call is about, fixed for its whole life: who calls (for logs), the
+/// entry's full key, its tags' version keys, its TTL (`None`: the default) and the policy.
+#[derive(Clone, Copy)]
+pub(crate) struct Call<'a> {
+    pub(crate) function: &'static str,
+    pub(crate) full: &'a str,
+    pub(crate) tag_keys: &'a [String],
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) policy: &'a Policy,
+}
+
+/// What the read of a get-or-compute found when it had no fresh value: the tag versions and
+/// bytes it read (`None` if the read failed), a stale value to serve, and the flights' epoch
+/// when it began.
+struct AfterRead<S> {
+    known: Option<(Vec<Option<u64>>, Option<Bytes>)>,
+    stale: Option<S>,
+    epoch: u64,
+}
+
 /// The pipeline's own state of a cache root: the computations in flight and the random
 /// numbers of early refresh. Owned by the front door's handle, shared by its scoped handles.
 #[derive(Default)]
@@ -275,17 +295,14 @@ impl Pipeline {
     {
         match self.full_key(key) {
             Ok(full) => {
-                self.compute_with(
+                let call = Call {
                     function,
-                    full,
-                    &mut [],
+                    full: &full,
+                    tag_keys: &[],
                     ttl,
                     policy,
-                    mode,
-                    detach,
-                    compute(),
-                )
-                .await
+                };
+                self.compute_with(call, mode, detach, compute()).await
             }
             Err(e) => {
                 tracing::warn!(function, error = %e, "unusable key, computing without the cache");
@@ -299,14 +316,9 @@ impl Pipeline {
     // ---- the pipeline -----------------------------------------------------------------------
 
     /// The one get-or-compute path, shared by the direct API and generated code.
-    #[allow(clippy::too_many_arguments)] // one private step, called from two places
     pub(crate) async fn compute_with<O, M, F, D>(
         &self,
-        function: &'static str,
-        full: String,
-        tags: &mut [String],
-        ttl: Option<Duration>,
-        policy: &Policy,
+        call: Call<'_>,
         mode: M,
         detach: D,
         compute: F,
@@ -316,10 +328,16 @@ impl Pipeline {
         F: Future<Output = O>,
         D: Detach<F>,
     {
+        let Call {
+            function,
+            full,
+            tag_keys,
+            ttl,
+            policy,
+        } = call;
         let mut op = self.op(Operation::GetOrCompute); // ops: span, timer, outcome
-        let tag_keys = self.version_keys_in_place(tags);
         // local.rs: the L1 answers first, when on (and not opted out).
-        let (local, local_mark) = match self.local_begin(&full, &mode) {
+        let (local, local_mark) = match self.local_begin(full, &mode) {
             Ok(hit) => {
                 op.hit(crate::base::source::Source::Local); // ops: an L1 hit
                 return mode.restore(hit);
@@ -330,13 +348,13 @@ impl Pipeline {
         let epoch = landings();
         let mut known = None;
         let mut stale = None;
-        let read = self.backend_ref().get_with_versions(&full, tag_keys).await;
+        let read = self.backend_ref().get_with_versions(full, tag_keys).await;
         op.read_done(); // ops: read latency
         match read {
             Ok((bytes, versions)) if policy.reads_plainly() => {
                 match self
                     .decode_hit::<M::Stored>(
-                        &full,
+                        full,
                         bytes.as_deref(),
                         Some((tag_keys, &versions)),
                         codec::fingerprint::<M::Stored>(),
@@ -348,7 +366,7 @@ impl Pipeline {
                         self.local_fill_from(
                             local,
                             local_mark,
-                            &full,
+                            full,
                             bytes.as_ref(),
                             &mode,
                             &value,
@@ -356,12 +374,12 @@ impl Pipeline {
                         return mode.restore(value);
                     }
                     Ok(Lookup::Miss) => known = Some((versions, bytes)),
-                    Err(e) => self.compute_err(function, "get", &full, &e),
+                    Err(e) => self.compute_err(function, "get", full, &e),
                 }
             }
             Ok((bytes, versions)) => {
                 match self
-                    .read_entry::<M::Stored>(&full, bytes.as_deref(), tag_keys, &versions, policy)
+                    .read_entry::<M::Stored>(full, bytes.as_deref(), tag_keys, &versions, policy)
                     .await
                 {
                     Ok(Found::Fresh {
@@ -372,7 +390,7 @@ impl Pipeline {
                         self.local_fill_from(
                             local,
                             local_mark,
-                            &full,
+                            full,
                             bytes.as_ref(),
                             &mode,
                             &value,
@@ -385,7 +403,7 @@ impl Pipeline {
                         refresh: true,
                     }) => {
                         op.hit(self.backend_ref().kind()); // ops
-                        let fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
+                        let fill = Fill::new(self, function, full, tag_keys, ttl, policy);
                         return Box::pin(self.refresh_early(
                             fill,
                             epoch,
@@ -402,19 +420,17 @@ impl Pipeline {
                         known = Some((versions, bytes));
                     }
                     Ok(Found::Miss) => known = Some((versions, bytes)),
-                    Err(e) => self.compute_err(function, "get", &full, &e),
+                    Err(e) => self.compute_err(function, "get", full, &e),
                 }
             }
             // breaker.rs: while the circuit breaker is open, the fallback store answers
             // (boxed, like the miss path, to keep the hit's future small).
             Err(e) => match self.fallback_for(&e) {
                 Some(store) => {
-                    return Box::pin(self.fallback_in_flight(
-                        store, &full, tag_keys, ttl, policy, epoch, mode, compute,
-                    ))
-                    .await;
+                    return Box::pin(self.fallback_in_flight(store, call, epoch, mode, compute))
+                        .await;
                 }
-                None => self.compute_err(function, "get", &full, &e),
+                None => self.compute_err(function, "get", full, &e),
             },
         }
         // Boxed: the rest is the miss path's, and its state (flights, the fill, the
@@ -428,7 +444,15 @@ impl Pipeline {
         let span = op.span(); // ops: the computation and its write run in the span
         Box::pin(
             self.compute_cold(
-                function, full, tag_keys, ttl, policy, mode, detach, compute, known, stale, epoch,
+                call,
+                mode,
+                detach,
+                compute,
+                AfterRead {
+                    known,
+                    stale,
+                    epoch,
+                },
             )
             .instrument(span),
         )
@@ -438,14 +462,10 @@ impl Pipeline {
     /// While the breaker is open: the fallback store's value or the computation's, with the
     /// same single-flight as on Redis (the callers of one key during an outage run its
     /// computation once; a failed one is taken over by a waiter).
-    #[allow(clippy::too_many_arguments)] // one private step
     async fn fallback_in_flight<O, M, F>(
         &self,
         store: Arc<crate::store::memory::MemoryBackend>,
-        full: &str,
-        tag_keys: &[String],
-        ttl: Option<Duration>,
-        policy: &Policy,
+        call: Call<'_>,
         epoch: u64,
         mode: M,
         compute: F,
@@ -454,6 +474,13 @@ impl Pipeline {
         M: Mode<O>,
         F: Future<Output = O>,
     {
+        let Call {
+            full,
+            tag_keys,
+            ttl,
+            policy,
+            ..
+        } = call;
         // A hit in the fallback store pays no flight.
         if let Ok(value) = self.fallback_lookup::<M::Stored>(&store, full, tag_keys) {
             return mode.restore(value);
@@ -510,31 +537,36 @@ impl Pipeline {
 
     /// Steps 3 to 6, after a read that found no fresh value (`known`: what it found, `None`
     /// if it failed; `stale`: a stale value to serve).
-    #[allow(clippy::too_many_arguments)] // one private step
     async fn compute_cold<O, M, F, D>(
         &self,
-        function: &'static str,
-        full: String,
-        tag_keys: &[String],
-        ttl: Option<Duration>,
-        policy: &Policy,
+        call: Call<'_>,
         mode: M,
         detach: D,
         compute: F,
-        known: Option<(Vec<Option<u64>>, Option<Bytes>)>,
-        stale: Option<M::Stored>,
-        epoch: u64,
+        read: AfterRead<M::Stored>,
     ) -> O
     where
         M: Mode<O>,
         F: Future<Output = O>,
         D: Detach<F>,
     {
+        let Call {
+            function,
+            full,
+            tag_keys,
+            ttl,
+            policy,
+        } = call;
+        let AfterRead {
+            known,
+            stale,
+            epoch,
+        } = read;
         let seen = match &known {
             Some((_, bytes)) => Seen::Read(bytes.clone()),
             None => Seen::Unread,
         };
-        let mut fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
+        let mut fill = Fill::new(self, function, full, tag_keys, ttl, policy);
         if stale.is_some() {
             fill.stale_seen = known.as_ref().and_then(|(_, b)| b.clone());
         }
@@ -543,13 +575,13 @@ impl Pipeline {
         // once to everyone but the caller that starts the refresh.
         if policy.lock != FillLock::None {
             loop {
-                match self.flights().join(&full, &seen, epoch) {
+                match self.flights().join(full, &seen, epoch) {
                     Joined::Lead(leader) => {
                         fill.leader = Some(leader);
                         break;
                     }
                     Joined::Landed(bytes) => {
-                        if let Some(value) = decode_shared::<M::Stored>(self, &full, &bytes) {
+                        if let Some(value) = decode_shared::<M::Stored>(self, full, &bytes) {
                             self.root_stats().flight_wait();
                             return mode.restore(value);
                         }
@@ -565,7 +597,7 @@ impl Pipeline {
                         let bound = policy.hard_timeout.filter(|_| M::TIMES_OUT);
                         match wait(rx, bound).await {
                             Waited::Value(bytes) => {
-                                match decode_shared::<M::Stored>(self, &full, &bytes) {
+                                match decode_shared::<M::Stored>(self, full, &bytes) {
                                     Some(value) => return mode.restore(value),
                                     None => break,
                                 }
@@ -587,7 +619,7 @@ impl Pipeline {
         // 5. across processes
         if policy.lock == FillLock::Distributed && known.is_some() {
             let seen_bytes = known.as_ref().and_then(|(_, b)| b.as_deref());
-            match fill_lock::acquire(self, &full, seen_bytes, policy, stale.is_some()).await {
+            match fill_lock::acquire(self, full, seen_bytes, policy, stale.is_some()).await {
                 fill_lock::Acquired::Held(guard) => fill.fill_lock = Some(guard),
                 fill_lock::Acquired::Stale => {
                     if let Some(value) = stale {
@@ -598,10 +630,10 @@ impl Pipeline {
                 }
                 fill_lock::Acquired::Arrived => {
                     // Another process stored the value: read it as a waiter would.
-                    if let Ok(Some(bytes)) = self.backend_ref().get(&full).await
+                    if let Ok(Some(bytes)) = self.backend_ref().get(full).await
                         && let Ok(Lookup::Hit { value, .. }) = self
                             .decode_hit::<M::Stored>(
-                                &full,
+                                full,
                                 Some(&bytes),
                                 None,
                                 codec::fingerprint::<M::Stored>(),
@@ -626,7 +658,7 @@ impl Pipeline {
         if let Some((versions, seen_bytes)) = known {
             fill.versions = tags::current_versions(self, tag_keys, Some(versions))
                 .await
-                .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
+                .inspect_err(|e| self.compute_err(function, "tag versions", full, e))
                 .ok();
             fill.condition = WriteIf::Unchanged(seen_bytes, self.pattern_mark());
             // pattern.rs
@@ -815,7 +847,7 @@ impl Pipeline {
     }
 
     /// Rendered tags turned into their version keys, in their own buffers.
-    fn version_keys_in_place<'t>(&self, tags: &'t mut [String]) -> &'t [String] {
+    pub(crate) fn version_keys_in_place<'t>(&self, tags: &'t mut [String]) -> &'t [String] {
         for tag in tags.iter_mut() {
             tags::into_version_key(self.key_prefix(), tag);
         }
@@ -823,28 +855,29 @@ impl Pipeline {
     }
 
     /// Computes and stores unconditionally (the `_refresh` companions and `#[cache_put]`).
-    #[allow(clippy::too_many_arguments)] // one private step
     pub(crate) async fn compute_and_store<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
-        function: &'static str,
-        full: String,
-        tags: &mut [String],
-        ttl: Option<Duration>,
-        policy: &Policy,
+        call: Call<'_>,
         mode: M,
         compute: F,
     ) -> O {
-        let tag_keys = self.version_keys_in_place(tags);
+        let Call {
+            function,
+            full,
+            tag_keys,
+            ttl,
+            policy,
+        } = call;
         // breaker.rs: while the circuit breaker is open, the value goes to the fallback store.
         if let Some(store) = self.open_fallback() {
             return self
-                .put_in_fallback(store, &full, tag_keys, ttl, mode, compute)
+                .put_in_fallback(store, full, tag_keys, ttl, mode, compute)
                 .await;
         }
-        let mut fill = Fill::new(self, function, &full, tag_keys, ttl, policy);
+        let mut fill = Fill::new(self, function, full, tag_keys, ttl, policy);
         fill.versions = tags::current_versions(self, tag_keys, None)
             .await
-            .inspect_err(|e| self.compute_err(function, "tag versions", &full, e))
+            .inspect_err(|e| self.compute_err(function, "tag versions", full, e))
             .ok();
         self.root_stats().compute();
         self.ns_stats().compute(); // ops
