@@ -240,7 +240,7 @@ impl Error {
 
     pub(crate) fn invalid_key(key: &str, reason: &'static str) -> Self {
         Error::InvalidKey {
-            key: crate::base::key::shorten_for_display(key),
+            key: shorten_for_display(key),
             reason,
         }
     }
@@ -288,3 +288,16 @@ impl Error {
 /// # Ok(()) }
 /// ```
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A key cut down for error messages, so a megabyte key does not become a megabyte log line.
+pub(crate) fn shorten_for_display(key: &str) -> String {
+    const SHOW: usize = 80;
+    if key.len() <= SHOW {
+        return key.escape_debug().to_string();
+    }
+    let mut end = SHOW;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", key[..end].escape_debug(), key.len())
+}

@@ -18,6 +18,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::base::error::{Error, Result};
+// Errors show keys through it (error.rs owns it, so that error does not import key).
+pub(crate) use crate::base::error::shorten_for_display;
 
 /// Parts longer than this (after escaping) are replaced by `#` and a 128-bit digest (32 hex
 /// digits), so one long argument cannot make a long key.
@@ -402,19 +404,6 @@ fn hash_tag(key: &str) -> Option<&str> {
     let open = key.find('{')?;
     let close = key[open + 1..].find('}')? + open + 1;
     (close > open + 1).then(|| &key[open..=close])
-}
-
-/// A key cut down for error messages, so a megabyte key does not become a megabyte log line.
-pub(crate) fn shorten_for_display(key: &str) -> String {
-    const SHOW: usize = 80;
-    if key.len() <= SHOW {
-        return key.escape_debug().to_string();
-    }
-    let mut end = SHOW;
-    while !key.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}... ({} bytes)", key[..end].escape_debug(), key.len())
 }
 
 // ---- KeyPart impls -------------------------------------------------------------------------
