@@ -27,6 +27,7 @@
 mod cluster;
 mod error;
 mod process;
+mod proxy;
 mod server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,7 @@ use std::sync::OnceLock;
 
 pub use cluster::{RedisCluster, SentinelSetup, SENTINEL_MASTER, TOPOLOGY_TIMEOUT};
 pub use error::HarnessError;
+pub use proxy::{Direction, Fault, FaultProxy};
 pub use server::{
     answers_ping, find_redis_server, find_redis_server_in, redis_server_version, RedisServer,
     RedisServerBuilder, READY_TIMEOUT,
