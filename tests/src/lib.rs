@@ -33,7 +33,7 @@ mod server;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-pub use cluster::{RedisCluster, SentinelSetup, SENTINEL_MASTER, TOPOLOGY_TIMEOUT};
+pub use cluster::{find_redis_cli, RedisCluster, SentinelSetup, SENTINEL_MASTER, TOPOLOGY_TIMEOUT};
 pub use error::HarnessError;
 pub use proxy::{Direction, Fault, FaultProxy};
 pub use server::{
