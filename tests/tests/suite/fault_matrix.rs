@@ -316,6 +316,8 @@ async fn get_set(row: Row) -> Cell {
 async fn delete(row: Row) -> Cell {
     let bed = Bed::new(row);
     bed.cache.set("k", &value("k", 1), None).await.expect("set");
+    // The delete script loaded before the fault (its first use sends its source).
+    bed.cache.delete("other").await.expect("delete before");
     bed.fault().await;
     let deleted = bed.timed("delete", bed.cache.delete("k")).await;
     let outcome = bed.either("delete", deleted, true);
@@ -344,6 +346,10 @@ async fn tag_invalidation(row: Row) -> Cell {
         .set_tagged("k", &value("k", 1), None, &["team:1"])
         .await
         .expect("set_tagged");
+    bed.cache
+        .invalidate_tag("team:2")
+        .await
+        .expect("invalidate before");
     bed.fault().await;
     let bumped = bed
         .timed("invalidate_tag", bed.cache.invalidate_tag("team:1"))
@@ -440,6 +446,10 @@ async fn lock(row: Row) -> Cell {
     }
 }
 
+/// What a limiter answers without Redis, by its `OnUnavailable` policy.
+const POLICY: &str =
+    "by policy: `Allow` admits (remaining = limit), `Deny` refuses (retry after 1 s), `Error` returns the error";
+
 async fn rate_limiter(row: Row) -> Cell {
     let bed = Bed::new(row);
     const LIMIT: u64 = 100;
@@ -503,11 +513,15 @@ async fn rate_limiter(row: Row) -> Cell {
     }
     Cell {
         operation: "rate limiter check",
-        outcome: if seen.iter().all(|r| *r) {
-            "counted by Redis".into()
-        } else {
-            "by policy: `Allow` admits (remaining = limit), `Deny` refuses (retry after 1 s), `Error` returns the error".into()
-        },
+        outcome: format!(
+            "{}{}; counted by Redis again after",
+            if seen[0] { "counted by Redis" } else { POLICY },
+            if seen.len() > 1 {
+                format!("; breaker open: {POLICY}")
+            } else {
+                String::new()
+            }
+        ),
         slowest: bed.slowest(),
     }
 }
@@ -763,9 +777,10 @@ async fn transient(row: Row, operation: &'static str) -> Result<String, String> 
         reads += 1;
         if matches!(&read, Ok(Some(v)) if *v == old) {
             return Err(format!(
-                "{} / {operation}: the old value served {:?} after the failed {operation}, on read {reads} (stats: {:?})",
+                "{} / {operation}: the old value served {:?} after the failed {operation} (which took {:?}), on read {reads} (stats: {:?})",
                 row.name,
                 started.elapsed(),
+                bed.slowest(),
                 bed.cache.stats()
             ));
         }
