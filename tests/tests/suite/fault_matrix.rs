@@ -400,7 +400,8 @@ async fn lock(row: Row) -> Cell {
     // Fail closed: a lock is granted only on Redis's word.
     let acquire = match (row.reach, acquired) {
         (Reach::Passes | Reach::Mixed, Ok(guard)) => {
-            guard.release().await.expect("release after");
+            // Through the fault too: fine either way (a lease not released runs out).
+            bed.either("release of the lock granted", guard.release().await, true);
             "granted"
         }
         (Reach::Blocks | Reach::Mixed, Err(e)) if e.is_unavailable() => "refused (unavailable)",
@@ -687,9 +688,9 @@ async fn bandwidth_throttled() {
 
 // ---- a fault that clears before the breaker opens --------------------------------------------
 
-/// One invalidation fails through a brief fault (one failure: the breaker, opening after
-/// three, stays closed), then the fault clears. Every read after the failed call must not
-/// return the invalidated value.
+/// One invalidation fails through a brief fault (one failed call: today the breaker, opening
+/// after three, stays closed), then the fault clears. No read after the failed call may return
+/// the invalidated value (an error, or the breaker's answer, is fine).
 ///
 /// KNOWN GAP, issue 21 item 2 (another branch fixes it): an invalidation that fails while the
 /// breaker is closed waits in the recovery queue for the *next* recovery (cache-core's
@@ -761,12 +762,8 @@ async fn transient(row: Row, operation: &'static str) -> Result<String, String> 
         }
     };
     bed.unavailable(operation, failed);
-    assert_eq!(
-        bed.cache.stats().breaker_opened,
-        0,
-        "{}: one failure does not open the breaker",
-        row.name
-    );
+    // Today one failure leaves the breaker closed (it opens after three); a fix may open it.
+    let opened = bed.cache.stats().breaker_opened;
     bed.proxy.clear();
     // Reads for a while after: a replay, if one is due, has time to happen; none may serve
     // the old value meanwhile.
@@ -787,7 +784,7 @@ async fn transient(row: Row, operation: &'static str) -> Result<String, String> 
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(format!(
-        "| {} | {operation} | the old value never served after the fault cleared ({reads} reads) | {} ms |",
+        "| {} | {operation} | the old value never served after the fault cleared ({reads} reads; breaker opened {opened} times) | {} ms |",
         row.name,
         bed.slowest().as_millis()
     ))
