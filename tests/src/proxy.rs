@@ -288,7 +288,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-/// Closes `stream` with an RST rather than a FIN.
+/// Makes the close of `stream` (when it is dropped) an RST rather than a FIN.
 fn reset(stream: &TcpStream) {
     let _ = stream.set_zero_linger();
 }
