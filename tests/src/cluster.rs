@@ -17,7 +17,12 @@ pub const TOPOLOGY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const SENTINEL_MASTER: &str = "mymaster";
 
 /// `redis-cli`, next to `redis-server` or on `PATH`.
-fn find_redis_cli() -> Result<PathBuf, HarnessError> {
+///
+/// ```
+/// let cli = tests::find_redis_cli().expect("redis-cli is installed");
+/// assert!(cli.is_file());
+/// ```
+pub fn find_redis_cli() -> Result<PathBuf, HarnessError> {
     let server = find_redis_server()?;
     let beside = server.with_file_name("redis-cli");
     if beside.is_file() {

@@ -27,13 +27,15 @@
 mod cluster;
 mod error;
 mod process;
+mod proxy;
 mod server;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-pub use cluster::{RedisCluster, SentinelSetup, SENTINEL_MASTER, TOPOLOGY_TIMEOUT};
+pub use cluster::{find_redis_cli, RedisCluster, SentinelSetup, SENTINEL_MASTER, TOPOLOGY_TIMEOUT};
 pub use error::HarnessError;
+pub use proxy::{Direction, Fault, FaultProxy};
 pub use server::{
     answers_ping, find_redis_server, find_redis_server_in, redis_server_version, RedisServer,
     RedisServerBuilder, READY_TIMEOUT,
