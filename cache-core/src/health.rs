@@ -6,7 +6,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! use cache_core::health::HealthStatus;
 //! let health = cache_core::Cache::in_memory().health().await;
-//! assert_eq!(health.status, HealthStatus::Up);
+//! assert_eq!(health.status, HealthStatus::Ok);
 //! # }
 //! ```
 
