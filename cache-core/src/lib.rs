@@ -97,7 +97,7 @@ macro_rules! key {
 /// [`Cache::try_get_or_set_with`]. See [the guide](crate::guide::stampedes_and_staleness).
 pub mod compute {
     pub use crate::pipeline::{
-        ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout,
+        BatchOptions, ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout,
     };
 }
 
