@@ -203,7 +203,6 @@ impl Context<'_> {
             .as_ref()
             .expect("checked: `#[cached_many]` has a collection parameter");
         let ids = &self.info.params[collection.index].ident;
-        let ids_name = self.info.params[collection.index].name.clone();
 
         let uncached_name = format_ident!("{}_uncached", name);
         let invalidate_name = format_ident!("{}_invalidate", name);
@@ -219,20 +218,21 @@ impl Context<'_> {
         let spec = self.spec();
         let cache = self.cache_ref();
 
-        let id = local("__cache_id");
+        // Inside the loops below, the collection's name is bound to each element, so that
+        // `<ids>` in the templates renders the element, through the same code (and with the
+        // same spans and messages) as any other parameter.
         let key = local("__cache_key");
         let tag = local("__cache_tag");
         let elements = local("__cache_elements");
         let missing = local("__cache_missing");
-        let element = Some((ids_name.as_str(), &id));
         let template = self
             .args
             .key
             .as_ref()
             .expect("checked: `#[cached_many]` has a key");
-        let render_key = self.render_element(&key, template, element);
+        let render_key = self.render(&key, template);
         let rendered_tags = self.args.tags.iter().map(|template| {
-            let render = self.render_element(&tag, template, element);
+            let render = self.render(&tag, template);
             quote!({ #render #tag.into_string() })
         });
         // The ids the cache did not answer, as the type the body takes.
@@ -274,11 +274,10 @@ impl Context<'_> {
                 #spec
                 let #elements = {
                     let mut #elements = ::std::vec::Vec::new();
-                    for #id in #ids.iter() {
-                        let #id = ::core::clone::Clone::clone(#id);
+                    for #ids in #ids.iter() {
                         #render_key
                         let #tag = ::std::vec![#(#rendered_tags),*];
-                        #elements.push((#id, #key, #tag));
+                        #elements.push((::core::clone::Clone::clone(#ids), #key, #tag));
                     }
                     #elements
                 };
@@ -297,7 +296,7 @@ impl Context<'_> {
                 // Some arguments only exist to match the cached function.
                 let _ = (#(&#params,)*);
                 let mut #elements = ::std::vec::Vec::new();
-                for #id in #ids.iter() {
+                for #ids in #ids.iter() {
                     #render_key
                     #elements.push(#key);
                 }
@@ -574,17 +573,6 @@ impl Context<'_> {
     /// spanned on the template literal, so that a parameter that is not a
     /// `KeyPart`, or a misspelt field, is reported on the attribute.
     fn render(&self, buf: &Ident, arg: &TemplateArg) -> TokenStream {
-        self.render_element(buf, arg, None)
-    }
-
-    /// [`render`](Self::render), where the placeholders of the parameter named `element.0`
-    /// (the collection of `#[cached_many]`) render `element.1` (the current element).
-    fn render_element(
-        &self,
-        buf: &Ident,
-        arg: &TemplateArg,
-        element: Option<(&str, &Ident)>,
-    ) -> TokenStream {
         let private = self.private();
         let span = arg.lit.span();
         let template = arg
@@ -596,12 +584,6 @@ impl Context<'_> {
             Segment::Placeholder(placeholder) => {
                 let root = if placeholder.root == "self" {
                     quote_spanned!(span=> self)
-                } else if let Some((_, id)) = element.filter(|(name, _)| *name == placeholder.root)
-                {
-                    // Located at the template, in the generated code's hygiene.
-                    let mut ident = (*id).clone();
-                    ident.set_span(Span::mixed_site().located_at(span));
-                    ident.into_token_stream()
                 } else {
                     let param = self
                         .info

@@ -315,7 +315,12 @@ fn check_many(
     if !returns_map(&sig.output) {
         let found = match &sig.output {
             ReturnType::Default => "`()`".to_owned(),
-            ReturnType::Type(_, ty) => format!("`{}`", quote::ToTokens::to_token_stream(ty)),
+            ReturnType::Type(_, ty) => format!(
+                "`{}`",
+                quote::ToTokens::to_token_stream(ty)
+                    .to_string()
+                    .replace(' ', "")
+            ),
         };
         let span = match &sig.output {
             ReturnType::Default => sig.ident.span(),
@@ -382,7 +387,7 @@ fn check_many(
             errors.spanned(
                 &key.lit,
                 format_args!(
-                    "the key template of `#[cached_many]` names {} collection parameters, {names}; a batch iterates over one: keep one in the key and pass the others by value in `skip = [...]` or as a single id",
+                    "the key template of `#[cached_many]` names {} collection parameters ({names}); a batch iterates over exactly one: keep one of them in the key template",
                     named.len()
                 ),
             );
