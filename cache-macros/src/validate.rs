@@ -322,16 +322,13 @@ fn check_many(
                     .replace(' ', "")
             ),
         };
-        let span = match &sig.output {
-            ReturnType::Default => sig.ident.span(),
-            ReturnType::Type(_, ty) => ty.span(),
-        };
-        errors.at(
-            span,
-            format_args!(
-                "`#[cached_many]` returns a map from each id to its value: `HashMap<K, V>` or `Result<HashMap<K, V>, E>`; found {found}"
-            ),
+        let message = format!(
+            "`#[cached_many]` returns a map from each id to its value: `HashMap<K, V>` or `Result<HashMap<K, V>, E>`; found {found}"
         );
+        match &sig.output {
+            ReturnType::Default => errors.at(sig.ident.span(), message),
+            ReturnType::Type(_, ty) => errors.spanned(ty, message),
+        }
     }
     let Some(key) = &args.key else {
         errors.at(

@@ -370,9 +370,16 @@ impl Pipeline {
                 .collect();
             order.sort_by(|&a, &b| missing[a].full.cmp(&missing[b].full));
             let flights = self.flights();
+            let mut previous: Option<String> = None;
             for i in order {
                 let m = &mut missing[i];
                 let full = m.full.clone().unwrap_or_default();
+                // Two ids with one key (a key function that ignores part of the id): the
+                // second must not wait for the flight this batch leads.
+                if previous.as_ref() == Some(&full) {
+                    continue;
+                }
+                previous = Some(full.clone());
                 loop {
                     match flights.join(&full, &m.seen, epoch) {
                         Joined::Lead(leader) => m.leader = Some(leader),

@@ -608,3 +608,81 @@ async fn a_failing_load_serves_stale_values_within_their_window() {
         assert_eq!(r, Err("down".to_owned()), "{backend}");
     }
 }
+
+/// Two ids whose keys are one (a key function that ignores part of the id): the batch does not
+/// wait for the flight it leads itself.
+#[tokio::test]
+async fn ids_sharing_a_key_do_not_wait_for_their_own_flight() {
+    for (backend, cache) in tests::backends().await {
+        let loads = Loads::default();
+        let recorded = loads.clone();
+        let found = cache
+            .get_or_set_many(
+                [1, 2],
+                |_: &u64| "one key".to_owned(),
+                TTL,
+                |missing: Vec<u64>| async move {
+                    recorded.record(&missing);
+                    names(&missing)
+                },
+            )
+            .await;
+        assert_eq!(found, names(&[1, 2]), "{backend}");
+        assert_eq!(loads.calls(), vec![vec![1, 2]], "{backend}");
+    }
+}
+
+/// With the distributed fill lock, a batch in another process (another cache root: its own
+/// flights and connections) waits for the ids this one is loading, and takes their values
+/// instead of loading them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_distributed_fill_lock_batches_of_two_processes_load_each_id_once() {
+    let namespace = tests::unique_namespace();
+    let root = || {
+        tests::redis_builder()
+            .namespace(namespace.as_str())
+            .build()
+            .expect("builds")
+    };
+    let (holder, waiter) = (root(), root());
+    let options = BatchOptions::new()
+        .ttl(TTL)
+        .lock(cache_core::compute::FillLock::Distributed)
+        .lock_wait(LIMIT);
+    let loads = Loads::default();
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let first = {
+        let load = gated(&loads, &gate);
+        tokio::spawn(async move {
+            holder
+                .get_or_set_many_with([1, 2], user_key, &options, load)
+                .await
+        })
+    };
+    until("the holder to load", || async { !loads.calls().is_empty() }).await;
+    let second = {
+        let loads = loads.clone();
+        tokio::spawn(async move {
+            waiter
+                .get_or_set_many_with(
+                    [2, 3],
+                    user_key,
+                    &options,
+                    move |missing: Vec<u64>| async move {
+                        loads.record(&missing);
+                        names(&missing)
+                    },
+                )
+                .await
+        })
+    };
+    let channel = format!("{namespace}*~fill:*");
+    until("the other process to wait for the fill lock", || async {
+        !tests::subscribed_channels(&channel).await.is_empty()
+    })
+    .await;
+    open.send_replace(true);
+    assert_eq!(first.await.expect("joins"), names(&[1, 2]));
+    assert_eq!(second.await.expect("joins"), names(&[2, 3]));
+    assert_eq!(loads.calls(), vec![vec![1, 2], vec![3]]);
+}
