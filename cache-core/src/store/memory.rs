@@ -140,7 +140,7 @@ impl MemoryBackend {
         &self,
         keys: &[K],
         tag_keys: &[String],
-    ) -> Result<(Vec<Option<Bytes>>, Vec<Option<u64>>)> {
+    ) -> Result<super::ValuesAndVersions> {
         let values = keys
             .iter()
             .map(|k| self.live(k.as_ref()).map(|e| e.data))

@@ -47,6 +47,9 @@ impl<T: AsRef<str> + ::redis::ToRedisArgs + Sync> TagKey for T {}
 /// One write of a batch: key, encoded value, TTL.
 pub(crate) type Write = (String, Vec<u8>, Option<Duration>);
 
+/// The values of some keys and the versions of some tag keys, read in one round trip.
+pub(crate) type ValuesAndVersions = (Vec<Option<Bytes>>, Vec<Option<u64>>);
+
 /// A write that lands only if the key still holds what a read found (the last field; `None`:
 /// nothing): a batch's computed values.
 pub(crate) type ConditionalWrite = (String, Vec<u8>, Option<Duration>, Option<Bytes>);
@@ -98,7 +101,7 @@ impl Backend {
         &self,
         keys: &[K],
         tag_keys: &[String],
-    ) -> Result<(Vec<Option<Bytes>>, Vec<Option<u64>>)> {
+    ) -> Result<ValuesAndVersions> {
         dispatch!(self.get_many_with_versions(keys, tag_keys))
     }
 

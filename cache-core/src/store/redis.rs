@@ -30,7 +30,7 @@ use redis::{
 };
 
 use super::cluster::{AnyConnection, Connector, by_slot};
-use super::{ConditionalWrite, KeyTtl, TagKey, Write};
+use super::{ConditionalWrite, KeyTtl, TagKey, ValuesAndVersions, Write};
 use crate::base::error::{Error, Result};
 use crate::base::settings::{Config, RedisTarget};
 use crate::store::breaker::{Breaker, Invalidation};
@@ -672,7 +672,7 @@ impl RedisBackend {
         &self,
         keys: &[K],
         tag_keys: &[String],
-    ) -> Result<(Vec<Option<Bytes>>, Vec<Option<u64>>)> {
+    ) -> Result<ValuesAndVersions> {
         let all: Vec<&str> = keys
             .iter()
             .map(AsRef::as_ref)

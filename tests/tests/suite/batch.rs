@@ -38,10 +38,10 @@ struct Loads(Arc<Mutex<Vec<Vec<u64>>>>);
 
 impl Loads {
     fn record(&self, ids: &[u64]) {
-        self.0.lock().unwrap().push(ids.to_vec());
+        self.0.lock().expect("not poisoned").push(ids.to_vec());
     }
     fn calls(&self) -> Vec<Vec<u64>> {
-        self.0.lock().unwrap().clone()
+        self.0.lock().expect("not poisoned").clone()
     }
     /// How many times each id was loaded.
     fn per_id(&self) -> HashMap<u64, usize> {
@@ -171,15 +171,14 @@ async fn a_failing_load_returns_its_error_and_stores_nothing() {
     }
 }
 
+/// What a gated load returns.
+type Loading = std::pin::Pin<Box<dyn std::future::Future<Output = HashMap<u64, String>> + Send>>;
+
 /// A load that waits for `gate` to open, counting its calls in `loads`.
 fn gated(
     loads: &Loads,
     gate: &tokio::sync::watch::Receiver<bool>,
-) -> impl FnOnce(
-    Vec<u64>,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = HashMap<u64, String>> + Send>>
-       + Send
-       + 'static {
+) -> impl FnOnce(Vec<u64>) -> Loading + Send + 'static {
     let (loads, mut gate) = (loads.clone(), gate.clone());
     move |missing: Vec<u64>| {
         Box::pin(async move {
