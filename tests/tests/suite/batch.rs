@@ -685,3 +685,29 @@ async fn with_the_distributed_fill_lock_batches_of_two_processes_load_each_id_on
     assert_eq!(second.await.expect("joins"), names(&[2, 3]));
     assert_eq!(loads.calls(), vec![vec![1, 2], vec![3]]);
 }
+
+/// The L1 near cache answers per element: ids it holds cost no read, and a batch's hits
+/// from Redis fill it.
+#[tokio::test]
+async fn the_near_cache_answers_per_element() {
+    let cache = tests::redis_builder()
+        .local_cache(10_000)
+        .build()
+        .expect("builds");
+    until("the near cache to serve", || async {
+        cache.local_cache_serving()
+    })
+    .await;
+    let loads = Loads::default();
+    batch(&cache, &loads, &[1, 2, 3]).await; // loaded and stored
+    batch(&cache, &loads, &[1, 2, 3]).await; // read from Redis, kept in the L1
+    let before = cache.stats().local_hits;
+    let found = batch(&cache, &loads, &[3, 2, 1, 4]).await;
+    assert_eq!(found, names(&[1, 2, 3, 4]));
+    assert_eq!(
+        cache.stats().local_hits - before,
+        3,
+        "1, 2 and 3 from the L1"
+    );
+    assert_eq!(loads.calls(), vec![vec![1, 2, 3], vec![4]]);
+}
