@@ -3,7 +3,9 @@
 //! get-or-compute into the pipeline, locks, limiters, sessions, patterns, warming, health and
 //! key reports into their capability modules. Nothing below this module names `Cache`.
 
+use std::collections::HashMap;
 use std::fmt::Display;
+use std::hash::Hash;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -20,6 +22,7 @@ use crate::engine::Handle;
 use crate::health::Health;
 use crate::key_report::KeyReportBuilder;
 use crate::lock::Lock;
+use crate::pipeline::batch::{self, BatchOptions};
 use crate::pipeline::glue::CacheRef;
 use crate::pipeline::{ComputeOptions, HardTimeoutFor, Pipeline};
 use crate::rate_limit::{MemoryLimits, RateLimit, RateLimiter};
@@ -660,6 +663,170 @@ impl Cache {
         Fut: Future<Output = Result<T, E>>,
     {
         self.pipeline.try_get_or_set(key, ttl, compute).await
+    }
+
+    /// Batch get-or-compute: the value of every id, reading all their keys in one round trip
+    /// and calling `load` once, with exactly the ids not cached (deduplicated, in input
+    /// order); what it returns is written in one round trip. Ids it does not return are
+    /// absent from the map (and not cached: see
+    /// [`BatchOptions::cache_absent`](crate::compute::BatchOptions::cache_absent)). An id
+    /// another call in this process is computing (a batch, or a single key) is waited for,
+    /// not loaded again. An error of `load` is returned and nothing is stored. See
+    /// [the guide](crate::guide::stampedes_and_staleness#many-keys-in-one-call).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let ttl = std::time::Duration::from_secs(300);
+    /// let first: Result<HashMap<u64, String>, String> = cache
+    ///     .try_get_or_set_many(vec![1, 2], |id: &u64| format!("user:{id}"), ttl, |missing: Vec<u64>| async move {
+    ///         assert_eq!(missing, vec![1, 2]);
+    ///         Ok(missing.into_iter().map(|id| (id, format!("user {id}"))).collect())
+    ///     })
+    ///     .await;
+    /// let users: Result<HashMap<u64, String>, String> = cache
+    ///     .try_get_or_set_many(vec![2, 3, 1], |id: &u64| format!("user:{id}"), ttl, |missing: Vec<u64>| async move {
+    ///         assert_eq!(missing, vec![3]); // 1 and 2 are cached
+    ///         Ok(missing.into_iter().map(|id| (id, format!("user {id}"))).collect())
+    ///     })
+    ///     .await;
+    /// assert_eq!(users.unwrap().len(), 3);
+    /// # let _ = first;
+    /// # }
+    /// ```
+    pub async fn try_get_or_set_many<I, K, S, T, E, KF, L, Fut>(
+        &self,
+        ids: I,
+        key: KF,
+        ttl: impl Into<Option<Duration>>,
+        load: L,
+    ) -> std::result::Result<HashMap<K, T>, E>
+    where
+        I: IntoIterator<Item = K>,
+        K: Eq + Hash + Clone,
+        KF: FnMut(&K) -> S,
+        S: AsRef<str>,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        L: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<HashMap<K, T>, E>>,
+    {
+        self.pipeline
+            .try_get_or_set_many_with(ids, key, &batch::with_ttl(ttl.into()), load)
+            .await
+    }
+
+    /// [`try_get_or_set_many`](Cache::try_get_or_set_many) for a `load` that cannot fail.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let squares: HashMap<u64, u64> = cache
+    ///     .get_or_set_many([3, 4, 3], |n: &u64| format!("square:{n}"), None, |missing: Vec<u64>| async move {
+    ///         assert_eq!(missing, vec![3, 4]); // deduplicated
+    ///         missing.into_iter().map(|n| (n, n * n)).collect()
+    ///     })
+    ///     .await;
+    /// assert_eq!(squares[&4], 16);
+    /// # }
+    /// ```
+    pub async fn get_or_set_many<I, K, S, T, KF, L, Fut>(
+        &self,
+        ids: I,
+        key: KF,
+        ttl: impl Into<Option<Duration>>,
+        load: L,
+    ) -> HashMap<K, T>
+    where
+        I: IntoIterator<Item = K>,
+        K: Eq + Hash + Clone,
+        KF: FnMut(&K) -> S,
+        S: AsRef<str>,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        L: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = HashMap<K, T>>,
+    {
+        self.pipeline
+            .get_or_set_many_with(ids, key, &batch::with_ttl(ttl.into()), load)
+            .await
+    }
+
+    /// [`try_get_or_set_many`](Cache::try_get_or_set_many) with [`BatchOptions`]: a stale
+    /// window (fail-safe), the distributed fill lock, negative caching.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use cache_core::compute::{BatchOptions, FillLock};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let options = BatchOptions::new().lock(FillLock::Distributed);
+    /// let found: Result<HashMap<u64, u64>, std::io::Error> = cache
+    ///     .try_get_or_set_many_with([1, 2], |n: &u64| format!("n:{n}"), &options, |missing: Vec<u64>| async move {
+    ///         Ok(missing.into_iter().map(|n| (n, n)).collect())
+    ///     })
+    ///     .await;
+    /// assert_eq!(found.unwrap().len(), 2);
+    /// # }
+    /// ```
+    pub async fn try_get_or_set_many_with<I, K, S, T, E, KF, L, Fut>(
+        &self,
+        ids: I,
+        key: KF,
+        options: &BatchOptions,
+        load: L,
+    ) -> std::result::Result<HashMap<K, T>, E>
+    where
+        I: IntoIterator<Item = K>,
+        K: Eq + Hash + Clone,
+        KF: FnMut(&K) -> S,
+        S: AsRef<str>,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        L: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = std::result::Result<HashMap<K, T>, E>>,
+    {
+        self.pipeline
+            .try_get_or_set_many_with(ids, key, options, load)
+            .await
+    }
+
+    /// [`get_or_set_many`](Cache::get_or_set_many) with [`BatchOptions`] (see
+    /// [`try_get_or_set_many_with`](Cache::try_get_or_set_many_with)).
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    /// use cache_core::compute::BatchOptions;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let options = BatchOptions::new().ttl(Duration::from_secs(60));
+    /// let found: HashMap<u64, u64> = cache
+    ///     .get_or_set_many_with([1, 2], |n: &u64| format!("n:{n}"), &options, |missing: Vec<u64>| async move {
+    ///         missing.into_iter().map(|n| (n, n)).collect()
+    ///     })
+    ///     .await;
+    /// assert_eq!(found.len(), 2);
+    /// # }
+    /// ```
+    pub async fn get_or_set_many_with<I, K, S, T, KF, L, Fut>(
+        &self,
+        ids: I,
+        key: KF,
+        options: &BatchOptions,
+        load: L,
+    ) -> HashMap<K, T>
+    where
+        I: IntoIterator<Item = K>,
+        K: Eq + Hash + Clone,
+        KF: FnMut(&K) -> S,
+        S: AsRef<str>,
+        T: Serialize + DeserializeOwned + Send + Sync + 'static,
+        L: FnOnce(Vec<K>) -> Fut,
+        Fut: Future<Output = HashMap<K, T>>,
+    {
+        self.pipeline
+            .get_or_set_many_with(ids, key, options, load)
+            .await
     }
 
     /// [`get_or_set`](Cache::get_or_set) with [`ComputeOptions`]: stale-while-revalidate and

@@ -64,7 +64,7 @@ pub use rate_limit::{Decision, RateLimit, RateLimiter};
 pub use session::{SessionId, Sessions};
 
 #[cfg(feature = "macros")]
-pub use cache_macros::{cache_evict, cache_put, cached};
+pub use cache_macros::{cache_evict, cache_put, cached, cached_many};
 
 /// Keys: how a value becomes part of a key ([`KeyPart`]), building keys by hand
 /// ([`KeyBuf`](crate::key::KeyBuf), the [`key!`](crate::key!) macro), and the length limits. See
@@ -97,7 +97,7 @@ macro_rules! key {
 /// [`Cache::try_get_or_set_with`]. See [the guide](crate::guide::stampedes_and_staleness).
 pub mod compute {
     pub use crate::pipeline::{
-        ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout,
+        BatchOptions, ComputeOptions, FillLock, HardTimeout, HardTimeoutFor, NoHardTimeout,
     };
 }
 

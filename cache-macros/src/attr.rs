@@ -21,6 +21,7 @@ use crate::Errors;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Cached,
+    CachedMany,
     Evict,
     Put,
 }
@@ -29,6 +30,7 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Cached => "cached",
+            Kind::CachedMany => "cached_many",
             Kind::Evict => "cache_evict",
             Kind::Put => "cache_put",
         }
@@ -51,6 +53,17 @@ impl Kind {
                 "soft_timeout",
                 "hard_timeout",
                 "local",
+            ],
+            Kind::CachedMany => &[
+                "key",
+                "ttl",
+                "tags",
+                "cache",
+                "skip",
+                "crate",
+                "stale",
+                "lock",
+                "cache_absent",
             ],
             Kind::Evict => &["key", "tags", "cache", "crate"],
             Kind::Put => &[
@@ -96,6 +109,9 @@ pub struct Args {
     pub lock: Option<u8>,
     /// `local = false`: reads skip the L1 near cache.
     pub local: Option<bool>,
+    /// `cache_absent = "1m"` (`#[cached_many]`): ids the body does not return are cached as
+    /// absent this long.
+    pub cache_absent_ms: Option<u64>,
 }
 
 impl Args {
@@ -203,6 +219,9 @@ pub fn parse(kind: Kind, tokens: TokenStream, errors: &mut Errors) -> Args {
                                 .map(|i| i as u8)
                     }
                     "local" => args.local = local_flag(value, errors),
+                    "cache_absent" => {
+                        args.cache_absent_ms = duration("cache_absent", value, errors)
+                    }
                     _ => unreachable!("`{name_str}` is in the accepted list but not handled"),
                 }
             }
@@ -240,6 +259,7 @@ fn example(name: &str) -> &'static str {
         "refresh" => "`refresh = \"early\"`",
         "lock" => "`lock = \"local\"`, `lock = \"distributed\"` or `lock = \"none\"`",
         "local" => "`local = false`",
+        "cache_absent" => "`cache_absent = \"1m\"`",
         _ => "`name = value`",
     }
 }

@@ -9,7 +9,7 @@ use syn::{Attribute, FnArg, GenericParam, ItemFn, Meta, Pat, ReturnType, Signatu
 
 use crate::attr::{self, Args, Kind, TemplateArg};
 use crate::template::Segment;
-use crate::validate::{self, FnInfo, ModeKind};
+use crate::validate::{self, CollectionKind, FnInfo, ModeKind};
 use crate::Errors;
 
 pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
@@ -46,6 +46,7 @@ pub fn expand(kind: Kind, args: TokenStream, item: TokenStream) -> TokenStream {
     };
     match kind {
         Kind::Cached => cx.cached(),
+        Kind::CachedMany => cx.cached_many(),
         Kind::Evict => cx.evict(),
         Kind::Put => cx.put(),
     }
@@ -188,6 +189,122 @@ impl Context<'_> {
         }
     }
 
+    fn cached_many(&self) -> TokenStream {
+        let krate = &self.krate;
+        let private = self.private();
+        let func = self.func;
+        let name = &func.sig.ident;
+        let vis = &func.vis;
+        let (docs, shared, other) = split_attrs(&func.attrs);
+        let shared_allowing = expect_to_allow(&shared);
+        let collection = self
+            .info
+            .collection
+            .as_ref()
+            .expect("checked: `#[cached_many]` has a collection parameter");
+        let ids = &self.info.params[collection.index].ident;
+
+        let uncached_name = format_ident!("{}_uncached", name);
+        let invalidate_name = format_ident!("{}_invalidate", name);
+        let wrapper_sig = plain_signature(&func.sig);
+        let mut uncached_sig = func.sig.clone();
+        uncached_sig.ident = uncached_name.clone();
+        let mut invalidate_sig = wrapper_sig.clone();
+        invalidate_sig.ident = invalidate_name.clone();
+        invalidate_sig.output = syn::parse_quote!(
+            -> ::core::result::Result<u64, #krate::Error>
+        );
+        let body = self.uncached_body();
+        let spec = self.spec();
+        let cache = self.cache_ref();
+
+        // Inside the loops below, the collection's name is bound to each element, so that
+        // `<ids>` in the templates renders the element, through the same code (and with the
+        // same spans and messages) as any other parameter.
+        let key = local("__cache_key");
+        let tag = local("__cache_tag");
+        let elements = local("__cache_elements");
+        let missing = local("__cache_missing");
+        let template = self
+            .args
+            .key
+            .as_ref()
+            .expect("checked: `#[cached_many]` has a key");
+        let render_key = self.render(&key, template);
+        let rendered_tags = self.args.tags.iter().map(|template| {
+            let render = self.render(&tag, template);
+            quote!({ #render #tag.into_string() })
+        });
+        // The ids the cache did not answer, as the type the body takes.
+        let missing_as_param = match collection.kind {
+            CollectionKind::Vec => quote!(#missing),
+            CollectionKind::Set => quote!(::core::iter::Iterator::collect(
+                ::core::iter::IntoIterator::into_iter(#missing)
+            )),
+            CollectionKind::Slice => quote!(&#missing[..]),
+        };
+        let compute = self.call_with(&uncached_name, collection.index, &missing_as_param);
+        let helper = match self.info.mode {
+            ModeKind::Result => quote!(#private::cached_many),
+            _ => quote!(#private::cached_many_plain),
+        };
+        let helper_span = return_span(&func.sig);
+        let cached = call_helper(
+            helper,
+            quote!(#cache, &__CACHE_SPEC, #elements, |#missing: ::std::vec::Vec<_>| async move { #compute.await }),
+            helper_span,
+        );
+        let params = self.info.params.iter().map(|p| &p.ident);
+
+        let name_str = name.to_string();
+        let uncached_doc = format!(
+            "Calls `{name_str}` without the cache: runs its body with every id, and neither reads nor stores cached values."
+        );
+        let invalidate_doc = format!(
+            "Removes the cached values of `{name_str}` for these ids, so that the next call loads them again.\n\n\
+             Takes the same arguments as `{name_str}`; those that are not part of the key are ignored. \
+             Returns how many values were cached."
+        );
+
+        quote! {
+            #(#docs)*
+            #(#shared_allowing)*
+            #(#other)*
+            #vis #wrapper_sig {
+                #spec
+                let #elements = {
+                    let mut #elements = ::std::vec::Vec::new();
+                    for #ids in #ids.iter() {
+                        #render_key
+                        let #tag = ::std::vec![#(#rendered_tags),*];
+                        #elements.push((::core::clone::Clone::clone(#ids), #key, #tag));
+                    }
+                    #elements
+                };
+                #cached
+            }
+
+            #[doc = #uncached_doc]
+            #[allow(dead_code)]
+            #(#shared)*
+            #vis #uncached_sig #body
+
+            #[doc = #invalidate_doc]
+            #[allow(dead_code)]
+            #(#shared_allowing)*
+            #vis #invalidate_sig {
+                // Some arguments only exist to match the cached function.
+                let _ = (#(&#params,)*);
+                let mut #elements = ::std::vec::Vec::new();
+                for #ids in #ids.iter() {
+                    #render_key
+                    #elements.push(#key);
+                }
+                #private::invalidate_many(#cache, #elements).await
+            }
+        }
+    }
+
     fn evict(&self) -> TokenStream {
         let private = self.private();
         let func = self.func;
@@ -298,11 +415,15 @@ impl Context<'_> {
         } else {
             quote!()
         };
+        let absent = match self.args.cache_absent_ms {
+            Some(ms) => quote!(.cache_absent(::core::option::Option::Some(#ms))),
+            None => quote!(),
+        };
         quote! {
             static __CACHE_SPEC: #private::Spec = #private::Spec::new(
                 ::core::concat!(::core::module_path!(), "::", #name),
                 #ttl,
-            )#policy;
+            )#policy #absent;
         }
     }
 
@@ -538,6 +659,42 @@ impl Context<'_> {
             quote!(::<#(#generics),*>)
         };
         let args = self.info.params.iter().map(|p| &p.ident);
+        match &self.info.receiver {
+            Some(receiver) => {
+                let self_token = &receiver.self_token;
+                quote!(Self::#target #turbofish(#self_token, #(#args),*))
+            }
+            None if self.info.in_impl => quote!(Self::#target #turbofish(#(#args),*)),
+            None => quote!(#target #turbofish(#(#args),*)),
+        }
+    }
+
+    /// [`call`](Self::call) with the parameter at `index` replaced by `value`.
+    fn call_with(&self, target: &Ident, index: usize, value: &TokenStream) -> TokenStream {
+        let generics: Vec<&Ident> = self
+            .func
+            .sig
+            .generics
+            .params
+            .iter()
+            .filter_map(|param| match param {
+                GenericParam::Type(ty) => Some(&ty.ident),
+                GenericParam::Const(c) => Some(&c.ident),
+                GenericParam::Lifetime(_) => None,
+            })
+            .collect();
+        let turbofish = if generics.is_empty() {
+            quote!()
+        } else {
+            quote!(::<#(#generics),*>)
+        };
+        let args = self.info.params.iter().enumerate().map(|(i, p)| {
+            if i == index {
+                value.clone()
+            } else {
+                p.ident.to_token_stream()
+            }
+        });
         match &self.info.receiver {
             Some(receiver) => {
                 let self_token = &receiver.self_token;

@@ -1,5 +1,5 @@
-//! Procedural macros of `cache_core`: `#[cached]`, `#[cache_evict]` and
-//! `#[cache_put]`.
+//! Procedural macros of `cache_core`: `#[cached]`, `#[cached_many]`, `#[cache_evict]`
+//! and `#[cache_put]`.
 //!
 //! Depend on `cache_core`, which re-exports them; the generated code calls
 //! `cache_core::__private` and nothing else.
@@ -147,6 +147,35 @@ pub fn cached(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn cache_evict(args: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand(Kind::Evict, args.into(), item.into()).into()
+}
+
+/// Batch get-or-compute: `#[cached]` over a collection of ids. The key template names the
+/// collection parameter (`Vec<K>`, `&[K]`, `HashSet<K>` or `BTreeSet<K>`), which stands for
+/// each of its elements; the body runs once, with the same type holding only the ids not
+/// cached, and returns `HashMap<K, V>` or `Result<HashMap<K, V>, E>`.
+///
+/// ```
+/// # use std::collections::HashMap;
+/// # use cache_core::cached_many;
+/// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User { id: u64 }
+/// # #[derive(Debug)] struct DbError;
+/// #[cached_many(key = "user:<ids>", ttl = "5m", tags = ["org:<org_id>"])]
+/// async fn users(org_id: u64, ids: Vec<u64>) -> Result<HashMap<u64, User>, DbError> {
+///     // ... one query for the ids not cached ...
+/// #   let _ = org_id;
+/// #   Ok(ids.into_iter().map(|id| (id, User { id })).collect())
+/// }
+/// ```
+///
+/// Ids the body does not return are absent from the map, and not cached unless
+/// `cache_absent = "1m"` is given. Other parameters take part in the key (or the tags, or
+/// `skip`) as for [`cached`](macro@cached). Attributes: `key` (required), `ttl`, `tags`,
+/// `cache`, `skip`, `crate`, `stale`, `lock`, `cache_absent`. Companions:
+/// `<name>_uncached` (the body) and `<name>_invalidate` (same arguments: removes the entries
+/// of those ids, returns how many existed).
+#[proc_macro_attribute]
+pub fn cached_many(args: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(Kind::CachedMany, args.into(), item.into()).into()
 }
 
 /// Stores the result of the annotated `async fn` under a key (write-through).

@@ -20,7 +20,28 @@ pub struct FnInfo {
     pub in_impl: bool,
     pub params: Vec<Param>,
     pub mode: ModeKind,
+    /// `#[cached_many]`: the collection parameter the key iterates over.
+    pub collection: Option<Collection>,
 }
+
+/// The collection parameter of `#[cached_many]`.
+#[derive(Debug)]
+pub struct Collection {
+    /// Its index in `params`.
+    pub index: usize,
+    pub kind: CollectionKind,
+}
+
+/// What the collection parameter is; the body receives the same kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectionKind {
+    Vec,
+    Slice,
+    Set,
+}
+
+/// The collection types `#[cached_many]` accepts, for messages.
+const COLLECTIONS: &str = "`Vec<K>`, `&[K]`, `HashSet<K>` or `BTreeSet<K>`";
 
 #[derive(Debug)]
 pub struct Param {
@@ -62,6 +83,7 @@ pub fn check(kind: Kind, args: &Args, func: &ItemFn, errors: &mut Errors) -> FnI
 
     let mut receiver = None;
     let mut params = Vec::new();
+    let mut types: Vec<&Type> = Vec::new();
     for input in &sig.inputs {
         match input {
             FnArg::Receiver(recv) => {
@@ -80,10 +102,13 @@ pub fn check(kind: Kind, args: &Args, func: &ItemFn, errors: &mut Errors) -> FnI
                     );
                 }
                 match &*typed.pat {
-                    Pat::Ident(pat) if pat.subpat.is_none() => params.push(Param {
-                        name: pat.ident.unraw().to_string(),
-                        ident: pat.ident.clone(),
-                    }),
+                    Pat::Ident(pat) if pat.subpat.is_none() => {
+                        params.push(Param {
+                            name: pat.ident.unraw().to_string(),
+                            ident: pat.ident.clone(),
+                        });
+                        types.push(&typed.ty);
+                    }
                     other => errors.spanned(
                         other,
                         format_args!(
@@ -128,11 +153,17 @@ pub fn check(kind: Kind, args: &Args, func: &ItemFn, errors: &mut Errors) -> FnI
         );
     }
 
+    let collection = if kind == Kind::CachedMany {
+        check_many(args, sig, &params, &types, errors)
+    } else {
+        None
+    };
     let info = FnInfo {
         in_impl: receiver.is_some() || mentions_self(sig),
         receiver,
         params,
         mode,
+        collection,
     };
 
     if let Some(key) = &args.key {
@@ -143,7 +174,7 @@ pub fn check(kind: Kind, args: &Args, func: &ItemFn, errors: &mut Errors) -> FnI
     }
 
     match kind {
-        Kind::Cached => check_coverage(args, &info, errors),
+        Kind::Cached | Kind::CachedMany => check_coverage(args, &info, errors),
         Kind::Evict => {
             if args.key.is_none() && args.tags.is_empty() {
                 errors.at(
@@ -269,6 +300,151 @@ fn check_coverage(args: &Args, info: &FnInfo, errors: &mut Errors) {
                 ),
             );
         }
+    }
+}
+
+/// `#[cached_many]`: the key template names exactly one collection parameter, and the
+/// function returns a map.
+fn check_many(
+    args: &Args,
+    sig: &syn::Signature,
+    params: &[Param],
+    types: &[&Type],
+    errors: &mut Errors,
+) -> Option<Collection> {
+    if !returns_map(&sig.output) {
+        let found = match &sig.output {
+            ReturnType::Default => "`()`".to_owned(),
+            ReturnType::Type(_, ty) => format!(
+                "`{}`",
+                quote::ToTokens::to_token_stream(ty)
+                    .to_string()
+                    .replace(' ', "")
+            ),
+        };
+        let message = format!(
+            "`#[cached_many]` returns a map from each id to its value: `HashMap<K, V>` or `Result<HashMap<K, V>, E>`; found {found}"
+        );
+        match &sig.output {
+            ReturnType::Default => errors.at(sig.ident.span(), message),
+            ReturnType::Type(_, ty) => errors.spanned(ty, message),
+        }
+    }
+    let Some(key) = &args.key else {
+        errors.at(
+            Span::call_site(),
+            format_args!(
+                "`#[cached_many]` needs `key = \"...\"` naming the collection parameter ({COLLECTIONS}), which stands for each id: `key = \"user:<ids>\"`"
+            ),
+        );
+        return None;
+    };
+    let template = key.template.as_ref()?;
+    let collections: Vec<(usize, CollectionKind)> = params
+        .iter()
+        .zip(types)
+        .enumerate()
+        .filter_map(|(i, (_, ty))| collection_kind(ty).map(|kind| (i, kind)))
+        .collect();
+    let mut named: Vec<(usize, CollectionKind)> = Vec::new();
+    for placeholder in template.placeholders() {
+        if let Some(&(i, kind)) = collections
+            .iter()
+            .find(|(i, _)| params[*i].name == placeholder.root)
+        {
+            if !named.iter().any(|(j, _)| *j == i) {
+                named.push((i, kind));
+            }
+        }
+    }
+    match named.as_slice() {
+        [(index, kind)] => Some(Collection {
+            index: *index,
+            kind: *kind,
+        }),
+        [] => {
+            let choices = if collections.is_empty() {
+                format!("the function has none; take the ids as {COLLECTIONS}")
+            } else {
+                format!(
+                    "name one of {}",
+                    suggest::list(collections.iter().map(|(i, _)| params[*i].name.as_str()))
+                )
+            };
+            errors.spanned(
+                &key.lit,
+                format_args!(
+                    "the key template of `#[cached_many]` names no collection parameter ({COLLECTIONS}) to stand for each id; {choices}, such as `key = \"user:<ids>\"`"
+                ),
+            );
+            None
+        }
+        [..] => {
+            let names = suggest::list(named.iter().map(|(i, _)| params[*i].name.as_str()));
+            errors.spanned(
+                &key.lit,
+                format_args!(
+                    "the key template of `#[cached_many]` names {} collection parameters ({names}); a batch iterates over exactly one: keep one of them in the key template",
+                    named.len()
+                ),
+            );
+            None
+        }
+    }
+}
+
+/// `Vec<K>`, `&[K]`, `HashSet<K>`, `BTreeSet<K>` (by the last segment of the path).
+fn collection_kind(ty: &Type) -> Option<CollectionKind> {
+    match ty {
+        Type::Group(group) => collection_kind(&group.elem),
+        Type::Paren(paren) => collection_kind(&paren.elem),
+        Type::Reference(r) => match &*r.elem {
+            Type::Slice(_) => Some(CollectionKind::Slice),
+            _ => None,
+        },
+        Type::Path(path) if path.qself.is_none() => {
+            let last = path.path.segments.last()?;
+            if !matches!(last.arguments, PathArguments::AngleBracketed(_)) {
+                return None;
+            }
+            match last.ident.to_string().as_str() {
+                "Vec" => Some(CollectionKind::Vec),
+                "HashSet" | "BTreeSet" => Some(CollectionKind::Set),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// `HashMap<..>` or `Result<HashMap<..>, ..>`.
+fn returns_map(output: &ReturnType) -> bool {
+    fn last_segment(ty: &Type) -> Option<&syn::PathSegment> {
+        match ty {
+            Type::Group(group) => last_segment(&group.elem),
+            Type::Paren(paren) => last_segment(&paren.elem),
+            Type::Path(path) if path.qself.is_none() => path.path.segments.last(),
+            _ => None,
+        }
+    }
+    fn is_map(ty: &Type) -> bool {
+        last_segment(ty).is_some_and(|s| s.ident == "HashMap")
+    }
+    let ReturnType::Type(_, ty) = output else {
+        return false;
+    };
+    if is_map(ty) {
+        return true;
+    }
+    match last_segment(ty) {
+        Some(segment) if segment.ident == "Result" => match &segment.arguments {
+            PathArguments::AngleBracketed(args) => match args.args.first() {
+                Some(GenericArgument::Type(ok)) => is_map(ok),
+                _ => false,
+            },
+            _ => false,
+        },
+        _ => false,
     }
 }
 

@@ -6,7 +6,9 @@
 //! macro from the return type: `Option` ([`OptionMode`]), `Result` ([`ResultMode`], or
 //! [`ResultErrMode`] with `cache_err`), anything else ([`Plain`]).
 
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::hash::Hash;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::base::error::Result;
 pub use crate::base::key::KeyBuf;
+use crate::pipeline::batch::{BatchOptions, Element};
 use crate::pipeline::{Call, FillLock, Pipeline, Policy};
 pub use crate::pipeline::{Detach, Inline, Spawn};
 
@@ -23,6 +26,8 @@ pub struct Spec {
     function: &'static str,
     ttl: Option<Duration>,
     policy: Policy,
+    /// `#[cached_many(cache_absent = ..)]`.
+    absent_ttl: Option<Duration>,
 }
 
 const fn millis(ms: Option<u64>) -> Option<Duration> {
@@ -39,6 +44,7 @@ impl Spec {
             function,
             ttl: millis(ttl_ms),
             policy: Policy::DEFAULT,
+            absent_ttl: None,
         }
     }
 
@@ -396,6 +402,88 @@ pub async fn invalidate(cache: CacheRef<'_>, key: KeyBuf) -> Result<bool> {
     }
 }
 
+/// The `#[cached_many]` wrapper: each element's id, key and rendered tags in; the cached
+/// values and `load`'s (called once, with the ids not cached) out.
+pub async fn cached_many<K, T, E, L, Fut>(
+    cache: CacheRef<'_>,
+    spec: &'static Spec,
+    elements: Vec<(K, KeyBuf, Vec<String>)>,
+    load: L,
+) -> std::result::Result<HashMap<K, T>, E>
+where
+    K: Eq + Hash + Clone,
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    L: FnOnce(Vec<K>) -> Fut,
+    Fut: Future<Output = std::result::Result<HashMap<K, T>, E>>,
+{
+    match cache {
+        Some(cache) => {
+            let elements = elements
+                .into_iter()
+                .map(|(id, key, mut tag_keys)| {
+                    for tag in &mut tag_keys {
+                        crate::engine::tags::into_version_key(cache.key_prefix(), tag);
+                    }
+                    Element {
+                        id,
+                        full: Ok(cache.full_key_of(key)),
+                        tag_keys,
+                    }
+                })
+                .collect();
+            let options = BatchOptions {
+                ttl: spec.ttl,
+                policy: spec.policy,
+                absent_ttl: spec.absent_ttl,
+            };
+            cache
+                .compute_many(spec.function, elements, &options, load)
+                .await
+        }
+        None => {
+            let mut seen = HashSet::with_capacity(elements.len());
+            let ids = elements
+                .into_iter()
+                .map(|(id, _, _)| id)
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            load(ids).await
+        }
+    }
+}
+
+/// [`cached_many`] for a body that cannot fail (its return type is the map itself).
+pub async fn cached_many_plain<K, T, L, Fut>(
+    cache: CacheRef<'_>,
+    spec: &'static Spec,
+    elements: Vec<(K, KeyBuf, Vec<String>)>,
+    load: L,
+) -> HashMap<K, T>
+where
+    K: Eq + Hash + Clone,
+    T: Serialize + DeserializeOwned + Send + Sync + 'static,
+    L: FnOnce(Vec<K>) -> Fut,
+    Fut: Future<Output = HashMap<K, T>>,
+{
+    let load = |ids| async move { Ok::<_, std::convert::Infallible>(load(ids).await) };
+    match cached_many(cache, spec, elements, load).await {
+        Ok(found) => found,
+        Err(never) => match never {},
+    }
+}
+
+/// The `_invalidate` companion of `#[cached_many]`: remove the entries of these keys; how
+/// many existed.
+pub async fn invalidate_many(cache: CacheRef<'_>, keys: Vec<KeyBuf>) -> Result<u64> {
+    match cache {
+        Some(cache) if !keys.is_empty() => {
+            let full = keys.into_iter().map(|k| cache.full_key_of(k)).collect();
+            cache.delete_full(full).await
+        }
+        _ => Ok(0),
+    }
+}
+
 /// `#[cache_evict]`: run, then on success remove `keys` and invalidate `tags`. A cache
 /// failure is logged and counted; it never changes the function's result.
 pub async fn evict_after<O, M: Mode<O>, F: Future<Output = O>>(
@@ -436,6 +524,13 @@ pub async fn put_after<O, M: Mode<O>, F: Future<Output = O>>(
 }
 
 impl Spec {
+    /// `#[cached_many(cache_absent = ..)]` (milliseconds): ids the body does not return are
+    /// cached as absent this long.
+    pub const fn cache_absent(mut self, absent_ms: Option<u64>) -> Spec {
+        self.absent_ttl = millis(absent_ms);
+        self
+    }
+
     /// The function's path, for logs.
     pub fn function(&self) -> &'static str {
         self.function

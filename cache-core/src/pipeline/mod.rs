@@ -42,6 +42,7 @@ use crate::engine::{Handle, Lookup, WriteIf};
 use crate::pipeline::glue::Mode;
 use tracing::Instrument; // ops
 
+pub(crate) mod batch;
 pub(crate) mod fallback;
 mod fill;
 pub(crate) mod fill_lock;
@@ -50,6 +51,7 @@ pub(crate) mod glue;
 mod local;
 mod options;
 
+pub use batch::BatchOptions;
 pub(crate) use fill::Fill;
 use fill::{Caught, within};
 pub use fill::{Detach, Inline, Job, Spawn};

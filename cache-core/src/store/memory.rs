@@ -136,6 +136,30 @@ impl MemoryBackend {
         Ok(keys.iter().map(|k| self.live(k).map(|e| e.data)).collect())
     }
 
+    pub(crate) fn get_many_with_versions<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        tag_keys: &[String],
+    ) -> Result<super::ValuesAndVersions> {
+        let values = keys
+            .iter()
+            .map(|k| self.live(k.as_ref()).map(|e| e.data))
+            .collect();
+        Ok((values, self.versions(tag_keys)?))
+    }
+
+    pub(crate) fn set_many_if_unchanged(
+        &self,
+        writes: &[super::ConditionalWrite],
+    ) -> Result<Vec<bool>> {
+        writes
+            .iter()
+            .map(|(key, value, ttl, seen)| {
+                self.set_if_unchanged(key, value.clone(), *ttl, seen.as_deref())
+            })
+            .collect()
+    }
+
     pub(crate) fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let entry = Entry {
             data: Bytes::from(value),

@@ -47,6 +47,13 @@ impl<T: AsRef<str> + ::redis::ToRedisArgs + Sync> TagKey for T {}
 /// One write of a batch: key, encoded value, TTL.
 pub(crate) type Write = (String, Vec<u8>, Option<Duration>);
 
+/// The values of some keys and the versions of some tag keys, read in one round trip.
+pub(crate) type ValuesAndVersions = (Vec<Option<Bytes>>, Vec<Option<u64>>);
+
+/// A write that lands only if the key still holds what a read found (the last field; `None`:
+/// nothing): a batch's computed values.
+pub(crate) type ConditionalWrite = (String, Vec<u8>, Option<Duration>, Option<Bytes>);
+
 // One per cache root, behind an `Arc`: its size does not matter, the missing indirection does.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
@@ -87,6 +94,24 @@ impl Backend {
 
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
         dispatch!(self.get_many(keys))
+    }
+
+    /// The values of `keys` and the current versions of `tag_keys`, in one round trip.
+    pub(crate) async fn get_many_with_versions<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        tag_keys: &[String],
+    ) -> Result<ValuesAndVersions> {
+        dispatch!(self.get_many_with_versions(keys, tag_keys))
+    }
+
+    /// Each write only if its key still holds what a read found, in one round trip; true for
+    /// each that landed.
+    pub(crate) async fn set_many_if_unchanged(
+        &self,
+        writes: &[ConditionalWrite],
+    ) -> Result<Vec<bool>> {
+        dispatch!(self.set_many_if_unchanged(writes))
     }
 
     pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {

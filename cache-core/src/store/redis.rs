@@ -30,7 +30,7 @@ use redis::{
 };
 
 use super::cluster::{AnyConnection, Connector, by_slot};
-use super::{KeyTtl, TagKey, Write};
+use super::{ConditionalWrite, KeyTtl, TagKey, ValuesAndVersions, Write};
 use crate::base::error::{Error, Result};
 use crate::base::settings::{Config, RedisTarget};
 use crate::store::breaker::{Breaker, Invalidation};
@@ -105,6 +105,7 @@ macro_rules! script {
 
 static INVALIDATE: LazyLock<Script> = script!(tombstone, "invalidate");
 static SET_IF_UNCHANGED: LazyLock<Script> = script!("set_if_unchanged");
+const SET_IF_UNCHANGED_LUA: &str = include_str!("../scripts/set_if_unchanged.lua");
 static EXISTS: LazyLock<Script> = script!(tombstone, "exists");
 static PTTL: LazyLock<Script> = script!(tombstone, "pttl");
 static PEXPIRE: LazyLock<Script> = script!(tombstone, "pexpire");
@@ -663,6 +664,107 @@ impl RedisBackend {
         cmd.arg(keys);
         let values: Vec<Option<Vec<u8>>> = self.run("MGET", cmd).await?;
         Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    /// The values of `keys` and the versions of `tag_keys`, in one round trip: one `MGET` (on
+    /// a cluster, one per hash slot, sent together).
+    pub(crate) async fn get_many_with_versions<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+        tag_keys: &[String],
+    ) -> Result<ValuesAndVersions> {
+        let all: Vec<&str> = keys
+            .iter()
+            .map(AsRef::as_ref)
+            .chain(tag_keys.iter().map(String::as_str))
+            .collect();
+        if all.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let groups = self.split(&all);
+        let reads = groups.iter().map(|group| {
+            let mut cmd = redis::cmd("MGET");
+            for &i in group {
+                cmd.arg(all[i]);
+            }
+            self.run::<Vec<Option<Vec<u8>>>>("MGET", cmd)
+        });
+        let answers = try_join_all(reads).await?;
+        if groups.iter().zip(&answers).any(|(g, a)| g.len() != a.len()) {
+            return Err(Error::Command {
+                operation: "MGET",
+                source: RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "MGET answered something else than one value per key asked",
+                )),
+            });
+        }
+        let mut values = reassemble(&groups, answers, all.len(), None);
+        let versions = decode_versions(values.split_off(keys.len()));
+        Ok((
+            values.into_iter().map(|v| v.map(Bytes::from)).collect(),
+            versions,
+        ))
+    }
+
+    /// [`set_if_unchanged`](Self::set_if_unchanged) of each write, pipelined: one round trip
+    /// (on a cluster, one per hash slot, sent together). True for each write that landed.
+    pub(crate) async fn set_many_if_unchanged(
+        &self,
+        writes: &[ConditionalWrite],
+    ) -> Result<Vec<bool>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<&str> = writes.iter().map(|w| w.0.as_str()).collect();
+        let groups = self.split(&keys);
+        let pipes = groups.iter().map(|group| {
+            let mut pipe = redis::pipe();
+            for &i in group {
+                let (key, value, ttl, seen) = &writes[i];
+                match seen {
+                    None => {
+                        let mut cmd = Self::set_cmd(key, value, *ttl);
+                        cmd.arg("NX");
+                        pipe.add_command(cmd);
+                    }
+                    // The script's text, not its hash: a pipeline cannot retry on NOSCRIPT,
+                    // and writes over something read (a tombstone, a stale entry) are rare.
+                    Some(seen) => {
+                        let digest = crate::base::key::lower_hex(
+                            &sha1_smol::Sha1::from(&seen[..]).digest().bytes(),
+                        );
+                        let mut cmd = redis::cmd("EVAL");
+                        cmd.arg(SET_IF_UNCHANGED_LUA)
+                            .arg(1)
+                            .arg(key)
+                            .arg(digest)
+                            .arg(&value[..])
+                            .arg(ttl.map_or(0, millis));
+                        pipe.add_command(cmd);
+                    }
+                }
+            }
+            self.run_pipe::<Vec<redis::Value>>("SET NX (batch)", pipe)
+        });
+        let answers = try_join_all(pipes).await?;
+        let landed = answers
+            .into_iter()
+            .map(|replies| {
+                replies
+                    .into_iter()
+                    .map(|r| {
+                        matches!(
+                            r,
+                            redis::Value::Okay
+                                | redis::Value::SimpleString(_)
+                                | redis::Value::Int(1)
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(reassemble(&groups, landed, writes.len(), false))
     }
 
     /// `SET key value [PX ttl]`.
