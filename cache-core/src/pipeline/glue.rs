@@ -100,6 +100,11 @@ pub trait Mode<O>: Copy + Send + Sync + 'static {
     fn use_local(&self) -> bool {
         true
     }
+    /// The TTL and stale window of `out` when the value itself decides them (an HTTP
+    /// response's `Cache-Control`); `None`: the call's.
+    fn lifetime(&self, _out: &O) -> Option<(Duration, Option<Duration>)> {
+        None
+    }
 }
 
 /// A mode whose stored type is `Clone`: L1 hits clone the decoded value.

@@ -4,6 +4,7 @@
 mod foundation;
 mod harness;
 mod health;
+mod http;
 mod invalidation;
 mod limits;
 mod local;
