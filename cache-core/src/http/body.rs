@@ -10,6 +10,11 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full};
 
 /// The error type of [`ResponseBody`]: the handler's body error, boxed.
+///
+/// ```
+/// let e: cache_core::http::BoxError = "the handler's body failed".into();
+/// assert_eq!(e.to_string(), "the handler's body failed");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of a response that passed through [`ResponseCacheLayer`](super::ResponseCacheLayer):

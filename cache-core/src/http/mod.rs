@@ -45,9 +45,18 @@ pub use body::{BoxError, ResponseBody};
 pub use service::ResponseCacheService;
 
 /// The default largest body stored: 1 MiB.
+///
+/// ```
+/// assert_eq!(cache_core::http::DEFAULT_MAX_BODY_SIZE, 1024 * 1024);
+/// ```
 pub const DEFAULT_MAX_BODY_SIZE: usize = 1 << 20;
 
 /// The default cap on any TTL the layer stores with: one day.
+///
+/// ```
+/// use std::time::Duration;
+/// assert_eq!(cache_core::http::DEFAULT_MAX_TTL, Duration::from_secs(24 * 3600));
+/// ```
 pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(86_400);
 
 type TagFn = Arc<dyn Fn(&Parts) -> Vec<String> + Send + Sync>;

@@ -99,7 +99,7 @@ enum Reply<E> {
     /// From the cache: a hit, a stale entry, or what a concurrent request's call stored.
     Cached(Bytes),
     /// The handler's response, just received.
-    Fresh(Fresh),
+    Fresh(Box<Fresh>),
     /// Only something to store (a response under its variant key).
     Store(Bytes, (Duration, Option<Duration>)),
     Failed(Shared<E>),
@@ -148,10 +148,8 @@ impl<E: Send + 'static> Mode<Reply<E>> for HttpMode<E> {
     type Stored = Bytes;
     fn stored<'a>(&self, out: &'a Reply<E>) -> Option<&'a Bytes> {
         match out {
-            Reply::Fresh(Fresh {
-                store: Some(bytes), ..
-            })
-            | Reply::Store(bytes, _) => Some(bytes),
+            Reply::Fresh(fresh) => fresh.store.as_ref(),
+            Reply::Store(bytes, _) => Some(bytes),
             _ => None,
         }
     }
@@ -441,12 +439,12 @@ async fn finish<E: Send + 'static>(
 }
 
 /// Calls the handler with the request in `slot` and makes its response a [`Reply`].
-fn call_handler<S, ReqB, ResB>(
+async fn call_handler<S, ReqB, ResB>(
     slot: Slot<S, ReqB>,
     level: Level,
     config: Arc<Config>,
     authorized: bool,
-) -> impl Future<Output = Reply<S::Error>> + Send + 'static
+) -> Reply<S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
@@ -455,24 +453,24 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    async move {
-        // Taken when the computation runs, not when it is made: a hit drops it unrun, and
-        // the request stays for the step after.
-        let taken = slot.lock().ok().and_then(|mut s| s.take());
-        let Some((mut inner, req)) = taken else {
-            // Every path takes the request once; this is a bug's answer, not a panic.
-            return Reply::Fresh(Fresh {
-                store: None,
-                lifetime: None,
-                variant: None,
-                response: Shared::new(bad_gateway()),
-                detail: Some("handler-not-reached"),
-            });
-        };
-        match inner.call(req).await {
-            Ok(response) => Reply::Fresh(classify(response, level, &config, authorized).await),
-            Err(e) => Reply::Failed(Shared::new(e)),
-        }
+    // Taken when the computation runs, not when it is made: a hit drops it unrun, and
+    // the request stays for the step after.
+    let taken = slot.lock().ok().and_then(|mut s| s.take());
+    let Some((mut inner, req)) = taken else {
+        // Every path takes the request once; this is a bug's answer, not a panic.
+        return Reply::Fresh(Box::new(Fresh {
+            store: None,
+            lifetime: None,
+            variant: None,
+            response: Shared::new(bad_gateway()),
+            detail: Some("handler-not-reached"),
+        }));
+    };
+    match inner.call(req).await {
+        Ok(response) => Reply::Fresh(Box::new(
+            classify(response, level, &config, authorized).await,
+        )),
+        Err(e) => Reply::Failed(Shared::new(e)),
     }
 }
 
