@@ -138,6 +138,9 @@ where
     fn use_local(&self) -> bool {
         self.0.use_local()
     }
+    fn lifetime(&self, out: &O) -> Option<(Duration, Option<Duration>)> {
+        self.0.lifetime(out)
+    }
 }
 
 /// `#[cached(local = false)]`: reads skip the L1.
@@ -164,6 +167,9 @@ impl<O, M: Mode<O>> Mode<O> for NoLocal<M> {
     }
     fn use_local(&self) -> bool {
         false
+    }
+    fn lifetime(&self, out: &O) -> Option<(Duration, Option<Duration>)> {
+        self.0.lifetime(out)
     }
 }
 
