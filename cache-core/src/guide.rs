@@ -27,6 +27,7 @@
 //! - [`locks`]: distributed locks with fencing tokens.
 //! - [`rate_limiting`]: rate limiters shared by every instance, and a tower layer.
 //! - [`sessions`]: a session store, and a tower-sessions store.
+//! - [`http`]: HTTP response caching as a tower layer (RFC 9111 rules, `ETag`, tags).
 
 #[doc = include_str!("../docs/keys-and-values.md")]
 pub mod keys_and_values {}
@@ -70,3 +71,8 @@ pub mod rate_limiting {}
 
 #[doc = include_str!("../docs/sessions.md")]
 pub mod sessions {}
+
+// Its examples use the layer: without the `http` feature, a line saying so.
+#[cfg_attr(feature = "http", doc = include_str!("../docs/http.md"))]
+#[cfg_attr(not(feature = "http"), doc = "Needs the `http` feature.")]
+pub mod http {}

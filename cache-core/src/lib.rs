@@ -36,6 +36,8 @@ mod pipeline;
 
 // Capabilities.
 pub mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod key_report;
 pub mod lock;
 mod pattern;

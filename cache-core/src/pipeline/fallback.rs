@@ -148,7 +148,10 @@ impl Pipeline {
         let out = compute.await;
         if let Some(value) = mode.stored(&out) {
             let compute_us = started.elapsed().as_micros().min(u32::MAX as u128) as u32;
-            let ttl = self.ttl_or_default(ttl);
+            let ttl = match mode.lifetime(&out) {
+                Some((ttl, _)) => Some(ttl),
+                None => self.ttl_or_default(ttl),
+            };
             if let Some(bytes) = encode_for_fallback(
                 value,
                 ttl,

@@ -224,7 +224,10 @@ impl Fill {
         self.store(bytes, store).await;
     }
 
-    pub(super) fn encode<O, M: Mode<O>>(&self, mode: &M, out: &O) -> Option<(Bytes, bool)> {
+    pub(super) fn encode<O, M: Mode<O>>(&mut self, mode: &M, out: &O) -> Option<(Bytes, bool)> {
+        if let Some((ttl, stale)) = mode.lifetime(out) {
+            (self.ttl, self.policy.stale) = (Some(ttl), stale);
+        }
         let took = self.started.elapsed();
         self.cache.ns_stats().computed(took); // ops: compute latency
         let compute_us = took.as_micros().min(u32::MAX as u128) as u32;

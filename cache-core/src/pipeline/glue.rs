@@ -106,6 +106,11 @@ pub trait Mode<O>: Copy + Send + Sync + 'static {
     fn use_local(&self) -> bool {
         true
     }
+    /// The TTL and stale window of `out` when the value itself decides them (an HTTP
+    /// response's `Cache-Control`); `None`: the call's.
+    fn lifetime(&self, _out: &O) -> Option<(Duration, Option<Duration>)> {
+        None
+    }
 }
 
 /// A mode whose stored type is `Clone`: L1 hits clone the decoded value.
@@ -139,6 +144,9 @@ where
     fn use_local(&self) -> bool {
         self.0.use_local()
     }
+    fn lifetime(&self, out: &O) -> Option<(Duration, Option<Duration>)> {
+        self.0.lifetime(out)
+    }
 }
 
 /// `#[cached(local = false)]`: reads skip the L1.
@@ -165,6 +173,9 @@ impl<O, M: Mode<O>> Mode<O> for NoLocal<M> {
     }
     fn use_local(&self) -> bool {
         false
+    }
+    fn lifetime(&self, out: &O) -> Option<(Duration, Option<Duration>)> {
+        self.0.lifetime(out)
     }
 }
 

@@ -7,6 +7,7 @@ mod fault_matrix;
 mod foundation;
 mod harness;
 mod health;
+mod http;
 mod invalidation;
 mod limits;
 mod local;
