@@ -14,6 +14,7 @@
 //! writes the rows as JSON so runs can be compared. Workloads live in `workloads.rs`.
 
 mod measure;
+mod trust;
 mod workloads;
 
 use std::path::PathBuf;
@@ -150,8 +151,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.is_empty() { 0 } else { 2 });
         }
     };
-    let all: Vec<_> = workloads::workloads()
-        .into_iter()
+    let all: Vec<_> = (workloads::workloads().into_iter().chain(trust::workloads()))
         .filter(|w| !(args.cluster && workloads::single_server_only(w.name)))
         .collect();
     if args.list {

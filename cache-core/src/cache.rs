@@ -461,6 +461,26 @@ impl Cache {
         self.handle().invalidate_tag(tag).await
     }
 
+    /// Clears this handle's scope (the whole root, a namespace, a tenant) in O(1): one
+    /// command, whatever the number of keys. Afterwards no read through this handle or a
+    /// handle made from it, on any instance, returns a value written before; the old entries
+    /// expire with their TTL. See [the guide](crate::guide::invalidation).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let users = cache.namespace("users");
+    /// users.set("1", &"ann", None).await?;
+    /// cache.set("config", &"on", None).await?;
+    /// users.clear().await?;
+    /// assert_eq!(users.get::<String>("1").await?, None);
+    /// assert_eq!(cache.get::<String>("config").await?.as_deref(), Some("on"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<()> {
+        self.handle().clear().await
+    }
+
     /// Invalidates every entry attached to any of `tags`, in one round trip.
     ///
     /// ```

@@ -1,5 +1,6 @@
 //! The `Cache` handle: typed operations over a backend, scoped by namespace and tenant.
 
+pub(crate) mod clear;
 pub(crate) mod crypto;
 pub(crate) mod lease;
 pub(crate) mod local;
@@ -56,6 +57,8 @@ pub(crate) struct Scope {
     stats: Arc<crate::base::observe::NsStats>,
     /// Whether reads through this scope use the L1 (local.rs; on unless opted out).
     local: bool,
+    /// The generation keys of the root and of every scope down to this one (clear.rs).
+    generations: Arc<[String]>,
 }
 
 /// The engine's handle on a cache root: its state and the scope (namespace, tenant, default
@@ -105,8 +108,10 @@ impl Handle {
     }
 
     fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Handle {
+        let prefix = format!("{}:", config.namespace);
         let scope = Scope {
-            prefix: format!("{}:", config.namespace),
+            generations: Arc::from([crate::store::breaker::generation_key(&prefix)]),
+            prefix,
             default_ttl: config.default_ttl,
             encryption: keyring.map(Arc::new),
             stats: Arc::new(crate::base::observe::NsStats::new(&config.namespace)),
@@ -167,9 +172,21 @@ impl Handle {
         default_ttl: Option<Duration>,
         stats: Arc<crate::base::observe::NsStats>,
     ) -> Handle {
+        let generations = if prefix == self.scope.prefix {
+            self.scope.generations.clone()
+        } else {
+            let own = crate::store::breaker::generation_key(&prefix);
+            self.scope
+                .generations
+                .iter()
+                .cloned()
+                .chain([own])
+                .collect()
+        };
         Handle {
             shared: self.shared.clone(),
             scope: Arc::new(Scope {
+                generations,
                 prefix,
                 default_ttl,
                 encryption: self.scope.encryption.clone(),
@@ -263,13 +280,15 @@ impl Handle {
             Some(Err(mark)) => Some(mark),
             None => None,
         };
-        let bytes = self
+        let (bytes, generations) = self
             .shared
             .backend
-            .get(&full)
+            .get_with_scope(&full, &[] as &[&str], self.generation_keys())
             .await
             .inspect_err(|e| self.backend_err("get", &full, e))?;
-        let found = self.decode_hit(&full, bytes.as_deref(), None, 0).await;
+        let found = self
+            .decode_hit(&full, bytes.as_deref(), Some((&[], &generations)), 0)
+            .await;
         op.lookup(&found);
         if let (Some(local), Some(mark), Ok(true)) =
             (local, mark, found.as_ref().map(|f| f.is_hit()))
@@ -304,7 +323,8 @@ impl Handle {
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
-                if env.has_tags() && !tags::still_valid(self, env.tags(), known_versions).await? {
+                // Tags, and the generations of the scopes (clear.rs): every read checks those.
+                if !tags::still_valid(self, env.tags(), known_versions).await? {
                     self.count_miss(MissReason::TagInvalidated);
                     stats.miss();
                     return Ok(Lookup::Miss);
@@ -366,15 +386,18 @@ impl Handle {
             .collect();
         tag_keys.sort_unstable();
         tag_keys.dedup();
-        let versions = if tag_keys.is_empty() {
-            Vec::new()
-        } else {
-            self.shared
-                .backend
-                .versions(&tag_keys)
-                .await
-                .inspect_err(|e| self.backend_err("mget (tag versions)", &tag_keys[0], e))?
-        };
+        // The scopes' generations after the tags (clear.rs), as `still_valid` expects them.
+        let version_keys: Vec<&str> = tag_keys
+            .iter()
+            .chain(self.generation_keys())
+            .map(String::as_str)
+            .collect();
+        let versions = self
+            .shared
+            .backend
+            .versions(&version_keys)
+            .await
+            .inspect_err(|e| self.backend_err("mget (tag versions)", version_keys[0], e))?;
         let mut out = Vec::with_capacity(found.len());
         for (k, bytes) in full.iter().zip(&found) {
             let known = Some((tag_keys.as_slice(), versions.as_slice()));
@@ -561,6 +584,7 @@ impl Handle {
             fingerprint,
             tag_keys,
             tag_versions,
+            generation_keys: &self.scope.generations,
         };
         let bytes = codec::encode(value, &meta, self.shared.config.compression_threshold)
             .map_err(|source| Error::Encode {
@@ -590,10 +614,11 @@ impl Handle {
     ) -> Result<()> {
         let mut op = self.op(Operation::Mset);
         let ttl = crate::base::limits::ttl(self.ttl_or_default(ttl.into()))?;
+        let generations = tags::current_versions(self, &[], None).await?; // clear.rs
         let mut writes = Vec::with_capacity(items.len());
         for (k, v) in items {
             let full = self.full_key(k)?;
-            let bytes = self.encode(&full, v, ttl, (&[], &[]), 0, 0)?;
+            let bytes = self.encode(&full, v, ttl, (&[], &generations), 0, 0)?;
             writes.push((full, bytes, ttl));
         }
         let n = writes.len() as u64;

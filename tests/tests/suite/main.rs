@@ -1,6 +1,7 @@
 //! Integration tests against a real redis-server (one per test process,
 //! started by the `tests` harness) and the in-memory backend.
 
+mod clear;
 mod foundation;
 mod harness;
 mod health;
