@@ -184,10 +184,20 @@ pub(crate) fn encode<T: Serialize + 'static>(
     if out.len() - payload_start > compress_above {
         let compressed = lz4_flex::compress_prepend_size(&out[payload_start..]);
         if compressed.len() < out.len() - payload_start {
-            out.truncate(payload_start);
-            out.extend_from_slice(&compressed);
+            // A buffer of the compressed size, not the one that held the payload
+            // uncompressed: whoever keeps the entry (the embedded store, a landed flight, the
+            // L1) must not hold the uncompressed size in spare capacity.
+            let mut exact = Vec::with_capacity(payload_start + compressed.len());
+            exact.extend_from_slice(&out[..payload_start]);
+            exact.extend_from_slice(&compressed);
+            out = exact;
             flags |= FLAG_COMPRESSED;
         }
+    }
+    // A vector grown by doubling may hold twice its length; shrinking gives the spare back
+    // (in place) before anyone keeps it.
+    if out.capacity() - out.len() > out.len() / 8 {
+        out.shrink_to_fit();
     }
     out[2] = flags;
     let payload_len = u32::try_from(out.len() - payload_start).unwrap_or(u32::MAX);
