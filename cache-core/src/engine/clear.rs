@@ -36,6 +36,9 @@ fn is_generation_key(key: &str) -> bool {
 /// current one (a missing tag version key is a change); a scope's generation must be at
 /// least the current one (a missing generation key is 0: never cleared, or evicted).
 pub(crate) fn current(key: &str, recorded: u64, current: Option<u64>) -> bool {
+    if current == Some(recorded) {
+        return true; // the common case, for both: no key to look at
+    }
     if is_generation_key(key) {
         current.unwrap_or(0) <= recorded
     } else {

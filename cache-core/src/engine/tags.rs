@@ -119,7 +119,12 @@ pub(crate) async fn still_valid(
             })
     };
     let mut unknown: Vec<(&str, u64)> = Vec::new();
-    for (key, version) in recorded.clone() {
+    // Which of the reader's generations the entry records (a scope has few levels).
+    let mut recorded_generations = 0u64;
+    for (key, version) in recorded {
+        if let Some(i) = generations.iter().position(|g| g.as_str() == key) {
+            recorded_generations |= 1 << i.min(63);
+        }
         match current_of(key) {
             Some(current) if !clear::current(key, version, current) => return Ok(false),
             Some(_) => {}
@@ -128,8 +133,8 @@ pub(crate) async fn still_valid(
     }
     // The reader's scopes the entry does not record (written through another handle, or
     // before this version): as if recorded at 0, never cleared.
-    for generation in generations.iter() {
-        if recorded.clone().any(|(k, _)| k == generation.as_str()) {
+    for (i, generation) in generations.iter().enumerate() {
+        if recorded_generations & (1 << i.min(63)) != 0 {
             continue;
         }
         match current_of(generation) {
