@@ -60,7 +60,8 @@ pub(crate) struct Meta<'a> {
     /// The versions of `tag_keys`, then those of `generation_keys`.
     pub(crate) tag_versions: &'a [u64],
     /// The generation keys of the writer's scopes (engine/clear.rs), recorded in the tag list
-    /// after the tags, with the versions that follow the tags' in `tag_versions`.
+    /// after the tags, with the versions that follow the tags' in `tag_versions` (those at 0,
+    /// never cleared, are not recorded).
     pub(crate) generation_keys: &'a [String],
 }
 
@@ -153,11 +154,22 @@ pub(crate) fn encode<T: Serialize + 'static>(
     meta: &Meta<'_>,
     compress_above: usize,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let keys = meta.tag_keys.iter().chain(meta.generation_keys);
-    let tag_count = (meta.tag_keys.len() + meta.generation_keys.len())
-        .min(meta.tag_versions.len())
-        .min(255);
-    let tags_len: usize = keys.clone().take(tag_count).map(|k| 10 + k.len()).sum();
+    // Tags, then the generations that are not 0 (a scope never cleared costs no bytes).
+    let (tag_versions, generation_versions) = meta
+        .tag_versions
+        .split_at(meta.tag_keys.len().min(meta.tag_versions.len()));
+    let recorded = meta.tag_keys.iter().zip(tag_versions).chain(
+        meta.generation_keys
+            .iter()
+            .zip(generation_versions)
+            .filter(|(_, v)| **v != 0),
+    );
+    let tag_count = recorded.clone().count().min(255);
+    let tags_len: usize = recorded
+        .clone()
+        .take(tag_count)
+        .map(|(k, _)| 10 + k.len())
+        .sum();
     let mut out = Vec::with_capacity(HEADER_LEN + tags_len + 128);
     out.extend_from_slice(&[MAGIC, FORMAT_VERSION, 0, tag_count as u8]);
     out.extend_from_slice(&meta.fingerprint.to_le_bytes());
@@ -166,7 +178,7 @@ pub(crate) fn encode<T: Serialize + 'static>(
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.compute_us.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // payload length, set below
-    for (key, version) in keys.zip(meta.tag_versions).take(tag_count) {
+    for (key, version) in recorded.take(tag_count) {
         let len = key.len().min(u16::MAX as usize);
         out.extend_from_slice(&(len as u16).to_le_bytes());
         out.extend_from_slice(&key.as_bytes()[..len]);

@@ -370,12 +370,20 @@ impl Handle {
             .iter()
             .map(|k| self.full_key(k))
             .collect::<Result<_>>()?;
-        let found = self
+        // The scopes' generations (clear.rs) in the same `MGET` as the values.
+        let generations = self.generation_keys();
+        let asked: Vec<String> = full.iter().chain(generations).cloned().collect();
+        let mut found = self
             .shared
             .backend
-            .get_many(&full)
+            .get_many(&asked)
             .await
             .inspect_err(|e| self.backend_err("mget", &full.join(" "), e))?;
+        let generation_versions: Vec<Option<u64>> = found
+            .split_off(full.len())
+            .iter()
+            .map(|g| g.as_deref().and_then(codec::decode_version))
+            .collect();
         // The versions of every tag the entries record, read together: one more round trip
         // in all, not one per tagged entry.
         let mut tag_keys: Vec<String> = found
@@ -383,21 +391,20 @@ impl Handle {
             .flatten()
             .filter_map(|bytes| codec::parse(bytes).ok())
             .flat_map(|env| env.tags().map(|(k, _)| k.to_owned()))
+            .filter(|k| !generations.contains(k))
             .collect();
         tag_keys.sort_unstable();
         tag_keys.dedup();
-        // The scopes' generations after the tags (clear.rs), as `still_valid` expects them.
-        let version_keys: Vec<&str> = tag_keys
-            .iter()
-            .chain(self.generation_keys())
-            .map(String::as_str)
-            .collect();
-        let versions = self
-            .shared
-            .backend
-            .versions(&version_keys)
-            .await
-            .inspect_err(|e| self.backend_err("mget (tag versions)", version_keys[0], e))?;
+        let mut versions = if tag_keys.is_empty() {
+            Vec::new()
+        } else {
+            self.shared
+                .backend
+                .versions(&tag_keys)
+                .await
+                .inspect_err(|e| self.backend_err("mget (tag versions)", &tag_keys[0], e))?
+        };
+        versions.extend(generation_versions); // after the tags, as `still_valid` expects
         let mut out = Vec::with_capacity(found.len());
         for (k, bytes) in full.iter().zip(&found) {
             let known = Some((tag_keys.as_slice(), versions.as_slice()));
