@@ -5,7 +5,7 @@
 //!   cleared costs no key and no write.
 //! - Every entry records the generations of the scopes of the handle that wrote it, from the
 //!   read before its value was computed, in the envelope's tag list after its tags
-//!   (base/codec.rs). A read fetches the generations of the reading handle's scopes in the
+//!   (base/codec.rs); a generation at 0 is not recorded (no bytes for a scope never cleared). A read fetches the generations of the reading handle's scopes in the
 //!   same `MGET` as the value and its tags' versions (tags.rs, `still_valid`).
 //! - A clear moves the scope's generation past every value it held: the larger of the current
 //!   one plus one and the clock in microseconds (scripts/clear.lua), one command whatever the
