@@ -16,6 +16,7 @@
 mod batch;
 mod http;
 mod measure;
+mod trust;
 mod workloads;
 
 use std::path::PathBuf;
@@ -156,6 +157,7 @@ fn main() -> ExitCode {
         .into_iter()
         .chain(batch::workloads())
         .chain(http::workloads())
+        .chain(trust::workloads())
         .filter(|w| !(args.cluster && workloads::single_server_only(w.name)))
         .collect();
     if args.list {

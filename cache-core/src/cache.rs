@@ -464,6 +464,33 @@ impl Cache {
         self.handle().invalidate_tag(tag).await
     }
 
+    /// Clears this handle's scope (the whole root, a namespace, a tenant). Afterwards no read
+    /// through this handle or a handle made from it, on any instance, returns a value written
+    /// before. With [`fast_clear`](crate::CacheBuilder::fast_clear) it is O(1), one command
+    /// whatever the number of keys, and the old entries expire with their TTL; without it (the
+    /// default, which keeps hits a plain `GET`) it is
+    /// [`invalidate_pattern("*")`](Cache::invalidate_pattern) on the scope. See
+    /// [the guide](crate::guide::invalidation).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::in_memory();
+    /// let users = cache.namespace("users");
+    /// users.set("1", &"ann", None).await?;
+    /// cache.set("config", &"on", None).await?;
+    /// users.clear().await?;
+    /// assert_eq!(users.get::<String>("1").await?, None);
+    /// assert_eq!(cache.get::<String>("config").await?.as_deref(), Some("on"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn clear(&self) -> Result<()> {
+        if self.handle().fast_clear() {
+            self.handle().clear().await
+        } else {
+            self.invalidate_pattern("*").await.map(drop)
+        }
+    }
+
     /// Invalidates every entry attached to any of `tags`, in one round trip.
     ///
     /// ```

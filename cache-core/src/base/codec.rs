@@ -16,7 +16,8 @@
 //! 28      8     stale until, unix ms (0: none)
 //! 36      4     compute time, microseconds (for early refresh)
 //! 40      4     payload length in bytes (a truncated value is detected, not misread)
-//! 44      ...   per tag: u16 length, tag version key, u64 version
+//! 44      ...   per tag: u16 length, tag version key, u64 version; then, in the same
+//!               form, the generation keys of the writer's scopes (see `engine/clear.rs`)
 //! ...     ...   payload
 //! ```
 //! All integers little-endian. A value that fails any check here is a miss, never a panic.
@@ -56,7 +57,12 @@ pub(crate) struct Meta<'a> {
     pub(crate) fingerprint: u64,
     /// Tag version keys, and the versions read before the value was computed (same order).
     pub(crate) tag_keys: &'a [String],
+    /// The versions of `tag_keys`, then those of `generation_keys`.
     pub(crate) tag_versions: &'a [u64],
+    /// The generation keys of the writer's scopes (engine/clear.rs), recorded in the tag list
+    /// after the tags, with the versions that follow the tags' in `tag_versions` (those at 0,
+    /// never cleared, are not recorded).
+    pub(crate) generation_keys: &'a [String],
 }
 
 /// A parsed envelope, borrowing the stored bytes.
@@ -148,10 +154,21 @@ pub(crate) fn encode<T: Serialize + 'static>(
     meta: &Meta<'_>,
     compress_above: usize,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let tag_count = meta.tag_keys.len().min(meta.tag_versions.len()).min(255);
-    let tags_len: usize = meta.tag_keys[..tag_count]
-        .iter()
-        .map(|k| 10 + k.len())
+    // Tags, then the generations that are not 0 (a scope never cleared costs no bytes).
+    let (tag_versions, generation_versions) = meta
+        .tag_versions
+        .split_at(meta.tag_keys.len().min(meta.tag_versions.len()));
+    let recorded = meta.tag_keys.iter().zip(tag_versions).chain(
+        meta.generation_keys
+            .iter()
+            .zip(generation_versions)
+            .filter(|(_, v)| **v != 0),
+    );
+    let tag_count = recorded.clone().count().min(255);
+    let tags_len: usize = recorded
+        .clone()
+        .take(tag_count)
+        .map(|(k, _)| 10 + k.len())
         .sum();
     let mut out = Vec::with_capacity(HEADER_LEN + tags_len + 128);
     out.extend_from_slice(&[MAGIC, FORMAT_VERSION, 0, tag_count as u8]);
@@ -161,7 +178,7 @@ pub(crate) fn encode<T: Serialize + 'static>(
     out.extend_from_slice(&meta.stale_until_ms.to_le_bytes());
     out.extend_from_slice(&meta.compute_us.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes()); // payload length, set below
-    for (key, version) in meta.tag_keys.iter().zip(meta.tag_versions).take(tag_count) {
+    for (key, version) in recorded.take(tag_count) {
         let len = key.len().min(u16::MAX as usize);
         out.extend_from_slice(&(len as u16).to_le_bytes());
         out.extend_from_slice(&key.as_bytes()[..len]);
@@ -179,10 +196,20 @@ pub(crate) fn encode<T: Serialize + 'static>(
     if out.len() - payload_start > compress_above {
         let compressed = lz4_flex::compress_prepend_size(&out[payload_start..]);
         if compressed.len() < out.len() - payload_start {
-            out.truncate(payload_start);
-            out.extend_from_slice(&compressed);
+            // A buffer of the compressed size, not the one that held the payload
+            // uncompressed: whoever keeps the entry (the embedded store, a landed flight, the
+            // L1) must not hold the uncompressed size in spare capacity.
+            let mut exact = Vec::with_capacity(payload_start + compressed.len());
+            exact.extend_from_slice(&out[..payload_start]);
+            exact.extend_from_slice(&compressed);
+            out = exact;
             flags |= FLAG_COMPRESSED;
         }
+    }
+    // A vector grown by doubling may hold twice its length; shrinking gives the spare back
+    // (in place) before anyone keeps it.
+    if out.capacity() - out.len() > out.len() / 8 {
+        out.shrink_to_fit();
     }
     out[2] = flags;
     let payload_len = u32::try_from(out.len() - payload_start).unwrap_or(u32::MAX);
@@ -293,11 +320,6 @@ impl<'a> Envelope<'a> {
     /// The payload as stored (for an encrypted entry: key id, nonce, ciphertext, tag).
     pub(crate) fn payload(&self) -> &'a [u8] {
         self.payload
-    }
-
-    /// Whether the entry records any tag.
-    pub(crate) fn has_tags(&self) -> bool {
-        !self.tag_list.is_empty()
     }
 
     /// The value, if it was stored as a `T`. Fingerprints are compared only when both the
@@ -440,6 +462,7 @@ mod tests {
             fingerprint: 0,
             tag_keys: &[],
             tag_versions: &[],
+            generation_keys: &[],
         }
     }
 
@@ -555,7 +578,7 @@ mod tests {
             env.tags().collect::<Vec<_>>(),
             vec![("ns:~tag:org", 9), ("ns:~tag:é", u64::MAX)]
         );
-        assert!(env.has_tags());
+        assert!(env.tags().next().is_some());
         // Every cut, whether inside the tag list or after it, is refused: the payload length
         // and the declared tag count both pin where the list ends.
         for n in 0..bytes.len() {
@@ -570,7 +593,7 @@ mod tests {
         not_utf8[e_acute] = 0xFF;
         assert!(parse(&not_utf8).is_err());
         let untagged = encode(&7u8, &meta(), 4096).expect("encodes");
-        assert!(!parse(&untagged).expect("parses").has_tags());
+        assert!(parse(&untagged).expect("parses").tags().next().is_none());
     }
 
     #[test]

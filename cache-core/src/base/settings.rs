@@ -92,6 +92,9 @@ pub(crate) struct Config {
     pub(crate) breaker_failures: u32,
     /// How long the breaker stays open before a probe.
     pub(crate) breaker_open_for: Duration,
+    /// `Cache::clear` in O(1) by scope generations that every read fetches (engine/clear.rs);
+    /// off: `clear` is an invalidation by pattern, and reads are a plain `GET`.
+    pub(crate) fast_clear: bool,
     /// L1 near cache entries per root (0: off); see local.rs.
     pub(crate) local_capacity: u64,
     pub(crate) local_ttl: Duration,
@@ -118,6 +121,7 @@ impl Default for Config {
             slow_op: None,
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(1),
+            fast_clear: false,
             local_capacity: 0,
             local_ttl: Duration::from_secs(30),
         }

@@ -76,9 +76,14 @@ pub struct StatsSnapshot {
     pub fallback_hits: u64,
     /// Invalidations issued while Redis was unreachable and applied once it was back.
     pub invalidations_replayed: u64,
-    /// Invalidations issued while Redis was unreachable and lost because the recovery queue
-    /// was full (also logged): entries they should have removed may be served.
+    /// Queued invalidations Redis refused when they were replayed (an ACL denial, a tag
+    /// version key holding something else; also logged).
     pub invalidations_dropped: u64,
+    /// Invalidations issued while Redis was unreachable that the recovery queue could not
+    /// hold, and that escalated to a clear of the cache root replayed with the rest (see [the
+    /// guide](crate::guide::resilience)): none is lost, every entry written before the
+    /// replay misses once.
+    pub invalidations_escalated: u64,
     /// Reads answered by the L1 near cache (counted in `hits` too).
     pub local_hits: u64,
     /// Reads the L1 near cache could not answer (absent there, expired, a tag changed), which

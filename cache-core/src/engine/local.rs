@@ -270,6 +270,7 @@ impl Handle {
                 encryption: self.scope.encryption.clone(),
                 stats: self.scope.stats.clone(),
                 local: false,
+                generations: self.scope.generations.clone(),
             }),
         }
     }

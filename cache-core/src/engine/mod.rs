@@ -1,5 +1,6 @@
 //! The `Cache` handle: typed operations over a backend, scoped by namespace and tenant.
 
+pub(crate) mod clear;
 pub(crate) mod crypto;
 pub(crate) mod lease;
 pub(crate) mod local;
@@ -56,6 +57,8 @@ pub(crate) struct Scope {
     stats: Arc<crate::base::observe::NsStats>,
     /// Whether reads through this scope use the L1 (local.rs; on unless opted out).
     local: bool,
+    /// The generation keys of the root and of every scope down to this one (clear.rs).
+    generations: Arc<[String]>,
 }
 
 /// The engine's handle on a cache root: its state and the scope (namespace, tenant, default
@@ -105,8 +108,16 @@ impl Handle {
     }
 
     fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Handle {
+        let prefix = format!("{}:", config.namespace);
         let scope = Scope {
-            prefix: format!("{}:", config.namespace),
+            // Scope generations only where `fast_clear` asks for them (clear.rs): each is a key
+            // every read fetches.
+            generations: if config.fast_clear {
+                Arc::from([crate::store::breaker::generation_key(&prefix)])
+            } else {
+                Arc::from([])
+            },
+            prefix,
             default_ttl: config.default_ttl,
             encryption: keyring.map(Arc::new),
             stats: Arc::new(crate::base::observe::NsStats::new(&config.namespace)),
@@ -167,9 +178,21 @@ impl Handle {
         default_ttl: Option<Duration>,
         stats: Arc<crate::base::observe::NsStats>,
     ) -> Handle {
+        let generations = if prefix == self.scope.prefix || !self.shared.config.fast_clear {
+            self.scope.generations.clone()
+        } else {
+            let own = crate::store::breaker::generation_key(&prefix);
+            self.scope
+                .generations
+                .iter()
+                .cloned()
+                .chain([own])
+                .collect()
+        };
         Handle {
             shared: self.shared.clone(),
             scope: Arc::new(Scope {
+                generations,
                 prefix,
                 default_ttl,
                 encryption: self.scope.encryption.clone(),
@@ -263,13 +286,15 @@ impl Handle {
             Some(Err(mark)) => Some(mark),
             None => None,
         };
-        let bytes = self
+        let (bytes, generations) = self
             .shared
             .backend
-            .get(&full)
+            .get_with_scope(&full, &[] as &[&str], self.generation_keys())
             .await
             .inspect_err(|e| self.backend_err("get", &full, e))?;
-        let found = self.decode_hit(&full, bytes.as_deref(), None, 0).await;
+        let found = self
+            .decode_hit(&full, bytes.as_deref(), Some((&[], &generations)), 0)
+            .await;
         op.lookup(&found);
         if let (Some(local), Some(mark), Ok(true)) =
             (local, mark, found.as_ref().map(|f| f.is_hit()))
@@ -304,7 +329,8 @@ impl Handle {
                     stats.miss();
                     return Ok(Lookup::Miss);
                 }
-                if env.has_tags() && !tags::still_valid(self, env.tags(), known_versions).await? {
+                // Tags, and the generations of the scopes (clear.rs): every read checks those.
+                if !tags::still_valid(self, env.tags(), known_versions).await? {
                     self.count_miss(MissReason::TagInvalidated);
                     stats.miss();
                     return Ok(Lookup::Miss);
@@ -350,12 +376,20 @@ impl Handle {
             .iter()
             .map(|k| self.full_key(k))
             .collect::<Result<_>>()?;
-        let found = self
+        // The scopes' generations (clear.rs) in the same `MGET` as the values.
+        let generations = self.generation_keys();
+        let asked: Vec<String> = full.iter().chain(generations).cloned().collect();
+        let mut found = self
             .shared
             .backend
-            .get_many(&full)
+            .get_many(&asked)
             .await
             .inspect_err(|e| self.backend_err("mget", &full.join(" "), e))?;
+        let generation_versions: Vec<Option<u64>> = found
+            .split_off(full.len())
+            .iter()
+            .map(|g| g.as_deref().and_then(codec::decode_version))
+            .collect();
         // The versions of every tag the entries record, read together: one more round trip
         // in all, not one per tagged entry.
         let mut tag_keys: Vec<String> = found
@@ -363,10 +397,11 @@ impl Handle {
             .flatten()
             .filter_map(|bytes| codec::parse(bytes).ok())
             .flat_map(|env| env.tags().map(|(k, _)| k.to_owned()))
+            .filter(|k| !generations.contains(k))
             .collect();
         tag_keys.sort_unstable();
         tag_keys.dedup();
-        let versions = if tag_keys.is_empty() {
+        let mut versions = if tag_keys.is_empty() {
             Vec::new()
         } else {
             self.shared
@@ -375,6 +410,7 @@ impl Handle {
                 .await
                 .inspect_err(|e| self.backend_err("mget (tag versions)", &tag_keys[0], e))?
         };
+        versions.extend(generation_versions); // after the tags, as `still_valid` expects
         let mut out = Vec::with_capacity(found.len());
         for (k, bytes) in full.iter().zip(&found) {
             let known = Some((tag_keys.as_slice(), versions.as_slice()));
@@ -561,6 +597,7 @@ impl Handle {
             fingerprint,
             tag_keys,
             tag_versions,
+            generation_keys: &self.scope.generations,
         };
         let bytes = codec::encode(value, &meta, self.shared.config.compression_threshold)
             .map_err(|source| Error::Encode {
@@ -590,10 +627,11 @@ impl Handle {
     ) -> Result<()> {
         let mut op = self.op(Operation::Mset);
         let ttl = crate::base::limits::ttl(self.ttl_or_default(ttl.into()))?;
+        let generations = tags::current_versions(self, &[], None).await?; // clear.rs
         let mut writes = Vec::with_capacity(items.len());
         for (k, v) in items {
             let full = self.full_key(k)?;
-            let bytes = self.encode(&full, v, ttl, (&[], &[]), 0, 0)?;
+            let bytes = self.encode(&full, v, ttl, (&[], &generations), 0, 0)?;
             writes.push((full, bytes, ttl));
         }
         let n = writes.len() as u64;

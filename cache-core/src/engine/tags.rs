@@ -5,7 +5,7 @@
 
 use crate::base::codec::Tags;
 use crate::base::error::{Error, Result};
-use crate::engine::Handle;
+use crate::engine::{Handle, clear};
 
 /// What separates a scope's prefix from a tag in its version key.
 const VERSION_KEY_MARK: &str = "~tag:";
@@ -39,23 +39,31 @@ pub(crate) fn checked_tag(tag: &str) -> Result<&str> {
     Ok(tag)
 }
 
-/// The current version of each tag key, creating the missing ones, to record in an entry.
-/// `known` holds versions already read in the same round trip as the value.
+/// The current version of each tag key, creating the missing ones, then the current
+/// generation of each scope of `cache` (clear.rs; a missing one is 0, never cleared), to
+/// record in an entry. `known` holds versions already read in the same round trip as the
+/// value, in the same order.
 pub(crate) async fn current_versions(
     cache: &Handle,
     tag_keys: &[String],
     known: Option<Vec<Option<u64>>>,
 ) -> Result<Vec<u64>> {
-    if tag_keys.is_empty() {
-        return Ok(Vec::new());
-    }
+    let generations = cache.generation_keys();
     let versions = match known {
-        Some(v) if v.len() == tag_keys.len() => v,
-        _ => cache.backend_ref().versions(tag_keys).await?,
+        Some(v) if v.len() == tag_keys.len() + generations.len() => v,
+        _ => {
+            let keys: Vec<&str> = tag_keys
+                .iter()
+                .chain(generations)
+                .map(String::as_str)
+                .collect();
+            cache.backend_ref().versions(&keys).await?
+        }
     };
+    let (tag_versions, generation_versions) = versions.split_at(tag_keys.len());
     let missing: Vec<&str> = tag_keys
         .iter()
-        .zip(&versions)
+        .zip(tag_versions)
         .filter(|(_, v)| v.is_none())
         .map(|(k, _)| k.as_str())
         .collect();
@@ -73,36 +81,66 @@ pub(crate) async fn current_versions(
             .await?
     };
     let mut created = created.into_iter();
-    Ok(versions
-        .into_iter()
+    Ok(tag_versions
+        .iter()
         // A version key deleted between its creation and the read records 0, which never
         // matches: the entry is a miss, never a stale hit.
         .map(|v| v.or_else(|| created.next().flatten()).unwrap_or(0))
+        .chain(generation_versions.iter().map(|g| g.unwrap_or(0)))
         .collect())
 }
 
-/// True if every tag recorded in an entry still has the recorded version. `known` holds
-/// versions read in the same round trip as the entry; the others are read now.
+/// True if every tag recorded in an entry still has the recorded version, and no scope of the
+/// entry or of the reading handle was cleared since the entry's value was read (clear.rs).
+/// `known` holds the versions read in the same round trip as the entry: those of its keys,
+/// then those of the reading handle's generation keys; the others are read now.
 pub(crate) async fn still_valid(
     cache: &Handle,
     recorded: Tags<'_>,
     known: Option<(&[String], &[Option<u64>])>,
 ) -> Result<bool> {
-    let mut unknown = Vec::new();
+    let generations = cache.generation_keys();
+    let (keys, versions) = known.unwrap_or((&[], &[]));
+    // The reader's generations follow the keys, when the caller read them.
+    let known_generations = versions
+        .get(keys.len()..)
+        .filter(|g| g.len() == generations.len());
+    let current_of = |key: &str| -> Option<Option<u64>> {
+        // `mget` passes every tag of its entries, sorted, where a scan per recorded tag
+        // would make it quadratic; a function's few tags come in its order, where the
+        // search may miss and the scan finds them (a search only stops on an equal key).
+        keys.binary_search_by(|k| k.as_str().cmp(key))
+            .ok()
+            .or_else(|| keys.iter().position(|k| k.as_str() == key))
+            .and_then(|i| versions.get(i).copied())
+            .or_else(|| {
+                let i = generations.iter().position(|g| g.as_str() == key)?;
+                known_generations.map(|g| g[i])
+            })
+    };
+    let mut unknown: Vec<(&str, u64)> = Vec::new();
+    // Which of the reader's generations the entry records (a scope has few levels).
+    let mut recorded_generations = 0u64;
     for (key, version) in recorded {
-        let current = known.and_then(|(keys, versions)| {
-            // `mget` passes every tag of its entries, sorted, where a scan per recorded tag
-            // would make it quadratic; a function's few tags come in its order, where the
-            // search may miss and the scan finds them (a search only stops on an equal key).
-            keys.binary_search_by(|k| k.as_str().cmp(key))
-                .ok()
-                .or_else(|| keys.iter().position(|k| k.as_str() == key))
-                .and_then(|i| versions.get(i).copied())
-        });
-        match current {
-            Some(Some(v)) if v == version => {}
-            Some(_) => return Ok(false),
+        if let Some(i) = generations.iter().position(|g| g.as_str() == key) {
+            recorded_generations |= 1 << i.min(63);
+        }
+        match current_of(key) {
+            Some(current) if !clear::current(key, version, current) => return Ok(false),
+            Some(_) => {}
             None => unknown.push((key, version)),
+        }
+    }
+    // The reader's scopes the entry does not record (written through another handle, or
+    // before this version): as if recorded at 0, never cleared.
+    for (i, generation) in generations.iter().enumerate() {
+        if recorded_generations & (1 << i.min(63)) != 0 {
+            continue;
+        }
+        match current_of(generation) {
+            Some(current) if !clear::current(generation, 0, current) => return Ok(false),
+            Some(_) => {}
+            None => unknown.push((generation, 0)),
         }
     }
     if unknown.is_empty() {
@@ -113,5 +151,5 @@ pub(crate) async fn still_valid(
     Ok(unknown
         .iter()
         .zip(current)
-        .all(|((_, recorded), now)| now == Some(*recorded)))
+        .all(|((key, recorded), now)| clear::current(key, *recorded, now)))
 }

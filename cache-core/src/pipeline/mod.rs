@@ -350,7 +350,9 @@ impl Pipeline {
         let epoch = landings();
         let mut known = None;
         let mut stale = None;
-        let read = self.backend_ref().get_with_versions(full, tag_keys).await;
+        let read = (self.backend_ref())
+            .get_with_scope(full, tag_keys, self.generation_keys()) // engine/clear.rs
+            .await;
         op.read_done(); // ops: read latency
         match read {
             Ok((bytes, versions)) if policy.reads_plainly() => {
@@ -804,9 +806,7 @@ impl Pipeline {
                 },
             );
         };
-        if env.has_tags()
-            && !tags::still_valid(self, env.tags(), Some((tag_keys, versions))).await?
-        {
+        if !tags::still_valid(self, env.tags(), Some((tag_keys, versions))).await? {
             self.count_miss(MissReason::TagInvalidated); // ops
             stats.miss();
             return Ok(Found::Miss);

@@ -29,15 +29,26 @@
 //!
 //! # Recovery queue
 //!
-//! Invalidations that fail because Redis is unreachable (deletes by key, tag bumps, pattern
-//! invalidations, and writes, which are replayed as deletes of their keys: Redis may hold an
-//! older value) are kept in a bounded queue ([`QUEUE_CAPACITY`] entries, newest per key, tag
-//! or pattern) and replayed when the breaker closes, before it closes: no read is served from
-//! Redis before the replay finished. Entries that do not fit are dropped, logged and counted
-//! (`StatsSnapshot::invalidations_dropped`). Entries queued while the breaker is closed (the
-//! failures before it opened, or transient ones) wait for the next recovery: replaying them
-//! while other commands run could remove a value written after them. One exception: an
-//! invalidation turned away just before the breaker closed, and queued just after the
+//! Invalidations that fail because Redis is unreachable or did not answer in time (deletes by
+//! key, tag bumps, pattern invalidations, clears, and writes, which are replayed as deletes of
+//! their keys: Redis may hold an older value) are kept in a bounded queue ([`QUEUE_CAPACITY`]
+//! entries, newest per key, tag or pattern) and replayed when the breaker closes, before it
+//! closes: no read is served from Redis before the replay finished.
+//!
+//! None is lost. One that does not fit escalates to a clear of the root (engine/clear.rs):
+//! one more entry, whatever the number that did not fit, which moves the root's generation
+//! when replayed, so that every value written before the replay reads as a miss. The root,
+//! not a smaller scope: a full key does not tell which handle wrote it (the root's key
+//! `ns:a:k` and namespace `ns:a`'s key `k` are the same bytes), and only the root's
+//! generation is checked by every reader of it. Escalations are counted
+//! (`StatsSnapshot::invalidations_escalated`). Only an entry Redis refuses when replayed (an
+//! ACL denial) is dropped and counted (`invalidations_dropped`).
+//!
+//! Entries queued while the breaker is closed (a command that timed out with its outcome
+//! unknown, the failures before the breaker opened) are replayed by a retry task, with
+//! backoff, as long as the breaker stays closed (replaying one late removes at worst a value
+//! written after it: a miss, never a stale read); once it opens, the recovery replays them.
+//! An invalidation turned away just before the breaker closed, and queued just after the
 //! replay, is replayed by its caller at once ([`RedisBackend::not_reached`]).
 //!
 //! # Hooks for other modules
@@ -135,6 +146,41 @@ pub(crate) enum Invalidation {
     Tag(String),
     /// Tombstone every key `SCAN MATCH` finds for this glob.
     Pattern(String),
+    /// Move this generation key of a scope (engine/clear.rs): a clear, or the escalation of
+    /// invalidations the queue could not hold.
+    Clear(String),
+}
+
+/// What the generation key of a scope ends with (engine/clear.rs). Known here because the
+/// recovery queue escalates to a clear of the root.
+pub(crate) const GENERATION_MARK: &str = "~clear";
+
+/// What the queue escalates to when it is full: a clear of the root. With `fast_clear`, one
+/// move of the root's generation; without it (reads fetch no generation), an invalidation by
+/// pattern of the root's every key, a `SCAN` of the keyspace when Redis is back.
+fn escalation(config: &Config) -> Invalidation {
+    let root = format!("{}:", config.namespace);
+    if config.fast_clear {
+        return Invalidation::Clear(generation_key(&root));
+    }
+    let mut glob = String::with_capacity(root.len() + 2);
+    for c in root.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            glob.push('\\');
+        }
+        glob.push(c);
+    }
+    glob.push('*');
+    Invalidation::Pattern(glob)
+}
+
+/// The generation key of the scope `prefix` (`root:`, `root:ns:`, ...). `~` starts no user
+/// key, so it never collides with a value.
+pub(crate) fn generation_key(prefix: &str) -> String {
+    let mut k = String::with_capacity(prefix.len() + GENERATION_MARK.len());
+    k.push_str(prefix);
+    k.push_str(GENERATION_MARK);
+    k
 }
 
 #[derive(Debug)]
@@ -156,6 +202,7 @@ struct Counters {
     fallback_hits: AtomicU64,
     replayed: AtomicU64,
     dropped: AtomicU64,
+    escalated: AtomicU64,
 }
 
 /// The circuit breaker of one cache root; lives in its [`RedisBackend`].
@@ -173,6 +220,18 @@ pub(crate) struct Breaker {
     status: watch::Sender<BreakerStatus>,
     /// The recovery task runs (at most one).
     recovering: AtomicBool,
+    /// Held while invalidations queued with the breaker closed are replayed, by the retry
+    /// task or a read that came first (`settle_before_read`).
+    settle: tokio::sync::Mutex<()>,
+    /// A replay under `settle` is under way: the queue may look empty while what it held is
+    /// not in Redis yet.
+    settling: AtomicBool,
+    /// The retry task runs (at most one): it replays what was queued while the breaker
+    /// stayed closed.
+    retrying: AtomicBool,
+    /// What an invalidation the queue cannot hold escalates to: a clear of the root (its
+    /// generation moved on with `fast_clear`, else an invalidation by pattern of the root).
+    escalation: Invalidation,
     /// The backend that owns this breaker, for its recovery task (a `Weak`, so that the task
     /// ends when the backend is dropped).
     home: Weak<RedisBackend>,
@@ -216,6 +275,10 @@ impl Breaker {
             })
             .0,
             recovering: AtomicBool::new(false),
+            settle: tokio::sync::Mutex::new(()),
+            settling: AtomicBool::new(false),
+            retrying: AtomicBool::new(false),
+            escalation: escalation(config),
             home,
             fallback: RwLock::new(None),
             queue: Mutex::new(Queue::default()),
@@ -352,6 +415,7 @@ impl Breaker {
         s.fallback_hits = get(&self.counters.fallback_hits);
         s.invalidations_replayed = get(&self.counters.replayed);
         s.invalidations_dropped = get(&self.counters.dropped);
+        s.invalidations_escalated = get(&self.counters.escalated);
     }
 
     // ---- recovery queue --------------------------------------------------------------------
@@ -397,6 +461,21 @@ impl Breaker {
         )
     }
 
+    /// A clear that could not reach Redis (`generation_key`, engine/clear.rs): the fallback
+    /// store is emptied (its entries record no generation) and the clear queued. True if the
+    /// breaker was closed by then.
+    pub(crate) fn queue_clear(&self, generation_key: &str) -> bool {
+        if let Ok(mut fallback) = self.fallback.write()
+            && fallback.is_some()
+        {
+            *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
+        }
+        self.enqueue(
+            std::iter::once(Invalidation::Clear(generation_key.to_owned())),
+            self.hold,
+        )
+    }
+
     /// Queues `items`; true if the breaker was closed by then (see
     /// [`RedisBackend::not_reached`] for what that means).
     pub(crate) fn enqueue(
@@ -404,7 +483,7 @@ impl Breaker {
         items: impl Iterator<Item = Invalidation>,
         hold: Duration,
     ) -> bool {
-        let mut dropped = 0u64;
+        let mut escalated = 0u64;
         let closed = {
             let mut q = lock(&self.queue);
             for item in items {
@@ -413,10 +492,21 @@ impl Breaker {
                 let len = q.items.len();
                 match q.items.get_mut(&item) {
                     Some(queued) => *queued = Queued { seq, hold },
-                    None if len < QUEUE_CAPACITY => {
+                    // Clears are not counted against the capacity: there are as many as
+                    // scopes cleared, and one is what the others escalate to.
+                    None if len < QUEUE_CAPACITY
+                        || matches!(item, Invalidation::Clear(_))
+                        || item == self.escalation =>
+                    {
                         q.items.insert(item, Queued { seq, hold });
                     }
-                    None => dropped += 1,
+                    None => {
+                        // Does not fit: covered by a clear of the root, queued as the newest
+                        // entry (it must come after what it covers).
+                        escalated += 1;
+                        q.items
+                            .insert(self.escalation.clone(), Queued { seq, hold });
+                    }
                 }
             }
             self.queued.store(q.items.len(), Ordering::Relaxed);
@@ -424,13 +514,16 @@ impl Breaker {
             // by the replay before closing, or its caller learns that it came too late.
             self.state.load(Ordering::Acquire) == CLOSED
         };
-        if dropped > 0 {
-            let before = self.counters.dropped.fetch_add(dropped, Ordering::Relaxed);
-            if before == 0 || self.state() != BreakerState::Closed {
-                tracing::error!(
-                    dropped,
+        if escalated > 0 {
+            let before = self
+                .counters
+                .escalated
+                .fetch_add(escalated, Ordering::Relaxed);
+            if before == 0 {
+                tracing::warn!(
+                    escalated,
                     capacity = QUEUE_CAPACITY,
-                    "recovery queue full: invalidations issued while redis is unreachable are lost, entries they should have removed may be served after recovery"
+                    "recovery queue full: further invalidations escalate to a clear of the whole cache root, replayed when redis answers (every entry written before then will miss once)"
                 );
             }
         }
@@ -521,6 +614,49 @@ impl Breaker {
         runtime.spawn(recover(home));
     }
 
+    /// Before a read with the breaker closed: invalidations queued in this process (a
+    /// command that failed, its outcome unknown) are applied first, so that this process
+    /// never reads a value it failed to invalidate. One atomic load when nothing is queued;
+    /// otherwise the read waits for the replay (its own, or the retry task's), and fails as
+    /// the replay does.
+    #[inline]
+    pub(crate) async fn settle_before_read(&self, redis: &RedisBackend) -> Result<()> {
+        if self.queued.load(Ordering::Acquire) == 0 && !self.settling.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.settle_queued(redis).await
+    }
+
+    /// Replays what is queued, under `settle`, if the breaker is closed (when it is not, the
+    /// recovery replays it before closing, and reads are turned away meanwhile).
+    async fn settle_queued(&self, redis: &RedisBackend) -> Result<()> {
+        let _settling = self.settle.lock().await;
+        if self.state() != BreakerState::Closed || self.queued.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        self.settling.store(true, Ordering::Release);
+        let replayed = self.replay(redis, true).await;
+        self.settling.store(false, Ordering::Release);
+        replayed.map(drop)
+    }
+
+    /// Starts the retry task unless it runs: for what was queued while the breaker is closed
+    /// (a command that timed out, its outcome unknown), which no recovery would replay.
+    pub(crate) fn ensure_retry(&self) {
+        let home = self.home.clone();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self
+            .retrying
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        runtime.spawn(retry(home));
+    }
+
     /// Closes if nothing is queued (under the queue's lock, see `enqueue`); false otherwise.
     fn close_if_drained(&self) -> bool {
         let q = lock(&self.queue);
@@ -562,6 +698,33 @@ impl Drop for Flag {
         if let Some(redis) = self.0.upgrade() {
             (self.1)(redis.breaker()).store(false, Ordering::Release);
         }
+    }
+}
+
+/// The first pause of the retry task, doubled after each failed replay up to `open_for`.
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+
+/// The retry task: replays what was queued while the breaker stayed closed, with backoff,
+/// until the queue is empty or the breaker opens (the recovery replays it then).
+async fn retry(home: Weak<RedisBackend>) {
+    let mut wait = RETRY_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        let Some(redis) = home.upgrade() else { return };
+        let b = redis.breaker();
+        let done = b.state() != BreakerState::Closed
+            || b.queued() == 0
+            || (b.settle_queued(&redis).await.is_ok() && b.queued() == 0);
+        if done {
+            b.retrying.store(false, Ordering::Release);
+            // Queued after the last look, while the flag still said "running": not left
+            // behind.
+            if b.state() == BreakerState::Closed && b.queued() > 0 {
+                b.ensure_retry();
+            }
+            return;
+        }
+        wait = (wait * 2).min(b.open_for.max(RETRY_FIRST));
     }
 }
 
@@ -699,10 +862,36 @@ mod tests {
         );
         let many: Vec<String> = (0..QUEUE_CAPACITY + 5).map(|i| format!("k{i}")).collect();
         b.queue_keys(&many, Duration::from_secs(1));
-        assert_eq!(b.queued(), QUEUE_CAPACITY);
-        assert_eq!(b.counters.dropped.load(Ordering::Relaxed), 5);
+        assert_eq!(
+            b.queued(),
+            QUEUE_CAPACITY + 1,
+            "full, and one clear of the root"
+        );
+        assert_eq!(b.counters.escalated.load(Ordering::Relaxed), 5);
+        assert_eq!(b.counters.dropped.load(Ordering::Relaxed), 0);
         b.put_back(vec![(Invalidation::Key("k0".into()), Duration::ZERO)]);
-        assert_eq!(b.queued(), QUEUE_CAPACITY, "a newer entry is kept");
+        assert_eq!(b.queued(), QUEUE_CAPACITY + 1, "a newer entry is kept");
+        let items = b.take_all();
+        assert_eq!(
+            items.last().map(|(item, _)| item),
+            Some(&Invalidation::Pattern(format!(
+                "{}:*",
+                Config::default().namespace
+            ))),
+            "the escalation comes after what it covers"
+        );
+        // With `fast_clear`, the escalation moves the root's generation instead.
+        let fast = Breaker::new(
+            &Config {
+                fast_clear: true,
+                ..Config::default()
+            },
+            Weak::new(),
+        );
+        assert_eq!(
+            fast.escalation,
+            Invalidation::Clear(generation_key(&format!("{}:", Config::default().namespace)))
+        );
     }
 
     #[test]

@@ -73,8 +73,27 @@ impl std::fmt::Debug for MemoryBackend {
     }
 }
 
-/// Bookkeeping bytes per entry counted against the capacity besides key and value.
-const ENTRY_OVERHEAD: usize = 64;
+/// Bookkeeping bytes per entry counted against the capacity besides the key's and the
+/// value's own allocations: moka's entry (its `Arc`ed value entry, the key's `Arc`, the
+/// access-order deque node, the hash table slot, the timer wheel node of per-entry expiry)
+/// and this store's `Entry`, with the allocator's headers of each, measured at about 300
+/// bytes; rounded up, since the budget is a promise about resident memory.
+const ENTRY_OVERHEAD: usize = 384;
+
+/// What an entry really holds in memory: the allocations of its key and value (capacities,
+/// rounded to the allocator's 16-byte granules with their 8-byte header) and the overhead.
+fn weight(key: &str, data: &Bytes) -> usize {
+    let allocated = |n: usize| if n == 0 { 0 } else { (n + 8).div_ceil(16) * 16 };
+    allocated(key.len()) + allocated(data.len()) + ENTRY_OVERHEAD
+}
+
+/// The value's bytes in an allocation of exactly their size: an encoded value may carry
+/// spare capacity (a compressed payload written over the buffer that held it uncompressed,
+/// a vector grown by doubling), which the budget would otherwise not see.
+fn exact(mut value: Vec<u8>) -> Bytes {
+    value.shrink_to_fit();
+    Bytes::from(value)
+}
 
 impl MemoryBackend {
     pub(crate) fn new(capacity_bytes: u64) -> Self {
@@ -82,7 +101,7 @@ impl MemoryBackend {
             entries: Moka::builder()
                 .max_capacity(capacity_bytes)
                 .weigher(|k: &String, v: &Entry| {
-                    u32::try_from(k.len() + v.data.len() + ENTRY_OVERHEAD).unwrap_or(u32::MAX)
+                    u32::try_from(weight(k, &v.data)).unwrap_or(u32::MAX)
                 })
                 .expire_after(ByDeadline)
                 .build(),
@@ -104,7 +123,7 @@ impl MemoryBackend {
             .filter(|(k, e)| k.starts_with(prefix) && e.clone().live(now).is_some())
             .take(limit)
             .map(|(k, e)| {
-                let size = (k.len() + e.data.len() + ENTRY_OVERHEAD) as u64;
+                let size = weight(&k, &e.data) as u64;
                 (k.as_ref().clone(), size)
             })
             .collect()
@@ -130,6 +149,39 @@ impl MemoryBackend {
         tag_keys: &[K],
     ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
         Ok((self.get(key)?, self.versions(tag_keys)?))
+    }
+
+    /// The value and the versions of `tag_keys` then of `generation_keys`.
+    pub(crate) fn get_with_scope<K: TagKey, G: TagKey>(
+        &self,
+        key: &str,
+        tag_keys: &[K],
+        generation_keys: &[G],
+    ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
+        let mut versions = self.versions(tag_keys)?;
+        versions.extend(self.versions(generation_keys)?);
+        Ok((self.get(key)?, versions))
+    }
+
+    /// Moves a scope's generation past every value it held, as the Redis script does
+    /// (scripts/clear.lua): the larger of the current one plus one and the clock.
+    pub(crate) fn clear_generation(&self, key: &str) -> Result<u64> {
+        let now = Instant::now();
+        let mut next = 0;
+        self.entries
+            .entry(key.to_owned())
+            .and_compute_with(|current| {
+                let current = current
+                    .and_then(|e| e.into_value().live(now))
+                    .and_then(|e| codec::decode_version(&e.data))
+                    .unwrap_or(0);
+                next = current.saturating_add(1).max(codec::now_us());
+                Op::Put(Entry {
+                    data: Bytes::from(next.to_string()),
+                    expires_at: None,
+                })
+            });
+        Ok(next)
     }
 
     pub(crate) fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
@@ -162,7 +214,7 @@ impl MemoryBackend {
 
     pub(crate) fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
         let entry = Entry {
-            data: Bytes::from(value),
+            data: exact(value),
             expires_at: ttl.map(|t| crate::base::limits::deadline(Instant::now(), t)),
         };
         self.entries.insert(key.to_owned(), entry);
@@ -185,7 +237,7 @@ impl MemoryBackend {
                 let current = current.and_then(|e| e.into_value().live(now));
                 if current.as_ref().map(|e| &e.data[..]) == seen {
                     Op::Put(Entry {
-                        data: Bytes::from(value),
+                        data: exact(value),
                         expires_at: ttl.map(|t| crate::base::limits::deadline(now, t)),
                     })
                 } else {

@@ -83,13 +83,21 @@ impl Backend {
         dispatch!(self.get(key))
     }
 
-    /// The value and the current versions of `tag_keys`, in one round trip.
-    pub(crate) async fn get_with_versions<K: TagKey>(
+    /// The value, the current versions of `tag_keys` and then those of `generation_keys` (a
+    /// scope's clears, engine/clear.rs; a missing one is `None`: never cleared), in one round
+    /// trip.
+    pub(crate) async fn get_with_scope<K: TagKey, G: TagKey>(
         &self,
         key: &str,
         tag_keys: &[K],
+        generation_keys: &[G],
     ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
-        dispatch!(self.get_with_versions(key, tag_keys))
+        dispatch!(self.get_with_scope(key, tag_keys, generation_keys))
+    }
+
+    /// Moves a scope's generation key past every value it held; returns the new generation.
+    pub(crate) async fn clear_generation(&self, key: &str) -> Result<u64> {
+        dispatch!(self.clear_generation(key))
     }
 
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {

@@ -110,6 +110,7 @@ static EXISTS: LazyLock<Script> = script!(tombstone, "exists");
 static PTTL: LazyLock<Script> = script!(tombstone, "pttl");
 static PEXPIRE: LazyLock<Script> = script!(tombstone, "pexpire");
 static INCR_OVER_TOMBSTONE: LazyLock<Script> = script!(tombstone, "incr_over_tombstone");
+static CLEAR: LazyLock<Script> = script!("clear");
 
 /// Milliseconds for `PX` / `PEXPIRE`, within what Redis accepts (see `limits`).
 fn millis(d: Duration) -> u64 {
@@ -512,6 +513,10 @@ impl RedisBackend {
         let closed_meanwhile = queue(&self.breaker);
         if closed_meanwhile && matches!(e, Error::CircuitOpen { .. }) {
             let _ = self.breaker.replay(self, true).await;
+        } else if closed_meanwhile {
+            // Failed with the breaker closed (a timeout: done or not, nobody knows):
+            // replayed by the retry task, not left for a recovery that may never come.
+            self.breaker.ensure_retry();
         }
     }
 
@@ -535,6 +540,9 @@ impl RedisBackend {
                         .await?
                 }
                 Invalidation::Tag(key) => tags.push(key.as_str()),
+                Invalidation::Clear(key) => {
+                    self.clear_via(key, guarded).await?;
+                }
                 Invalidation::Pattern(glob) => {
                     for node in self.keyspace_nodes_via(guarded).await? {
                         self.replay_pattern(node.as_ref(), glob, *hold, guarded)
@@ -607,25 +615,51 @@ impl RedisBackend {
     }
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        self.breaker.settle_before_read(self).await?;
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
         let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
         Ok(value.map(Bytes::from))
     }
 
-    pub(crate) async fn get_with_versions<K: TagKey>(
+    /// Moves the generation `key` of a scope past every value it held (engine/clear.rs); one
+    /// script. Not reached: queued (breaker.rs), escalating nothing.
+    pub(crate) async fn clear_generation(&self, key: &str) -> Result<u64> {
+        let cleared = self.clear_via(key, true).await;
+        if let Err(e) = &cleared {
+            self.not_reached(e, |b| b.queue_clear(key)).await;
+        }
+        cleared
+    }
+
+    async fn clear_via(&self, key: &str, guarded: bool) -> Result<u64> {
+        let mut invocation = CLEAR.key(key);
+        invocation.arg(crate::base::codec::now_us());
+        let text: String = if guarded {
+            self.run_script("clear", &invocation).await?
+        } else {
+            self.script_unguarded("clear", &invocation).await?
+        };
+        Ok(text.parse().unwrap_or(u64::MAX))
+    }
+
+    /// The value and the current versions of `tag_keys` then of `generation_keys`, in one
+    /// `MGET`.
+    pub(crate) async fn get_with_scope<K: TagKey, G: TagKey>(
         &self,
         key: &str,
         tag_keys: &[K],
+        generation_keys: &[G],
     ) -> Result<(Option<Bytes>, Vec<Option<u64>>)> {
-        if tag_keys.is_empty() {
+        if tag_keys.is_empty() && generation_keys.is_empty() {
             return Ok((self.get(key).await?, Vec::new()));
         }
+        self.breaker.settle_before_read(self).await?;
         // One command for the value and its tags' versions: cheaper to send and to parse
         // than a GET+MGET pipeline. The reply is taken apart by value, not converted through
         // an intermediate vector: allocations on this path are measurable (see codec::Tags).
         let mut cmd = redis::cmd("MGET");
-        cmd.arg(key).arg(tag_keys);
+        cmd.arg(key).arg(tag_keys).arg(generation_keys);
         let reply: redis::Value = self.run("MGET", cmd).await?;
         let unexpected = || Error::Command {
             operation: "MGET",
@@ -637,7 +671,7 @@ impl RedisBackend {
         let redis::Value::Array(items) = reply else {
             return Err(unexpected());
         };
-        if items.len() != tag_keys.len() + 1 {
+        if items.len() != tag_keys.len() + generation_keys.len() + 1 {
             return Err(unexpected());
         }
         let mut items = items.into_iter();
@@ -660,6 +694,7 @@ impl RedisBackend {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
+        self.breaker.settle_before_read(self).await?;
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         let values: Vec<Option<Vec<u8>>> = self.run("MGET", cmd).await?;
@@ -673,6 +708,7 @@ impl RedisBackend {
         keys: &[K],
         tag_keys: &[String],
     ) -> Result<ValuesAndVersions> {
+        self.breaker.settle_before_read(self).await?;
         let all: Vec<&str> = keys
             .iter()
             .map(AsRef::as_ref)

@@ -692,13 +692,10 @@ async fn bandwidth_throttled() {
 /// after three, stays closed), then the fault clears. No read after the failed call may return
 /// the invalidated value (an error, or the breaker's answer, is fine).
 ///
-/// KNOWN GAP, issue 21 item 2 (another branch works on it): an invalidation that fails while
-/// the breaker is closed waits in the recovery queue for the *next* recovery (cache-core's
-/// `store/breaker.rs`); when the breaker never opens, none comes, and a command that never
-/// reached Redis (black hole, reset) leaves the old value there to be served. A replay in the
-/// background after the failure is not enough either: the read right after the fault clears
-/// must not find the old value. This test fails until that holds; its message starts with
-/// `KNOWN GAP`.
+/// What holds it (store/breaker.rs): an invalidation that fails with the breaker closed is
+/// queued, replayed by the retry task, and every read of this process first waits for what is
+/// queued to be applied (`settle_before_read`), so the read right after the fault clears
+/// cannot find the old value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_faults_cleared_before_the_breaker_opens_lose_no_invalidation() {
     if !first_pass_only() {
@@ -731,10 +728,8 @@ async fn transient_faults_cleared_before_the_breaker_opens_lose_no_invalidation(
     }
     assert!(
         gaps.is_empty(),
-        "KNOWN GAP (issue 21 item 2): an invalidation that failed while the breaker was closed \
-         is not in Redis when the next read comes (today it waits for the next recovery, which \
-         never comes if the breaker does not open), so the old value is read after the fault \
-         cleared:\n{}",
+        "an invalidation that failed while the breaker was closed was not applied before the \
+         next read, which found the old value after the fault cleared:\n{}",
         gaps.join("\n")
     );
 }

@@ -2,6 +2,7 @@
 //! started by the `tests` harness) and the in-memory backend.
 
 mod batch;
+mod clear;
 mod cluster_load;
 mod fault_matrix;
 mod foundation;
