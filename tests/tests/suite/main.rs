@@ -19,3 +19,4 @@ mod stampede;
 mod tags;
 mod tls;
 mod topology;
+mod tracking;
