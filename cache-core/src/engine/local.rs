@@ -542,7 +542,7 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         let tracking = redis.track(&local.prefix, &local.channel, pushes).await;
         drop(strong);
         drop(local);
-        let mut tracking = match tracking {
+        let tracking = match tracking {
             Ok(tracking) => tracking,
             Err(e) => {
                 let reason = e.to_string();
@@ -578,9 +578,14 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         local.healthy.store(true, Ordering::Release);
         tracing::debug!(prefix = %local.prefix, "L1 tracking on");
         drop(local);
-        let mut check = tokio::time::interval(FEED_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        check.reset();
+        // Checked beside, so that pushes are applied while a check waits for its answers.
+        let (gap, mut gap_noticed) = tokio::sync::oneshot::channel::<()>();
+        let checker = tokio::spawn(check_tracking(
+            shared.clone(),
+            tracking.clone(),
+            timeout,
+            gap,
+        ));
         loop {
             tokio::select! {
                 push = received.recv() => {
@@ -600,16 +605,10 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
                         break;
                     }
                 }
-                _ = check.tick() => {
-                    let Some(strong) = shared.upgrade() else { return };
-                    let Backend::Redis(redis) = &strong.backend else { return };
-                    let intact = tokio::time::timeout(timeout, redis.tracking_intact(&mut tracking)).await;
-                    if !matches!(intact, Ok(true)) {
-                        break;
-                    }
-                }
+                _ = &mut gap_noticed => break,
             }
         }
+        checker.abort();
         drop(tracking);
         // A gap: what changed meanwhile is unknown. Serve nothing until tracking is back.
         let Some(shared) = shared.upgrade() else {
@@ -620,6 +619,30 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
             local.flush();
             shared.stats.local_flush();
             tracing::warn!(prefix = %local.prefix, "L1 tracking lost, a failover, or redis unreachable; L1 flushed, tracking again");
+        }
+    }
+}
+
+/// Checks the tracking connections every [`FEED_CHECK`] until one fails (or the cache is
+/// gone), then reports the gap.
+async fn check_tracking(
+    shared: Weak<Shared>,
+    tracking: crate::store::redis::Tracking,
+    timeout: Duration,
+    gap: tokio::sync::oneshot::Sender<()>,
+) {
+    loop {
+        tokio::time::sleep(FEED_CHECK).await;
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let Backend::Redis(redis) = &strong.backend else {
+            return;
+        };
+        let intact = tokio::time::timeout(timeout, redis.tracking_intact(&tracking)).await;
+        if !matches!(intact, Ok(true)) {
+            let _ = gap.send(());
+            return;
         }
     }
 }

@@ -110,7 +110,9 @@ static PTTL: LazyLock<Script> = script!(tombstone, "pttl");
 static PEXPIRE: LazyLock<Script> = script!(tombstone, "pexpire");
 static INCR_OVER_TOMBSTONE: LazyLock<Script> = script!(tombstone, "incr_over_tombstone");
 
-/// The L1's tracking connections (see [`RedisBackend::track`]); dropping it closes them.
+/// The L1's tracking connections (see [`RedisBackend::track`]); dropping every clone closes
+/// them.
+#[derive(Clone)]
 pub(crate) struct Tracking {
     connections: Vec<redis::aio::MultiplexedConnection>,
     /// On a cluster, the primaries tracked (sorted), to notice a topology change.
@@ -590,24 +592,26 @@ impl RedisBackend {
 
     /// True while every tracking connection answers, as a primary, and (on a cluster) the
     /// primaries are still those tracked: otherwise a gap (a failover, a node added or lost).
-    pub(crate) async fn tracking_intact(&self, tracking: &mut Tracking) -> bool {
+    pub(crate) async fn tracking_intact(&self, tracking: &Tracking) -> bool {
         if tracking.broken.load(Ordering::Relaxed) {
             return false;
         }
-        for conn in &mut tracking.connections {
-            let role = redis::cmd("ROLE").query_async::<redis::Value>(conn).await;
+        for conn in &tracking.connections {
+            let role = redis::cmd("ROLE")
+                .query_async::<redis::Value>(&mut conn.clone())
+                .await;
             if !matches!(&role, Ok(redis::Value::Array(items)) if items.first().is_some_and(is_primary_role))
             {
                 return false;
             }
         }
         if self.cluster {
-            let Some(conn) = tracking.connections.first_mut() else {
+            let Some(conn) = tracking.connections.first() else {
                 return false;
             };
             let nodes = redis::cmd("CLUSTER")
                 .arg("NODES")
-                .query_async::<String>(conn)
+                .query_async::<String>(&mut conn.clone())
                 .await;
             match nodes {
                 Ok(nodes) => return super::cluster::all_primaries(&nodes) == tracking.primaries,

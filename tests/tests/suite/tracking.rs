@@ -54,6 +54,50 @@ async fn reader_and_quiet_writer(builder: impl Fn() -> cache_core::CacheBuilder)
     (b, quiet)
 }
 
+/// `CLIENT KILL`s every client with tracking on at the server on `port`; how many.
+fn kill_tracking_clients(port: u16) -> usize {
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection())
+        .expect("connect");
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut con)
+        .expect("CLIENT LIST");
+    let ids: Vec<&str> = clients
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    for id in &ids {
+        let _: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(*id)
+            .query(&mut con)
+            .expect("KILL");
+    }
+    ids.len()
+}
+
+/// Kills b's tracking connections on the servers at `ports`: a gap, after which b serves
+/// again and sees `quiet`'s next write to `k`.
+async fn survives_killed_tracking(b: &Cache, quiet: &Cache, ports: Vec<u16>, next: u32) {
+    let flushes = b.stats().local_flushes;
+    let killed: usize = ports.into_iter().map(kill_tracking_clients).sum();
+    assert!(killed >= 1);
+    eventually("the killed tracking connection is a gap", || async {
+        b.stats().local_flushes > flushes
+    })
+    .await;
+    eventually("tracking on again", || async { b.local_cache_serving() }).await;
+    held(b, "k", next - 1).await;
+    quiet.set("k", &next, None).await.expect("set");
+    held(b, "k", next).await;
+}
+
 fn first_pass_only() -> bool {
     tests::topology() == tests::Topology::Single
 }
@@ -199,7 +243,7 @@ async fn eviction_under_maxmemory_and_flushdb_invalidate_the_l1() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_l1_follows_a_sentinel_failover() {
+async fn the_l1_survives_a_killed_tracking_connection_and_follows_a_sentinel_failover() {
     if !first_pass_only() {
         return;
     }
@@ -214,6 +258,8 @@ async fn the_l1_follows_a_sentinel_failover() {
     .await;
     quiet.set("k", &1u32, None).await.expect("set");
     held(&b, "k", 1).await;
+    let primary = setup.current_primary_port().expect("a primary");
+    survives_killed_tracking(&b, &quiet, vec![primary], 2).await;
     let flushes = b.stats().local_flushes;
     let setup = tokio::task::spawn_blocking(move || {
         setup.failover(DEADLINE).expect("sentinel failover");
@@ -231,12 +277,12 @@ async fn the_l1_follows_a_sentinel_failover() {
     })
     .await;
     eventually("the writer reaches the new primary", || async {
-        quiet.set("k", &2u32, None).await.is_ok()
+        quiet.set("k", &3u32, None).await.is_ok()
     })
     .await;
-    held(&b, "k", 2).await;
-    quiet.set("k", &3u32, None).await.expect("set");
     held(&b, "k", 3).await;
+    quiet.set("k", &4u32, None).await.expect("set");
+    held(&b, "k", 4).await;
     drop(setup);
 }
 
@@ -248,7 +294,7 @@ fn cluster_builder(cluster: &tests::RedisCluster) -> cache_core::CacheBuilder {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_l1_follows_a_cluster_failover() {
+async fn the_l1_survives_killed_tracking_connections_and_follows_a_cluster_failover() {
     if !first_pass_only() {
         return;
     }
@@ -256,6 +302,8 @@ async fn the_l1_follows_a_cluster_failover() {
     let (b, quiet) = reader_and_quiet_writer(|| cluster_builder(&cluster)).await;
     quiet.set("k", &1u32, None).await.expect("set");
     held(&b, "k", 1).await;
+    let ports = cluster.nodes().iter().map(|n| n.port()).collect();
+    survives_killed_tracking(&b, &quiet, ports, 2).await;
     let full = b.full_key("k").expect("key");
     let primary = cluster.primary_for(&full).expect("a primary serves k");
     let flushes = b.stats().local_flushes;
@@ -279,12 +327,12 @@ async fn the_l1_follows_a_cluster_failover() {
     })
     .await;
     eventually("the writer reaches the new primary", || async {
-        quiet.set("k", &2u32, None).await.is_ok()
+        quiet.set("k", &3u32, None).await.is_ok()
     })
     .await;
-    held(&b, "k", 2).await;
-    quiet.set("k", &3u32, None).await.expect("set");
     held(&b, "k", 3).await;
+    quiet.set("k", &4u32, None).await.expect("set");
+    held(&b, "k", 4).await;
     drop(cluster);
 }
 
