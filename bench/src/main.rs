@@ -14,6 +14,7 @@
 //! writes the rows as JSON so runs can be compared. Workloads live in `workloads.rs`.
 
 mod measure;
+mod near;
 mod workloads;
 
 use std::path::PathBuf;
@@ -152,6 +153,7 @@ fn main() -> ExitCode {
     };
     let all: Vec<_> = workloads::workloads()
         .into_iter()
+        .chain(near::workloads())
         .filter(|w| !(args.cluster && workloads::single_server_only(w.name)))
         .collect();
     if args.list {
@@ -388,7 +390,7 @@ fn print_row(row: &Row) {
 fn print_targets(rows: &[Row]) {
     let find = |name: &str| rows.iter().find(|r| r.workload == name);
     let mut printed = false;
-    for t in workloads::targets() {
+    for t in workloads::targets().into_iter().chain(near::targets()) {
         let (Some(ours), Some(reference)) = (find(t.ours), find(t.reference)) else {
             continue;
         };
