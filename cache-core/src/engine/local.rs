@@ -122,6 +122,8 @@ pub(crate) struct Local {
     /// already over, that the feed task did not see yet) stops the L1 from serving.
     opens_seen: AtomicU64,
     feed_started: AtomicBool,
+    /// The tracking connections while tracking is on, for writers' barriers.
+    tracking: std::sync::RwLock<Option<Arc<crate::store::redis::Tracking>>>,
     ttl: Duration,
     /// The root's prefix (`<namespace>:`): what tracking covers, values and tag versions.
     prefix: String,
@@ -167,6 +169,7 @@ impl Local {
             healthy: AtomicBool::new(false),
             opens_seen: AtomicU64::new(0),
             feed_started: AtomicBool::new(false),
+            tracking: std::sync::RwLock::new(None),
             ttl: config.local_ttl,
             prefix: format!("{}:", config.namespace),
             channel: format!("{}:~l1", config.namespace),
@@ -459,6 +462,7 @@ const KIND_PATTERN: u8 = b'p';
 /// of it from Redis (tracking); nothing is published.
 pub(crate) async fn after_keys(cache: &Handle, keys: &[&str]) {
     if let Some(local) = cache.shared.local.as_deref() {
+        own_pushes_applied(cache, local).await;
         local.invalidate_keys(keys.iter().copied());
     }
 }
@@ -467,7 +471,31 @@ pub(crate) async fn after_keys(cache: &Handle, keys: &[&str]) {
 /// when tracking reports their version keys.
 pub(crate) async fn after_tags(cache: &Handle, tag_keys: &[&str], versions: &[u64]) {
     if let Some(local) = cache.shared.local.as_deref() {
+        own_pushes_applied(cache, local).await;
         local.invalidate_tags(tag_keys.iter().copied().zip(versions.iter().copied()));
+    }
+}
+
+/// Waits until Redis's pushes about this process's own write arrived and were applied (they
+/// are applied where they are read, before the barrier's answer), so that none of them,
+/// late, drops what a read fills after the write returned (ARCHITECTURE.md §4, "The L1 and
+/// server-assisted tracking"). Without tracking on there is nothing to wait for: the L1 does
+/// not serve, and is flushed before it does.
+async fn own_pushes_applied(cache: &Handle, local: &Local) {
+    let tracking = match local.tracking.read() {
+        Ok(t) => t.clone(),
+        Err(_) => None,
+    };
+    let (Some(tracking), Backend::Redis(redis)) = (tracking, &cache.shared.backend) else {
+        return;
+    };
+    let timeout = redis.command_timeout();
+    if !matches!(
+        tokio::time::timeout(timeout, redis.tracking_barrier(&tracking)).await,
+        Ok(true)
+    ) {
+        // Unanswered: the checker will call it a gap and flush; until then, no fills.
+        local.epoch.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -538,11 +566,22 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         };
         // The circuit breaker's changes: an outage is a gap too (see below).
         let mut breaker = redis.breaker().subscribe();
-        let (pushes, mut received) = tokio::sync::mpsc::unbounded_channel();
+        // Pushes are applied where the connection reads them, in order with the replies on it
+        // (the writers' barrier relies on it); only the end of a connection goes to this task.
+        let (lost, mut connection_lost) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let applier = shared.clone();
+        let pushes = move |push: redis::PushInfo| {
+            if push.kind == redis::PushKind::Disconnection {
+                let _ = lost.send(());
+            } else if let Some(shared) = applier.upgrade() {
+                receive(&shared, push);
+            }
+            Ok::<(), ()>(())
+        };
         let tracking = redis.track(&local.prefix, &local.channel, pushes).await;
         drop(strong);
         drop(local);
-        let tracking = match tracking {
+        let tracking = match tracking.map(Arc::new) {
             Ok(tracking) => tracking,
             Err(e) => {
                 let reason = e.to_string();
@@ -573,6 +612,9 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         };
         // Tracking reports changes from its `OK` on; whatever changed before is unknown:
         // start from nothing (the flush moves the epoch, so no read begun before fills).
+        if let Ok(mut slot) = local.tracking.write() {
+            *slot = Some(tracking.clone());
+        }
         local.flush();
         local.opens_seen.store(opens, Ordering::Release);
         local.healthy.store(true, Ordering::Release);
@@ -588,13 +630,7 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         ));
         loop {
             tokio::select! {
-                push = received.recv() => {
-                    let Some(push) = push else { break };
-                    let Some(shared) = shared.upgrade() else { return };
-                    if !receive(&shared, push) {
-                        break;
-                    }
-                }
+                _ = connection_lost.recv() => break,
                 changed = breaker.changed() => {
                     if changed.is_err() {
                         return;
@@ -616,6 +652,9 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         };
         if let Some(local) = &shared.local {
             local.healthy.store(false, Ordering::Release);
+            if let Ok(mut slot) = local.tracking.write() {
+                *slot = None;
+            }
             local.flush();
             shared.stats.local_flush();
             tracing::warn!(prefix = %local.prefix, "L1 tracking lost, a failover, or redis unreachable; L1 flushed, tracking again");
@@ -627,7 +666,7 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
 /// gone), then reports the gap.
 async fn check_tracking(
     shared: Weak<Shared>,
-    tracking: crate::store::redis::Tracking,
+    tracking: Arc<crate::store::redis::Tracking>,
     timeout: Duration,
     gap: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -647,10 +686,10 @@ async fn check_tracking(
     }
 }
 
-/// One push of a tracking connection; false when it ends the connection (a gap).
-fn receive(shared: &Shared, push: redis::PushInfo) -> bool {
+/// One push of a tracking connection (its end is the feed task's).
+fn receive(shared: &Shared, push: redis::PushInfo) {
     let Some(local) = &shared.local else {
-        return true;
+        return;
     };
     match push.kind {
         redis::PushKind::Invalidate => {
@@ -676,13 +715,11 @@ fn receive(shared: &Shared, push: redis::PushInfo) -> bool {
                 receive_published(shared, local, payload);
             }
         }
-        redis::PushKind::Disconnection => return false,
-        _ => return true,
+        _ => return,
     }
     // Counted once applied: whoever sees the count (a test, a dashboard) may rely on the L1
     // no longer serving what the message invalidated.
     shared.stats.local_invalidation();
-    true
 }
 
 /// A message published on the channel: another instance's pattern invalidation.

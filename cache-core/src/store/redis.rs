@@ -515,7 +515,7 @@ impl RedisBackend {
         &self,
         prefix: &str,
         channel: &str,
-        pushes: tokio::sync::mpsc::UnboundedSender<redis::PushInfo>,
+        pushes: impl redis::aio::AsyncPushSender,
     ) -> Result<Tracking> {
         let primaries = if self.cluster {
             let mut cmd = redis::cmd("CLUSTER");
@@ -588,6 +588,22 @@ impl RedisBackend {
             ),
             source: None,
         }
+    }
+
+    /// A `PING` on every tracking connection, answered: Redis queued a change's push before
+    /// the reply of the command that made it, so once this returns, the pushes of every
+    /// write that returned before it was called have been handed to the push sender.
+    pub(crate) async fn tracking_barrier(&self, tracking: &Tracking) -> bool {
+        let pings = tracking.connections.iter().map(|conn| async move {
+            redis::cmd("PING")
+                .query_async::<redis::Value>(&mut conn.clone())
+                .await
+                .is_ok()
+        });
+        futures_util::future::join_all(pings)
+            .await
+            .into_iter()
+            .all(|answered| answered)
     }
 
     /// True while every tracking connection answers, as a primary, and (on a cluster) the

@@ -424,3 +424,29 @@ async fn the_l1_follows_a_reshard() {
     .await;
     held(&b, "k", 2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_value_just_written_is_not_lost_to_its_own_invalidation_arriving_late() {
+    let (b, _quiet) = reader_and_quiet_writer(tests::redis_builder).await;
+    for i in 0..50u32 {
+        b.set_tagged("own", &i, None, &["own-tag"])
+            .await
+            .expect("set");
+        // Redis's push about this write was applied before `set` returned: the value read
+        // next stays in the L1 and the read after it is an L1 hit, at once.
+        assert_eq!(
+            source(&b, "own").await,
+            Some((i, Source::Redis)),
+            "round {i}"
+        );
+        assert_eq!(
+            source(&b, "own").await,
+            Some((i, Source::Local)),
+            "round {i}"
+        );
+        if i % 10 == 9 {
+            b.invalidate_tag("own-tag").await.expect("bump");
+            assert_eq!(source(&b, "own").await, None, "round {i}");
+        }
+    }
+}
