@@ -157,7 +157,8 @@ async fn writers_without_l1_plain_clients_and_expiry_invalidate_the_l1() {
     .await;
 
     // Expiry: the key's envelope has no TTL (so the L1 would keep it for its 600 s); Redis
-    // expires it after 100 ms and reports it.
+    // expires it after `px` and reports it. On a loaded machine b may not have read it back
+    // before it expired: then again with a longer lifetime.
     quiet.set("e", &6u32, None).await.expect("set");
     held(&b, "e", 6).await;
     let e = b.full_key("e").expect("key");
@@ -166,15 +167,35 @@ async fn writers_without_l1_plain_clients_and_expiry_invalidate_the_l1() {
         .query_async(&mut raw)
         .await
         .expect("GET");
-    let _: () = redis::cmd("SET")
-        .arg(&e)
-        .arg(bytes)
-        .arg("PX")
-        .arg(100)
-        .query_async(&mut raw)
-        .await
-        .expect("SET PX");
-    held(&b, "e", 6).await;
+    let mut px = 200u64;
+    loop {
+        let _: () = redis::cmd("SET")
+            .arg(&e)
+            .arg(&bytes)
+            .arg("PX")
+            .arg(px)
+            .query_async(&mut raw)
+            .await
+            .expect("SET PX");
+        let started = Instant::now();
+        let in_l1 = loop {
+            match source(&b, "e").await {
+                Some((6, Source::Local)) => break true,
+                None => break false,
+                _ => {}
+            }
+            assert!(
+                started.elapsed() < DEADLINE,
+                "b neither read e back nor saw it expire"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        };
+        if in_l1 {
+            break;
+        }
+        assert!(px < 20_000, "b never held e before it expired");
+        px *= 4;
+    }
     eventually("the expiry reaches b", || async {
         source(&b, "e").await.is_none()
     })
