@@ -16,6 +16,7 @@
 mod batch;
 mod http;
 mod measure;
+mod near;
 mod trust;
 mod workloads;
 
@@ -158,6 +159,7 @@ fn main() -> ExitCode {
         .chain(batch::workloads())
         .chain(http::workloads())
         .chain(trust::workloads())
+        .chain(near::workloads())
         .filter(|w| !(args.cluster && workloads::single_server_only(w.name)))
         .collect();
     if args.list {
@@ -398,6 +400,7 @@ fn print_targets(rows: &[Row]) {
         .into_iter()
         .chain(batch::targets())
         .chain(http::targets())
+        .chain(near::targets())
     {
         let (Some(ours), Some(reference)) = (find(t.ours), find(t.reference)) else {
             continue;

@@ -203,6 +203,9 @@ impl CacheBuilder {
         if let Some(v) = get("CACHE_LOCAL_CAPACITY") {
             b = b.local_cache(parse_int("CACHE_LOCAL_CAPACITY", &v)?.into());
         }
+        if let Some(v) = get("CACHE_LOCAL_MAX_BYTES") {
+            b = b.local_cache_max_bytes(parse_int("CACHE_LOCAL_MAX_BYTES", &v)?.into());
+        }
         if let Some(v) = get("CACHE_LOCAL_TTL") {
             b = b.local_ttl(parse_duration("CACHE_LOCAL_TTL", &v)?);
         }
@@ -723,6 +726,13 @@ impl CacheBuilder {
             crate::base::limits::setting("invalidation_hold", c.invalidation_hold)?;
         c.breaker_open_for = crate::base::limits::setting("breaker", c.breaker_open_for)?;
         c.local_ttl = crate::base::limits::setting("local_ttl", c.local_ttl)?;
+        if c.local_capacity > 0 && c.local_max_bytes == 0 {
+            return Err(Error::Config {
+                setting: "local_cache_max_bytes",
+                reason: "an L1 of 0 bytes holds nothing; turn the L1 off with `local_cache(0)`"
+                    .to_owned(),
+            });
+        }
         if self.config.default_ttl.is_some_and(|d| d.is_zero()) {
             return Err(Error::Config {
                 setting: "default_ttl",
@@ -815,9 +825,10 @@ impl CacheBuilder {
 
 impl CacheBuilder {
     /// Turns the L1 near cache on, holding up to `entries` decoded values in this process
-    /// (`0`: off, the default; env `CACHE_LOCAL_CAPACITY`). Redis backend only. Every instance
-    /// that writes to the namespace must have it on too, since only those publish their
-    /// invalidations; see [the guide](crate::guide::near_cache) for the guarantees.
+    /// (`0`: off, the default; env `CACHE_LOCAL_CAPACITY`), within
+    /// [`local_cache_max_bytes`](Self::local_cache_max_bytes). Redis backend only (Redis 6 or
+    /// newer: Redis tracks the keys for it, so a change by any client, expiry and eviction
+    /// invalidate every L1); see [the guide](crate::guide::near_cache) for the guarantees.
     ///
     /// ```
     /// # fn main() -> Result<(), cache_core::Error> {
@@ -832,6 +843,26 @@ impl CacheBuilder {
     /// ```
     pub fn local_cache(mut self, entries: u64) -> Self {
         self.config.local_capacity = entries;
+        self
+    }
+
+    /// The most memory the L1 holds, in bytes (default 64 MiB; env `CACHE_LOCAL_MAX_BYTES`).
+    /// An entry weighs its stored bytes, its decoded copy (counted as the decompressed
+    /// payload's length, whether or not a decoded copy is kept yet), its key and tags, and a
+    /// fixed overhead of a few hundred bytes; the least recently and frequently used go first.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), cache_core::Error> {
+    /// let cache = cache_core::Cache::builder()
+    ///     .url("redis://127.0.0.1:6379")
+    ///     .local_cache(100_000)
+    ///     .local_cache_max_bytes(16 * 1024 * 1024)
+    ///     .build()?;
+    /// # let _ = cache;
+    /// # Ok(()) }
+    /// ```
+    pub fn local_cache_max_bytes(mut self, bytes: u64) -> Self {
+        self.config.local_max_bytes = bytes;
         self
     }
 

@@ -12,8 +12,8 @@
 //!   running.
 //! - [`stampedes_and_staleness`]: single-flight, the distributed fill lock,
 //!   stale-while-revalidate, timeouts, early refresh.
-//! - [`near_cache`]: the L1 near cache in the process, and the feed that keeps every
-//!   instance's copy in step.
+//! - [`near_cache`]: the L1 near cache in the process, kept coherent by Redis's client
+//!   tracking whoever writes.
 //!
 //! **Deployment**
 //! - [`resilience`]: when Redis goes down: the circuit breaker, the fallback store, the replay

@@ -322,6 +322,19 @@ impl<'a> Envelope<'a> {
         self.payload
     }
 
+    /// The payload's length once decompressed (its stored length when not compressed; the
+    /// declared size of a compressed one, capped as a read caps it): what a decoded copy
+    /// is weighed by in the L1's byte budget.
+    pub(crate) fn plain_payload_len(&self) -> usize {
+        match self.payload.get(..4) {
+            Some(b) if self.flags & FLAG_COMPRESSED != 0 => {
+                (u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+                    .min(self.payload.len().saturating_mul(LZ4_MAX_RATIO) + 64)
+            }
+            _ => self.payload.len(),
+        }
+    }
+
     /// The value, if it was stored as a `T`. Fingerprints are compared only when both the
     /// writer and the reader pin one (generated code does; the direct API, where `&str` is
     /// written and `String` read, does not).

@@ -97,6 +97,8 @@ pub(crate) struct Config {
     pub(crate) fast_clear: bool,
     /// L1 near cache entries per root (0: off); see local.rs.
     pub(crate) local_capacity: u64,
+    /// The L1's byte budget (see local.rs: what an entry is weighed by).
+    pub(crate) local_max_bytes: u64,
     pub(crate) local_ttl: Duration,
 }
 
@@ -123,6 +125,7 @@ impl Default for Config {
             breaker_open_for: Duration::from_secs(1),
             fast_clear: false,
             local_capacity: 0,
+            local_max_bytes: 64 * 1024 * 1024,
             local_ttl: Duration::from_secs(30),
         }
     }

@@ -1,30 +1,40 @@
-//! The L1 near cache: decoded values kept in this process, in front of Redis, and an
-//! invalidation feed over Redis pub/sub that keeps every instance's L1 consistent.
+//! The L1 near cache: decoded values kept in this process, in front of Redis, kept coherent by
+//! Redis itself through server-assisted client tracking (ARCHITECTURE.md §4, "The L1 and
+//! server-assisted tracking").
 //!
-//! - Off by default; on with [`CacheBuilder::local_cache`](crate::CacheBuilder::local_cache) (entries) and
-//!   [`CacheBuilder::local_ttl`](crate::CacheBuilder::local_ttl), or `CACHE_LOCAL_CAPACITY` / `CACHE_LOCAL_TTL`. One L1 per
-//!   cache root, on the Redis backend only (the memory backend is already in process).
+//! - Off by default; on with [`CacheBuilder::local_cache`](crate::CacheBuilder::local_cache)
+//!   (entries), [`CacheBuilder::local_cache_max_bytes`](crate::CacheBuilder::local_cache_max_bytes)
+//!   and [`CacheBuilder::local_ttl`](crate::CacheBuilder::local_ttl), or `CACHE_LOCAL_CAPACITY`
+//!   / `CACHE_LOCAL_MAX_BYTES` / `CACHE_LOCAL_TTL`. One L1 per cache root, on the Redis backend
+//!   only (the memory backend is already in process).
 //! - An entry holds the envelope as read from Redis and, once a reader that can clone the type
 //!   asked for it (`#[cached]` functions whose value type is `Clone`), the decoded value,
 //!   type-erased and checked by type: such a hit clones, without parsing JSON. Other readers
 //!   (`get`, `lookup`, `get_or_set`) decode the envelope, still without a round trip.
 //!   Encrypted entries keep no decoded value: each hit goes through the reading handle's
 //!   keyring, as a Redis read does (a handle without the key gets a miss).
+//! - Budget: bounded in bytes by [`Entry::charge`] (the stored bytes, a decoded copy weighed
+//!   as the decompressed payload, the key, the tags and a fixed per-entry overhead), and in
+//!   entries (each entry weighs at least `budget / entries`).
 //! - Lifetime: the shorter of `local_ttl` and what is left of the Redis TTL (by the writer's
 //!   clock, from the envelope).
 //! - Tags: an entry records the versions of its tags; the L1 keeps the versions of the tags it
-//!   has seen, moved forward by the feed, so a tag check on an L1 hit costs no round trip.
-//! - Feed: every write, delete, expire, tag invalidation and pattern invalidation made through
-//!   a cache with the L1 on publishes a message on the channel `<namespace>:~l1`, after its own
-//!   command answered; every instance subscribes on a dedicated connection and drops what the
-//!   message names. The instance that writes drops its own entries before its call returns.
-//! - Gaps: messages sent while a subscriber is disconnected are lost, so the L1 serves nothing
-//!   until the feed is subscribed, and is emptied whenever the subscription is lost (stream
-//!   ended, ping unanswered) and again when it is back, before it serves again. An outage
-//!   the circuit breaker saw is a gap too: from the moment the breaker opens the L1 neither
-//!   serves nor fills (checked on every read, so a reader never gets ahead of the feed task),
-//!   it is emptied, and it serves again only once the breaker closed (after the recovery
-//!   queue's replay) and the feed subscribed anew.
+//!   has seen, so a tag check on an L1 hit costs no round trip. A change of a tag's version
+//!   key (a bump, by anyone) forgets the tag: the entries that recorded it no longer serve.
+//! - Feed: a RESP3 connection per node holding keys, with `CLIENT TRACKING on BCAST PREFIX
+//!   <root prefix>`; every change of a key under the root by any client arrives as a push and
+//!   drops it (a null one, `FLUSHDB`/`FLUSHALL`, drops everything). Writes publish nothing,
+//!   except pattern invalidations, whose pattern other instances also record in their pattern
+//!   log (a computation there must not store a key the pattern matches); those go on the
+//!   channel `<namespace>:~l1`, which the tracking connections subscribe to. The instance
+//!   that writes waits for a `PING` on its tracking connections (its own pushes are applied
+//!   by then) and drops its own entries before its call returns.
+//! - Gaps: a lost tracking connection, an open breaker, a failover or a change of a cluster's
+//!   primaries. The L1 serves nothing until tracking is on, and is emptied whenever it is
+//!   lost and again when it is back, before it serves again. From the moment the breaker
+//!   opens the L1 neither serves nor fills (checked on every read, so a reader never gets
+//!   ahead of the feed task); it serves again only once the breaker closed (after the
+//!   recovery queue's replay) and tracking is re-established.
 //! - Reads that race an invalidation: an entry read from Redis is kept only if no invalidation
 //!   of its key (or of a tag, pattern, or a flush) arrived between the read and the insert,
 //!   checked again after inserting, so an old value is never put back after its invalidation
@@ -61,6 +71,33 @@ pub(crate) struct Entry {
     /// The stored bytes are encrypted: each hit decrypts them with the reader's keyring,
     /// and no decoded value is kept.
     encrypted: bool,
+    /// What the entry weighs in the byte budget (see [`Entry::charge`]).
+    charge: u32,
+}
+
+/// What an entry costs beyond its bytes: the `Entry` and its `Arc`, the key's `String`,
+/// moka's node, its place in the access and write orders and in the timer wheel (moka keeps
+/// the key twice, as an `Arc`). Measured with the L1 byte budget test (tests/tests/l1_budget):
+/// a few hundred bytes an entry; counted generously.
+const ENTRY_OVERHEAD: usize = 320;
+
+impl Entry {
+    /// The bytes the entry holds, counted honestly rather than exactly (a decoded value's
+    /// heap size cannot be known): the stored bytes, the key (twice: moka keeps an `Arc` of
+    /// it in its orders too), the tags, and, for an entry that may keep a decoded copy (not
+    /// encrypted), the payload's decompressed length, charged from the insert whether or not
+    /// a reader ever decodes it. Serialized JSON is about as long as the heap a decoded value
+    /// takes (strings and byte arrays exactly; numbers and small structs less).
+    fn charge(key: &str, bytes: &Bytes, env: &codec::Envelope<'_>, tags: &[(String, u64)]) -> u32 {
+        let decoded = if env.is_encrypted() {
+            0
+        } else {
+            env.plain_payload_len()
+        };
+        let tags: usize = tags.iter().map(|(t, _)| t.len() + 32).sum();
+        let total = ENTRY_OVERHEAD + 2 * key.len() + bytes.len() + decoded + tags;
+        u32::try_from(total).unwrap_or(u32::MAX)
+    }
 }
 
 /// What a reader noted before its backend read, to tell whether an invalidation arrived
@@ -86,8 +123,12 @@ pub(crate) struct Local {
     /// already over, that the feed task did not see yet) stops the L1 from serving.
     opens_seen: AtomicU64,
     feed_started: AtomicBool,
+    /// The tracking connections while tracking is on, for writers' barriers.
+    tracking: std::sync::RwLock<Option<Arc<crate::store::redis::Tracking>>>,
     ttl: Duration,
-    /// Tells this instance's messages from others'.
+    /// The root's prefix (`<namespace>:`): what tracking covers, values and tag versions.
+    prefix: String,
+    /// Tells this instance's pattern messages from others'.
     instance: u64,
     channel: String,
 }
@@ -96,6 +137,7 @@ impl std::fmt::Debug for Local {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Local")
             .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
             .field("healthy", &self.healthy.load(Ordering::Relaxed))
             .field("ttl", &self.ttl)
             .finish()
@@ -109,9 +151,13 @@ impl Local {
             return None;
         }
         let hasher = std::collections::hash_map::RandomState::new();
+        let budget = config.local_max_bytes.max(1);
+        // Each entry weighs at least its share of the budget for the entry bound to hold too.
+        let least = u32::try_from(budget / config.local_capacity).unwrap_or(u32::MAX);
         Some(Arc::new(Local {
             entries: Moka::builder()
-                .max_capacity(config.local_capacity)
+                .max_capacity(budget)
+                .weigher(move |_key: &String, entry: &Arc<Entry>| entry.charge.max(least))
                 .time_to_live(config.local_ttl)
                 .build(),
             tags: Moka::builder()
@@ -124,7 +170,9 @@ impl Local {
             healthy: AtomicBool::new(false),
             opens_seen: AtomicU64::new(0),
             feed_started: AtomicBool::new(false),
+            tracking: std::sync::RwLock::new(None),
             ttl: config.local_ttl,
+            prefix: format!("{}:", config.namespace),
             channel: format!("{}:~l1", config.namespace),
         }))
     }
@@ -203,6 +251,7 @@ impl Local {
             current.fetch_max(*version, Ordering::SeqCst);
         }
         let entry = Entry {
+            charge: Entry::charge(key, bytes, &env, &tags),
             bytes: bytes.clone(),
             decoded: OnceLock::new(),
             tags,
@@ -251,6 +300,31 @@ impl Local {
         for key in doomed {
             self.entries.invalidate(key.as_str());
         }
+    }
+
+    /// Drops every entry, and forgets every tag, under `prefix` (a scope cleared).
+    #[allow(dead_code)] // the hook of `clear()`, which lands beside this
+    fn invalidate_prefix(&self, prefix: &str) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        for (key, _) in self.entries.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            self.entries.invalidate(key.as_str());
+        }
+        for (tag, _) in self.tags.iter().filter(|(k, _)| k.starts_with(prefix)) {
+            self.tags.invalidate(tag.as_str());
+        }
+    }
+
+    /// A key that tracking reported changed (by anyone): a value's key is dropped; a tag's
+    /// version key forgets the tag, so the entries that recorded a version of it no longer
+    /// serve (the new version is not in the message), and moves the epoch, so a read that
+    /// raced the bump does not fill with the version it saw.
+    fn invalidate_tracked(&self, key: &str) {
+        // Possibly a tag's version key (a user key may contain the mark too: both are done).
+        if crate::engine::tags::may_be_version_key(key) {
+            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.tags.invalidate(key);
+        }
+        self.invalidate_keys([key]);
     }
 
     fn flush(&self) {
@@ -384,36 +458,52 @@ impl Handle {
 
 // ---- what writers do ----------------------------------------------------------------------
 
-const KIND_KEYS: u8 = b'k';
-const KIND_TAGS: u8 = b't';
 const KIND_PATTERN: u8 = b'p';
 
-/// After keys were written, deleted or given a new TTL: drop them here, then tell the others.
+/// After keys were written, deleted or given a new TTL: drop them here. Other instances hear
+/// of it from Redis (tracking); nothing is published.
 pub(crate) async fn after_keys(cache: &Handle, keys: &[&str]) {
-    let Some(local) = cache.shared.local.as_deref() else {
-        return;
-    };
-    local.invalidate_keys(keys.iter().copied());
-    publish(cache, KIND_KEYS, keys.join("\n")).await;
-}
-
-/// After tags were bumped to `versions`.
-pub(crate) async fn after_tags(cache: &Handle, tag_keys: &[&str], versions: &[u64]) {
-    let Some(local) = cache.shared.local.as_deref() else {
-        return;
-    };
-    local.invalidate_tags(tag_keys.iter().copied().zip(versions.iter().copied()));
-    let mut body = String::new();
-    for (k, v) in tag_keys.iter().zip(versions) {
-        body.push_str(k);
-        body.push('\n');
-        body.push_str(itoa::Buffer::new().format(*v));
-        body.push('\n');
+    if let Some(local) = cache.shared.local.as_deref() {
+        own_pushes_applied(cache, local).await;
+        local.invalidate_keys(keys.iter().copied());
     }
-    publish(cache, KIND_TAGS, body).await;
 }
 
-/// After an invalidation by pattern (the full glob).
+/// After tags were bumped to `versions`: moved here at once; other instances forget the tags
+/// when tracking reports their version keys.
+pub(crate) async fn after_tags(cache: &Handle, tag_keys: &[&str], versions: &[u64]) {
+    if let Some(local) = cache.shared.local.as_deref() {
+        own_pushes_applied(cache, local).await;
+        local.invalidate_tags(tag_keys.iter().copied().zip(versions.iter().copied()));
+    }
+}
+
+/// Waits until Redis's pushes about this process's own write arrived and were applied (they
+/// are applied where they are read, before the barrier's answer), so that none of them,
+/// late, drops what a read fills after the write returned (ARCHITECTURE.md §4, "The L1 and
+/// server-assisted tracking"). Without tracking on there is nothing to wait for: the L1 does
+/// not serve, and is flushed before it does.
+async fn own_pushes_applied(cache: &Handle, local: &Local) {
+    let tracking = match local.tracking.read() {
+        Ok(t) => t.clone(),
+        Err(_) => None,
+    };
+    let (Some(tracking), Backend::Redis(redis)) = (tracking, &cache.shared.backend) else {
+        return;
+    };
+    let timeout = redis.command_timeout();
+    if !matches!(
+        tokio::time::timeout(timeout, redis.tracking_barrier(&tracking)).await,
+        Ok(true)
+    ) {
+        // Unanswered: the checker will call it a gap and flush; until then, no fills.
+        local.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// After an invalidation by pattern (the full glob). Its tombstones reach other L1s through
+/// tracking; the pattern itself is published for their pattern logs (a computation that
+/// started before it must not store a key it matches, even one that did not exist).
 pub(crate) async fn after_pattern(cache: &Handle, glob: &str) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
@@ -430,6 +520,15 @@ pub(crate) fn pattern_here(cache: &Handle, glob: &str) {
     }
 }
 
+/// A scope cleared: this process's L1 drops every entry and tag under `prefix`. Other
+/// instances see the writes that clear made through tracking.
+#[allow(dead_code)] // the hook of `clear()`, which lands beside this
+pub(crate) fn invalidate_prefix(cache: &Handle, prefix: &str) {
+    if let Some(local) = cache.shared.local.as_deref() {
+        local.invalidate_prefix(prefix);
+    }
+}
+
 async fn publish(cache: &Handle, kind: u8, body: String) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
@@ -443,19 +542,20 @@ async fn publish(cache: &Handle, kind: u8, body: String) {
     message.extend_from_slice(body.as_bytes());
     let mut cmd = redis::cmd("PUBLISH");
     cmd.arg(&local.channel).arg(message);
-    // The change itself is made; other instances keep their copy until their L1 TTL, or
-    // until their feed notices the outage and flushes.
+    // The tombstones are written, and tracking reports them; only the other instances'
+    // pattern logs miss this one.
     if let Err(e) = redis.run::<u64>("PUBLISH", cmd).await {
         cache.shared.stats.backend_error();
-        tracing::warn!(error = %e, "L1 invalidation not published; other instances may serve their copy until their local TTL");
+        tracing::warn!(error = %e, "pattern invalidation not published; other instances' computations already running may store a key it matches");
     }
 }
 
 // ---- the feed -------------------------------------------------------------------------------
 
-/// How often the subscription is pinged: a connection that died without closing is noticed
-/// within about this (plus the connect timeout).
-const FEED_PING: Duration = Duration::from_secs(1);
+/// How often the tracking connections are checked (each answers `ROLE` as a primary; on a
+/// cluster, the primaries are those tracked): a connection that died without closing, a
+/// failover or a new primary is noticed within about this (plus the command timeout).
+const FEED_CHECK: Duration = Duration::from_millis(250);
 
 async fn feed(shared: Weak<Shared>, timeout: Duration) {
     let mut backoff = Duration::from_millis(20);
@@ -466,39 +566,40 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         let (Some(local), Backend::Redis(redis)) = (strong.local.clone(), &strong.backend) else {
             return;
         };
-        let channel = local.channel.clone();
         // The circuit breaker's changes: an outage is a gap too (see below).
         let mut breaker = redis.breaker().subscribe();
-        // The backend's pub/sub connection: the server, Sentinel's primary, or a cluster node
-        // (a plain PUBLISH reaches the subscribers of every node).
-        let subscribed = async {
-            let mut pubsub = redis.pubsub().await?;
-            tokio::time::timeout(timeout, pubsub.subscribe(&channel))
-                .await
-                .map_err(|_| crate::base::error::Error::Connection {
-                    message: format!("SUBSCRIBE unanswered within {timeout:?}"),
-                    source: None,
-                })?
-                .map_err(|e| crate::base::error::Error::from_redis("subscribe", e, timeout))?;
-            Ok::<_, crate::base::error::Error>(pubsub)
-        }
-        .await;
+        // Pushes are applied where the connection reads them, in order with the replies on it
+        // (the writers' barrier relies on it); only the end of a connection goes to this task.
+        let (lost, mut connection_lost) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let applier = shared.clone();
+        let pushes = move |push: redis::PushInfo| {
+            if push.kind == redis::PushKind::Disconnection {
+                let _ = lost.send(());
+            } else if let Some(shared) = applier.upgrade() {
+                receive(&shared, push);
+            }
+            Ok::<(), ()>(())
+        };
+        let tracking = redis.track(&local.prefix, &local.channel, pushes).await;
         drop(strong);
-        let pubsub = match subscribed {
-            Ok(pubsub) => pubsub,
+        drop(local);
+        let tracking = match tracking.map(Arc::new) {
+            Ok(tracking) => tracking,
             Err(e) => {
                 let reason = e.to_string();
-                tracing::debug!(%reason, "L1 invalidation feed: cannot subscribe, retrying");
-                drop(local);
+                if matches!(e, crate::base::error::Error::Config { .. }) {
+                    tracing::error!(%reason, "L1 near cache: no client tracking; the L1 stays off");
+                } else {
+                    tracing::debug!(%reason, "L1 tracking: cannot connect, retrying");
+                }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
         backoff = Duration::from_millis(20);
-        drop(local);
         // Not before the breaker is closed: while it is open, this instance's invalidations
-        // wait in its recovery queue and other instances' writes are out of its sight.
+        // wait in its recovery queue.
         let opens = loop {
             let status = *breaker.borrow_and_update();
             if status.state == BreakerState::Closed {
@@ -511,60 +612,120 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         let Some(local) = shared.upgrade().and_then(|s| s.local.clone()) else {
             return;
         };
-        // Whatever was published before the subscription is lost: start from nothing.
+        // Tracking reports changes from its `OK` on; whatever changed before is unknown:
+        // start from nothing (the flush moves the epoch, so no read begun before fills).
+        if let Ok(mut slot) = local.tracking.write() {
+            *slot = Some(tracking.clone());
+        }
         local.flush();
         local.opens_seen.store(opens, Ordering::Release);
         local.healthy.store(true, Ordering::Release);
-        tracing::debug!(%channel, "L1 invalidation feed subscribed");
+        tracing::debug!(prefix = %local.prefix, "L1 tracking on");
         drop(local);
-        let (mut sink, mut stream) = pubsub.split();
-        let mut ping = tokio::time::interval(FEED_PING);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Checked beside, so that pushes are applied while a check waits for its answers.
+        let (gap, mut gap_noticed) = tokio::sync::oneshot::channel::<()>();
+        let checker = tokio::spawn(check_tracking(
+            shared.clone(),
+            tracking.clone(),
+            timeout,
+            gap,
+        ));
         loop {
-            let next = futures_util::StreamExt::next(&mut stream);
             tokio::select! {
-                msg = next => {
-                    let Some(msg) = msg else { break };
-                    let Some(shared) = shared.upgrade() else { return };
-                    receive(&shared, msg.get_payload_bytes());
-                }
+                _ = connection_lost.recv() => break,
                 changed = breaker.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     let status = *breaker.borrow_and_update();
                     if status.state != BreakerState::Closed || status.opens != opens {
-                        // The breaker opened: a gap. Resubscribe once it has closed again.
+                        // The breaker opened: a gap. Track again once it has closed.
                         break;
                     }
                 }
-                _ = ping.tick() => {
-                    if shared.strong_count() == 0 {
-                        return;
-                    }
-                    let pong = tokio::time::timeout(timeout, sink.ping::<redis::Value>()).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        break;
-                    }
-                }
+                _ = &mut gap_noticed => break,
             }
         }
-        // A gap: what was published meanwhile is lost. Serve nothing until subscribed again.
+        checker.abort();
+        drop(tracking);
+        // A gap: what changed meanwhile is unknown. Serve nothing until tracking is back.
         let Some(shared) = shared.upgrade() else {
             return;
         };
         if let Some(local) = &shared.local {
             local.healthy.store(false, Ordering::Release);
+            if let Ok(mut slot) = local.tracking.write() {
+                *slot = None;
+            }
             local.flush();
             shared.stats.local_flush();
-            tracing::warn!(channel = %local.channel, "L1 invalidation feed lost or redis unreachable; L1 flushed, resubscribing");
+            tracing::warn!(prefix = %local.prefix, "L1 tracking lost, a failover, or redis unreachable; L1 flushed, tracking again");
         }
     }
 }
 
-/// One message of the feed.
-fn receive(shared: &Shared, payload: &[u8]) {
-    let Some(local) = &shared.local else { return };
+/// Checks the tracking connections every [`FEED_CHECK`] until one fails (or the cache is
+/// gone), then reports the gap.
+async fn check_tracking(
+    shared: Weak<Shared>,
+    tracking: Arc<crate::store::redis::Tracking>,
+    timeout: Duration,
+    gap: tokio::sync::oneshot::Sender<()>,
+) {
+    loop {
+        tokio::time::sleep(FEED_CHECK).await;
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let Backend::Redis(redis) = &strong.backend else {
+            return;
+        };
+        let intact = tokio::time::timeout(timeout, redis.tracking_intact(&tracking)).await;
+        if !matches!(intact, Ok(true)) {
+            let _ = gap.send(());
+            return;
+        }
+    }
+}
+
+/// One push of a tracking connection (its end is the feed task's).
+fn receive(shared: &Shared, push: redis::PushInfo) {
+    let Some(local) = &shared.local else {
+        return;
+    };
+    match push.kind {
+        redis::PushKind::Invalidate => {
+            // `[keys]`, or `[nil]` after `FLUSHDB` / `FLUSHALL`: everything.
+            match push.data.into_iter().next() {
+                Some(redis::Value::Array(keys)) => {
+                    for key in keys {
+                        if let redis::Value::BulkString(key) = key
+                            && let Ok(key) = std::str::from_utf8(&key)
+                        {
+                            local.invalidate_tracked(key);
+                        }
+                    }
+                }
+                _ => {
+                    local.flush();
+                    shared.stats.local_flush();
+                }
+            }
+        }
+        redis::PushKind::Message => {
+            if let Some(redis::Value::BulkString(payload)) = push.data.get(1) {
+                receive_published(shared, local, payload);
+            }
+        }
+        _ => return,
+    }
+    // Counted once applied: whoever sees the count (a test, a dashboard) may rely on the L1
+    // no longer serving what the message invalidated.
+    shared.stats.local_invalidation();
+}
+
+/// A message published on the channel: another instance's pattern invalidation.
+fn receive_published(shared: &Shared, local: &Local, payload: &[u8]) {
     if payload.len() < 9 {
         return;
     }
@@ -575,28 +736,11 @@ fn receive(shared: &Shared, payload: &[u8]) {
     let Ok(body) = std::str::from_utf8(&rest[1..]) else {
         return;
     };
-    match rest[0] {
-        KIND_KEYS => local.invalidate_keys(body.split('\n')),
-        KIND_TAGS => {
-            let mut lines = body.split('\n');
-            let mut tags = Vec::new();
-            while let (Some(k), Some(v)) = (lines.next(), lines.next()) {
-                if let Ok(v) = v.parse::<u64>() {
-                    tags.push((k, v));
-                }
-            }
-            local.invalidate_tags(tags);
-        }
-        KIND_PATTERN => {
-            local.invalidate_glob(body);
-            // Computations in this process of keys the pattern matches do not store either.
-            shared
-                .patterns
-                .record(body, shared.config.invalidation_hold);
-        }
-        _ => local.flush(),
+    if rest[0] == KIND_PATTERN {
+        local.invalidate_glob(body);
+        // Computations in this process of keys the pattern matches do not store either.
+        shared
+            .patterns
+            .record(body, shared.config.invalidation_hold);
     }
-    // Counted once applied: whoever sees the count (a test, a dashboard) may rely on the L1
-    // no longer serving what the message invalidated.
-    shared.stats.local_invalidation();
 }

@@ -20,6 +20,11 @@ pub(crate) fn version_key(prefix: &str, tag: &str) -> String {
     k
 }
 
+/// Whether `key` may be a tag's version key (the L1 forgets the tag when tracking reports it).
+pub(crate) fn may_be_version_key(key: &str) -> bool {
+    key.contains(VERSION_KEY_MARK)
+}
+
 /// [`version_key`] in place, in the buffer `tag` was rendered into: generated code renders
 /// its tags into strings it needs no more, and the hot path then allocates nothing more.
 pub(crate) fn into_version_key(prefix: &str, tag: &mut String) {

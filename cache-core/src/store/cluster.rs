@@ -325,6 +325,43 @@ impl Connector {
         }
     }
 
+    /// Clients for the L1's tracking connections (ARCHITECTURE.md §4, "The L1 and server-assisted
+    /// tracking"), speaking RESP3 so that invalidations arrive as push messages: the server,
+    /// the primary Sentinel names now, or each cluster primary in `primaries` (every node
+    /// reports only the keys it holds).
+    pub(crate) async fn tracking_clients(
+        &self,
+        primaries: &[(String, u16)],
+    ) -> RedisResult<Vec<redis::Client>> {
+        let resp3 = |client: &redis::Client| {
+            let info = client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            redis::Client::open(info.set_redis_settings(settings))
+        };
+        match self {
+            Connector::Single(client) => Ok(vec![resp3(client)?]),
+            Connector::Sentinel(sentinel) => {
+                let client = sentinel.client.lock().await.async_get_client().await?;
+                Ok(vec![resp3(&client)?])
+            }
+            Connector::Cluster(..) => primaries
+                .iter()
+                .map(|(host, port)| {
+                    let client = self.node_client(host, *port).ok_or_else(|| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::InvalidClientConfig,
+                            "cannot address a cluster primary",
+                        ))
+                    })?;
+                    resp3(&client)
+                })
+                .collect(),
+        }
+    }
+
     /// Called with each new connection's `broken` flag, which a topology change may raise.
     pub(crate) fn track(&self, broken: &Arc<AtomicBool>) {
         if let Connector::Sentinel(sentinel) = self {
@@ -354,6 +391,30 @@ pub(crate) fn serving_primaries(cluster_nodes: &str) -> Vec<(String, u16)> {
             Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
         })
         .collect()
+}
+
+/// Every reachable primary in `CLUSTER NODES`, with or without slots: the nodes the L1 tracks
+/// (a primary given slots later already reports the writes it takes).
+pub(crate) fn all_primaries(cluster_nodes: &str) -> Vec<(String, u16)> {
+    let mut primaries: Vec<(String, u16)> = cluster_nodes
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flags = fields.get(2)?;
+            let is_primary = flags.split(',').any(|f| f == "master");
+            let failed = flags
+                .split(',')
+                .any(|f| f == "fail" || f == "fail?" || f == "noaddr");
+            if !is_primary || failed || fields.get(7) != Some(&"connected") {
+                return None;
+            }
+            let addr = fields.get(1)?.split(['@', ',']).next()?;
+            let (host, port) = addr.rsplit_once(':')?;
+            Some((host.trim_matches(['[', ']']).to_owned(), port.parse().ok()?))
+        })
+        .collect();
+    primaries.sort();
+    primaries
 }
 
 /// Indexes of `keys` grouped by hash slot, in first-seen order: what a multi-key script or a

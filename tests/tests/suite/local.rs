@@ -1,4 +1,4 @@
-//! The L1 near cache and its invalidation feed, on a real Redis: two `Cache` instances with
+//! The L1 near cache and its invalidation by client tracking, on a real Redis: two `Cache` instances with
 //! their own connections, as two processes would have. Waits are bounded polls on what the
 //! instance exposes (its feed being subscribed, its counters), never fixed sleeps.
 
@@ -115,8 +115,8 @@ async fn writes_deletes_tags_and_patterns_on_one_instance_reach_the_others_l1() 
 }
 
 #[tokio::test]
-async fn a_killed_feed_connection_flushes_the_l1_before_it_serves_again() {
-    // A server of its own: `CLIENT KILL TYPE pubsub` would cut the other tests' feeds too.
+async fn a_killed_tracking_connection_flushes_the_l1_before_it_serves_again() {
+    // A server of its own: killing every tracking client would cut the other tests' too.
     let server = tests::RedisServer::start();
     let ns = tests::unique_namespace();
     let (b, quiet) = (
@@ -127,18 +127,34 @@ async fn a_killed_feed_connection_flushes_the_l1_before_it_serves_again() {
     quiet.set("k", &1u32, None).await.expect("set");
     assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Redis)));
     assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
-    // A writer without the L1 publishes nothing: b keeps its copy...
+    // A writer without the L1 invalidates b's copy too: Redis tracks the key for b.
     quiet.set("k", &2u32, None).await.expect("set");
-    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
-    // ...until its feed has a gap, which empties it.
+    eventually("b sees the write of a writer without L1", || async {
+        b.get::<u32>("k").await.expect("get") == Some(2)
+    })
+    .await;
+    // Its tracking connection killed: a gap, which empties the L1.
     let mut con = server.client().get_connection().expect("connect");
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut con)
+        .expect("client list");
+    let tracking: Vec<&str> = clients
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .collect();
+    assert_eq!(tracking.len(), 1, "{clients}");
     let killed: u64 = redis::cmd("CLIENT")
         .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
+        .arg("ID")
+        .arg(tracking[0])
         .query(&mut con)
         .expect("kill");
-    assert!(killed >= 1);
+    assert_eq!(killed, 1);
     eventually("the gap is noticed", || async {
         b.stats().local_flushes >= 1
     })
@@ -155,6 +171,12 @@ async fn a_killed_feed_connection_flushes_the_l1_before_it_serves_again() {
     assert_eq!(b.get::<u32>("k").await.expect("get"), Some(2));
     eventually("served from the L1 again", || async {
         matches!(source::<u32>(&b, "k").await, Some((2, Source::Local)))
+    })
+    .await;
+    // Tracking is back: a write by anyone reaches b again.
+    quiet.set("k", &3u32, None).await.expect("set");
+    eventually("b sees the write after the gap", || async {
+        b.get::<u32>("k").await.expect("get") == Some(3)
     })
     .await;
 }
@@ -186,10 +208,12 @@ async fn an_open_breaker_flushes_the_l1_and_it_serves_again_only_after_recovery(
         matches!(source::<u32>(&b, "k").await, Some((1, Source::Local)))
     })
     .await;
-    // A writer without the L1 publishes nothing: b keeps its copy (by design, until its
-    // local TTL or a gap).
+    // A writer without the L1: b drops its copy (Redis tracks the key for it).
     quiet.set("k", &2u32, None).await.expect("set");
-    assert_eq!(source::<u32>(&b, "k").await, Some((1, Source::Local)));
+    eventually("b reads the new k from its L1", || async {
+        matches!(source::<u32>(&b, "k").await, Some((2, Source::Local)))
+    })
+    .await;
 
     server.freeze();
     let flushes = b.stats().local_flushes;
@@ -260,9 +284,9 @@ async fn a_read_racing_an_invalidation_never_brings_the_old_value_back() {
         .collect();
     for i in 1..=100u64 {
         a.set("k", &i, None).await.expect("set");
-        // The invalidation returned; once b's feed delivered it, b never serves older. The
-        // channel carries a's writes only, in order: the write of `i` is message `i + 1` (the
-        // first write, of 0, may still be on its way when round 1 starts).
+        // The write returned; once b's tracking delivered it, b never serves older. Only a
+        // writes under this namespace, one write at a time: the write of `i` is invalidation
+        // `i + 1` (the first write, of 0, may still be on its way when round 1 starts).
         eventually("delivered", || async { b.stats().local_invalidations > i }).await;
         for _ in 0..5 {
             let seen = b.get::<u64>("k").await.expect("get");

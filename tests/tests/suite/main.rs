@@ -24,3 +24,4 @@ mod stampede;
 mod tags;
 mod tls;
 mod topology;
+mod tracking;
