@@ -614,11 +614,12 @@ impl Breaker {
         runtime.spawn(recover(home));
     }
 
-    /// Before a read with the breaker closed: invalidations queued in this process (a
-    /// command that failed, its outcome unknown) are applied first, so that this process
-    /// never reads a value it failed to invalidate. One atomic load when nothing is queued;
-    /// otherwise the read waits for the replay (its own, or the retry task's), and fails as
-    /// the replay does.
+    /// Before a read or a write with the breaker closed: invalidations queued in this process
+    /// (a command that failed, its outcome unknown) are applied first, so that this process
+    /// never reads a value it failed to invalidate, and a replayed invalidation never lands
+    /// after (and removes) a newer write of the same key. One atomic load when nothing is
+    /// queued; otherwise the command waits for the replay (its own, or the retry task's), and
+    /// fails as the replay does. The replay's own commands do not come through here.
     #[inline]
     pub(crate) async fn settle_before_read(&self, redis: &RedisBackend) -> Result<()> {
         if self.queued.load(Ordering::Acquire) == 0 && !self.settling.load(Ordering::Acquire) {

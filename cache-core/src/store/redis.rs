@@ -901,6 +901,7 @@ impl RedisBackend {
         &self,
         writes: &[ConditionalWrite],
     ) -> Result<Vec<bool>> {
+        self.breaker.settle_before_read(self).await?; // before the write: see the breaker
         if writes.is_empty() {
             return Ok(Vec::new());
         }
@@ -966,6 +967,7 @@ impl RedisBackend {
     }
 
     pub(crate) async fn set(&self, key: &str, value: Vec<u8>, ttl: Option<Duration>) -> Result<()> {
+        self.breaker.settle_before_read(self).await?; // before the write: see the breaker
         let written = self.run("SET", Self::set_cmd(key, &value, ttl)).await;
         if let Err(e) = &written {
             // Redis may keep an older value: it is invalidated when Redis is back.
@@ -985,6 +987,7 @@ impl RedisBackend {
         ttl: Option<Duration>,
         seen: Option<&[u8]>,
     ) -> Result<bool> {
+        self.breaker.settle_before_read(self).await?; // before the write: see the breaker
         match seen {
             None => {
                 let mut cmd = Self::set_cmd(key, &value, ttl);
@@ -1004,6 +1007,7 @@ impl RedisBackend {
     }
 
     pub(crate) async fn set_many(&self, writes: Vec<Write>) -> Result<()> {
+        self.breaker.settle_before_read(self).await?; // before the write: see the breaker
         if writes.is_empty() {
             return Ok(());
         }
@@ -1068,6 +1072,7 @@ impl RedisBackend {
     }
 
     pub(crate) async fn expire(&self, key: &str, ttl: Duration) -> Result<bool> {
+        self.breaker.settle_before_read(self).await?; // before the write: see the breaker
         let mut invocation = PEXPIRE.key(key);
         invocation.arg(millis(ttl));
         self.run_script("PEXPIRE", &invocation).await
@@ -1083,6 +1088,7 @@ impl RedisBackend {
     }
 
     pub(crate) async fn incr(&self, key: &str, by: i64) -> Result<i64> {
+        self.breaker.settle_before_read(self).await?; // before the write: see the breaker
         let mut cmd = redis::cmd("INCRBY");
         cmd.arg(key).arg(by);
         let wrong_kind = |e| match e {

@@ -130,8 +130,35 @@ fn keys_in_moved_slots(cache: &Cache, node: u16) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// Moves `MOVED_SLOTS` slots (with their keys) from the primary `from` to `to`.
+/// Waits until every node agrees on the slots' owners (`redis-cli --cluster check` passes):
+/// after a reshard the new configuration reaches the other nodes by gossip, and redis-cli
+/// refuses to reshard a cluster whose nodes disagree ("Nodes don't agree about
+/// configuration"). Bounded by `STEP_BOUND`.
+fn wait_until_nodes_agree(entry: u16) {
+    let started = Instant::now();
+    loop {
+        let mut check = Command::new(tests::find_redis_cli().expect("redis-cli"));
+        check
+            .arg("--cluster")
+            .arg("check")
+            .arg(format!("127.0.0.1:{entry}"));
+        let output = run_bounded(check);
+        if output.status.success() {
+            return;
+        }
+        assert!(
+            started.elapsed() < STEP_BOUND,
+            "the nodes did not agree within {STEP_BOUND:?}:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Moves `MOVED_SLOTS` slots (with their keys) from the primary `from` to `to`, once the nodes
+/// agree on the configuration.
 fn reshard(entry: u16, from: &str, to: &str) -> Duration {
+    wait_until_nodes_agree(entry);
     let started = Instant::now();
     let mut command = Command::new(tests::find_redis_cli().expect("redis-cli"));
     command
