@@ -624,6 +624,23 @@ impl Cache {
         self.handle().local_cache_serving()
     }
 
+    /// Waits until every change that Redis made before this call has reached this instance's
+    /// L1 near cache: afterwards, no read here returns a value older than a write that
+    /// returned anywhere (any instance, any client) before the call. The L1 follows Redis
+    /// within milliseconds on its own; this is for the rare reader that must not lag at all,
+    /// told by another service that a key just changed. One round trip to each node the L1
+    /// tracks; at once without an L1.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let cache = cache_core::Cache::in_memory();
+    /// cache.sync_local_cache().await; // no L1 on the memory backend: returns at once
+    /// # }
+    /// ```
+    pub async fn sync_local_cache(&self) {
+        self.handle().sync_local_cache().await
+    }
+
     /// Makes the early-refresh decisions of this cache root reproducible (tests,
     /// simulations): XFetch draws its random numbers from a generator seeded with `seed`.
     ///

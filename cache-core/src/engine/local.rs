@@ -36,9 +36,10 @@
 //!   ahead of the feed task); it serves again only once the breaker closed (after the
 //!   recovery queue's replay) and tracking is re-established.
 //! - Reads that race an invalidation: an entry read from Redis is kept only if no invalidation
-//!   of its key (or of a tag, pattern, or a flush) arrived between the read and the insert,
-//!   checked again after inserting, so an old value is never put back after its invalidation
-//!   was received.
+//!   of its key (or of a tag, pattern, or a flush) arrived between the read and the insert.
+//!   The check and the insert are one step for invalidations (the fill gate): once an
+//!   invalidation is applied, no read that began before it puts the old value back, not even
+//!   for a moment.
 
 use std::any::Any;
 use std::hash::BuildHasher;
@@ -106,6 +107,28 @@ impl Entry {
 pub(crate) struct Mark {
     epoch: u64,
     stripe: u64,
+    /// The barrier (see [`Barriers`]) that must be answered before a read of this key may
+    /// fill: this process wrote a key of the stripe and its own push may still be on its way.
+    /// 0: none.
+    waits_for: u64,
+}
+
+/// The barriers that follow this process's writes: a `PING` on the tracking connections,
+/// answered once Redis's pushes about every write that returned before it was sent have been
+/// applied (ARCHITECTURE.md §4). A write does not wait for its own: it asks for one and
+/// returns, and a later read of a key in a stripe it wrote waits for it before taking its
+/// mark (`Local::settle`), so the write's own push, arriving late, does not drop what that
+/// read fills. Requests coalesce: one `PING` at a time answers every write that returned
+/// before it was sent.
+struct Barriers {
+    /// The last barrier asked for.
+    requested: AtomicU64,
+    /// The last barrier answered (or given up on: see `run_barriers`).
+    answered: tokio::sync::watch::Sender<u64>,
+    /// For each stripe, the barrier a read must wait for (answered once `answered` reaches it).
+    owed: Box<[AtomicU64]>,
+    /// A `run_barriers` task is on its way.
+    running: AtomicBool,
 }
 
 pub(crate) struct Local {
@@ -115,6 +138,16 @@ pub(crate) struct Local {
     /// Moved by invalidations of more than one key: tags, patterns, flushes.
     epoch: AtomicU64,
     stripes: Box<[AtomicU64]>,
+    /// Fills hold it shared from their check of the mark to their insert; invalidations hold
+    /// it exclusively while they move the epoch or a stripe. So a fill either inserted before
+    /// the move (and the invalidation's removal that follows drops its entry) or sees the
+    /// move and keeps nothing. Without it, an entry inserted just after an invalidation
+    /// was visible until the fill's second look (a reader preempted between the two served
+    /// the old value to others meanwhile). Hits never take it.
+    fill_gate: std::sync::RwLock<()>,
+    barriers: Barriers,
+    /// How long a read waits for a barrier (the command timeout).
+    barrier_wait: Duration,
     hasher: std::collections::hash_map::RandomState,
     /// True while the feed is subscribed and the circuit breaker is closed: only then does
     /// the L1 serve and fill.
@@ -165,6 +198,14 @@ impl Local {
                 .build(),
             epoch: AtomicU64::new(0),
             stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            fill_gate: std::sync::RwLock::new(()),
+            barriers: Barriers {
+                requested: AtomicU64::new(0),
+                answered: tokio::sync::watch::Sender::new(0),
+                owed: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+                running: AtomicBool::new(false),
+            },
+            barrier_wait: config.command_timeout,
             instance: hasher.hash_one(codec::now_us()) | 1,
             hasher,
             healthy: AtomicBool::new(false),
@@ -177,15 +218,69 @@ impl Local {
         }))
     }
 
+    fn stripe_index(&self, key: &str) -> usize {
+        (self.hasher.hash_one(key) as usize) % STRIPES
+    }
+
     fn stripe(&self, key: &str) -> &AtomicU64 {
-        &self.stripes[(self.hasher.hash_one(key) as usize) % STRIPES]
+        &self.stripes[self.stripe_index(key)]
     }
 
     fn mark(&self, key: &str) -> Mark {
+        let index = self.stripe_index(key);
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        let stripe = self.stripes[index].load(Ordering::SeqCst);
+        let owed = self.barriers.owed[index].load(Ordering::SeqCst);
+        let waits_for = if owed != 0 && owed > *self.barriers.answered.borrow() {
+            owed
+        } else {
+            0
+        };
         Mark {
-            epoch: self.epoch.load(Ordering::SeqCst),
-            stripe: self.stripe(key).load(Ordering::SeqCst),
+            epoch,
+            stripe,
+            waits_for,
         }
+    }
+
+    /// The mark to read `key` with: `mark` itself, or, when this process wrote a key of its
+    /// stripe and the barrier after that write is not answered yet, a new one taken once it
+    /// is (bounded by the command timeout; a wait given up on costs at most a dropped fill,
+    /// never an old value).
+    pub(crate) async fn settle(&self, key: &str, mark: Mark) -> Mark {
+        if mark.waits_for == 0 {
+            return mark;
+        }
+        let mut answered = self.barriers.answered.subscribe();
+        let _ = tokio::time::timeout(
+            self.barrier_wait,
+            answered.wait_for(|a| *a >= mark.waits_for),
+        )
+        .await;
+        self.mark(key)
+    }
+
+    /// Asks for a barrier after a write of `keys` (see [`Barriers`]); true when a
+    /// `run_barriers` task must be started.
+    fn owe_barrier<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> bool {
+        let seq = self.barriers.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        for key in keys {
+            self.barriers.owed[self.stripe_index(key)].fetch_max(seq, Ordering::SeqCst);
+        }
+        !self.barriers.running.swap(true, Ordering::SeqCst)
+    }
+
+    /// Moves the epoch: every fill whose mark predates this call keeps nothing, from the
+    /// moment it returns (see `fill_gate`).
+    fn bump_epoch(&self) {
+        let _exclusive = self.fill_gate.write().unwrap_or_else(|p| p.into_inner());
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// As [`bump_epoch`](Self::bump_epoch), for the fills of `key`'s stripe only.
+    fn bump_stripe(&self, key: &str) {
+        let _exclusive = self.fill_gate.write().unwrap_or_else(|p| p.into_inner());
+        self.stripe(key).fetch_add(1, Ordering::SeqCst);
     }
 
     fn unchanged(&self, key: &str, mark: Mark) -> bool {
@@ -231,7 +326,7 @@ impl Local {
         decoded: Option<(u64, Arc<dyn Any + Send + Sync>)>,
         breaker: Option<&Breaker>,
     ) {
-        if !self.serving(breaker) || !self.unchanged(key, mark) {
+        if !self.serving(breaker) {
             return;
         }
         let Ok(env) = codec::parse(bytes) else {
@@ -244,12 +339,6 @@ impl Local {
             at => self.ttl.min(Duration::from_millis(at - now_ms)),
         };
         let tags: Box<[(String, u64)]> = env.tags().map(|(k, v)| (k.to_owned(), v)).collect();
-        for (tag, version) in tags.iter() {
-            let current = self
-                .tags
-                .get_with_by_ref(tag.as_str(), || Arc::new(AtomicU64::new(0)));
-            current.fetch_max(*version, Ordering::SeqCst);
-        }
         let entry = Entry {
             charge: Entry::charge(key, bytes, &env, &tags),
             bytes: bytes.clone(),
@@ -262,24 +351,31 @@ impl Local {
         if let Some(d) = decoded.filter(|_| !entry.encrypted) {
             let _ = entry.decoded.set(d);
         }
-        self.entries.insert(key.to_owned(), Arc::new(entry));
-        // An invalidation that arrived while inserting may have missed the entry: drop it.
+        // From the check to the insert, no invalidation moves the marks (see `fill_gate`).
+        let _shared = self.fill_gate.read().unwrap_or_else(|p| p.into_inner());
         if !self.unchanged(key, mark) {
-            self.entries.invalidate(key);
+            return;
         }
+        for (tag, version) in entry.tags.iter() {
+            let current = self
+                .tags
+                .get_with_by_ref(tag.as_str(), || Arc::new(AtomicU64::new(0)));
+            current.fetch_max(*version, Ordering::SeqCst);
+        }
+        self.entries.insert(key.to_owned(), Arc::new(entry));
     }
 
     /// Drops keys (this instance's writes, and the feed's messages).
     fn invalidate_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
         for key in keys {
-            self.stripe(key).fetch_add(1, Ordering::SeqCst);
+            self.bump_stripe(key);
             self.entries.invalidate(key);
         }
     }
 
     /// Moves tags to (at least) the versions given.
     fn invalidate_tags<'k>(&self, tags: impl IntoIterator<Item = (&'k str, u64)>) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.bump_epoch();
         for (tag, version) in tags {
             let current = self
                 .tags
@@ -290,7 +386,7 @@ impl Local {
 
     /// Drops every entry under `prefix` that `glob` matches.
     fn invalidate_glob(&self, glob: &str) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.bump_epoch();
         let doomed: Vec<Arc<String>> = self
             .entries
             .iter()
@@ -305,7 +401,7 @@ impl Local {
     /// Drops every entry, and forgets every tag, under `prefix` (a scope cleared).
     #[allow(dead_code)] // the hook of `clear()`, which lands beside this
     fn invalidate_prefix(&self, prefix: &str) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.bump_epoch();
         for (key, _) in self.entries.iter().filter(|(k, _)| k.starts_with(prefix)) {
             self.entries.invalidate(key.as_str());
         }
@@ -321,14 +417,14 @@ impl Local {
     fn invalidate_tracked(&self, key: &str) {
         // Possibly a tag's version key (a user key may contain the mark too: both are done).
         if crate::engine::tags::may_be_version_key(key) {
-            self.epoch.fetch_add(1, Ordering::SeqCst);
+            self.bump_epoch();
             self.tags.invalidate(key);
         }
         self.invalidate_keys([key]);
     }
 
     fn flush(&self) {
-        self.epoch.fetch_add(1, Ordering::SeqCst);
+        self.bump_epoch();
         self.entries.invalidate_all();
         self.tags.invalidate_all();
     }
@@ -346,6 +442,15 @@ impl Handle {
                 local: false,
                 generations: self.scope.generations.clone(),
             }),
+        }
+    }
+
+    /// Waits until every change Redis made before this call has reached this instance's L1
+    /// (a barrier on its tracking connections); at once without an L1 or while it does not
+    /// serve.
+    pub(crate) async fn sync_local_cache(&self) {
+        if let Some(local) = self.shared.local.as_deref() {
+            own_pushes_applied(&self.shared.backend, local).await;
         }
     }
 
@@ -460,20 +565,68 @@ impl Handle {
 
 const KIND_PATTERN: u8 = b'p';
 
-/// After keys were written, deleted or given a new TTL: drop them here. Other instances hear
-/// of it from Redis (tracking); nothing is published.
+/// After keys were written, deleted or given a new TTL: drop them here, and ask for a barrier
+/// that later reads of them wait for (see [`Barriers`]); the write does not wait. Other
+/// instances hear of it from Redis (tracking); nothing is published.
 pub(crate) async fn after_keys(cache: &Handle, keys: &[&str]) {
-    if let Some(local) = cache.shared.local.as_deref() {
-        own_pushes_applied(cache, local).await;
+    let Some(local) = cache.shared.local.as_deref() else {
+        return;
+    };
+    let tracking_on = local.tracking.read().is_ok_and(|t| t.is_some());
+    if !tracking_on {
+        // Nothing to wait for: the L1 does not serve, and is flushed before it does.
         local.invalidate_keys(keys.iter().copied());
+        return;
+    }
+    // Owed before the keys are dropped: a read that misses them from now on waits.
+    let start = local.owe_barrier(keys.iter().copied());
+    local.invalidate_keys(keys.iter().copied());
+    if start {
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(run_barriers(Arc::downgrade(&cache.shared)));
+            }
+            // No runtime to run it on: this write waits for its barrier itself.
+            Err(_) => run_barriers(Arc::downgrade(&cache.shared)).await,
+        }
+    }
+}
+
+/// Sends barriers until every one asked for is answered (see [`Barriers`]), one at a time.
+async fn run_barriers(shared: Weak<Shared>) {
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        let Some(local) = strong.local.as_deref() else {
+            return;
+        };
+        // Every write that asked for a barrier up to `target` had returned: a PING sent now
+        // is answered after their pushes.
+        let target = local.barriers.requested.load(Ordering::SeqCst);
+        own_pushes_applied(&strong.backend, local).await;
+        local.barriers.answered.send_if_modified(|answered| {
+            let moved = target > *answered;
+            *answered = (*answered).max(target);
+            moved
+        });
+        local.barriers.running.store(false, Ordering::SeqCst);
+        // A write that asked after `target` and saw this task running is answered by the next
+        // round, unless another task started for it meanwhile.
+        if local.barriers.requested.load(Ordering::SeqCst) == target
+            || local.barriers.running.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
     }
 }
 
 /// After tags were bumped to `versions`: moved here at once; other instances forget the tags
-/// when tracking reports their version keys.
+/// when tracking reports their version keys. Waits for its barrier (unlike `after_keys`): the
+/// push of a tag's version key moves the epoch, which every read's mark depends on.
 pub(crate) async fn after_tags(cache: &Handle, tag_keys: &[&str], versions: &[u64]) {
     if let Some(local) = cache.shared.local.as_deref() {
-        own_pushes_applied(cache, local).await;
+        own_pushes_applied(&cache.shared.backend, local).await;
         local.invalidate_tags(tag_keys.iter().copied().zip(versions.iter().copied()));
     }
 }
@@ -483,12 +636,12 @@ pub(crate) async fn after_tags(cache: &Handle, tag_keys: &[&str], versions: &[u6
 /// late, drops what a read fills after the write returned (ARCHITECTURE.md §4, "The L1 and
 /// server-assisted tracking"). Without tracking on there is nothing to wait for: the L1 does
 /// not serve, and is flushed before it does.
-async fn own_pushes_applied(cache: &Handle, local: &Local) {
+async fn own_pushes_applied(backend: &Backend, local: &Local) {
     let tracking = match local.tracking.read() {
         Ok(t) => t.clone(),
         Err(_) => None,
     };
-    let (Some(tracking), Backend::Redis(redis)) = (tracking, &cache.shared.backend) else {
+    let (Some(tracking), Backend::Redis(redis)) = (tracking, backend) else {
         return;
     };
     let timeout = redis.command_timeout();
@@ -497,7 +650,7 @@ async fn own_pushes_applied(cache: &Handle, local: &Local) {
         Ok(true)
     ) {
         // Unanswered: the checker will call it a gap and flush; until then, no fills.
-        local.epoch.fetch_add(1, Ordering::SeqCst);
+        local.bump_epoch();
     }
 }
 

@@ -283,7 +283,10 @@ impl Handle {
                 op.hit(Source::Local); // ops: an L1 hit
                 return Ok(hit);
             }
-            Some(Err(mark)) => Some(mark),
+            Some(Err(mark)) => match local {
+                Some(local) => Some(local.settle(&full, mark).await),
+                None => None,
+            },
             None => None,
         };
         let (bytes, generations) = self

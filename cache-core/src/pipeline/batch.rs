@@ -257,7 +257,13 @@ impl Pipeline {
                     Ok(value) => {
                         out.insert(element.id, value);
                     }
-                    Err((_, mark)) => read.push((pos, element.id, full, element.tag_keys, mark)),
+                    Err((local, mark)) => {
+                        let mark = match (local, mark) {
+                            (Some(local), Some(mark)) => Some(local.settle(&full, mark).await),
+                            (_, mark) => mark,
+                        };
+                        read.push((pos, element.id, full, element.tag_keys, mark))
+                    }
                 },
                 Err(e) => {
                     tracing::warn!(function, error = %e, "unusable key, loading without the cache");

@@ -37,7 +37,8 @@ impl Pipeline {
     }
 
     /// The get-or-compute pipeline while the breaker is open: the fallback store's value, or
-    /// `compute`'s, kept there. `tag_keys` are the version keys of the entry's tags.
+    /// `compute`'s, kept there (with the bytes kept, for the flight to land with). `tag_keys`
+    /// are the version keys of the entry's tags.
     pub(crate) async fn compute_in_fallback<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
         store: Arc<MemoryBackend>,
@@ -46,9 +47,9 @@ impl Pipeline {
         ttl: Option<Duration>,
         mode: M,
         compute: F,
-    ) -> O {
+    ) -> (O, Option<bytes::Bytes>) {
         let seen = match self.fallback_lookup::<M::Stored>(&store, full, tag_keys) {
-            Ok(value) => return mode.restore(value),
+            Ok(value) => return (mode.restore(value), None),
             Err(seen) => seen,
         };
         self.root_stats().miss();
@@ -100,6 +101,7 @@ impl Pipeline {
         }
         self.fill_fallback(&store, full, tag_keys, ttl, None, mode, compute)
             .await
+            .0
     }
 
     /// Keeps `value` in the fallback store for `ttl`, for a write to Redis the open breaker
@@ -129,6 +131,7 @@ impl Pipeline {
 
     /// Computes and keeps the value in `store`: if `seen` is given, only if the key still
     /// holds what the read found (an invalidation during the computation wins, as on Redis).
+    /// Returns the bytes kept, when it wrote.
     #[allow(clippy::too_many_arguments)]
     async fn fill_fallback<O, M: Mode<O>, F: Future<Output = O>>(
         &self,
@@ -139,7 +142,7 @@ impl Pipeline {
         seen: Option<Option<bytes::Bytes>>,
         mode: M,
         compute: F,
-    ) -> O {
+    ) -> (O, Option<bytes::Bytes>) {
         // Versions read before computing, as on Redis: an invalidation during the
         // computation wins.
         let versions = fallback_versions(store, tag_keys);
@@ -160,15 +163,17 @@ impl Pipeline {
                 compute_us,
                 self.config().compression_threshold,
             ) {
-                let _ = match seen {
-                    Some(seen) => store
-                        .set_if_unchanged(full, bytes, ttl, seen.as_deref())
-                        .map(drop),
-                    None => store.set(full, bytes, ttl),
+                let kept = match seen {
+                    Some(seen) => store.keep_if_unchanged(full, bytes, ttl, seen.as_deref()),
+                    None => {
+                        let _ = store.set(full, bytes, ttl);
+                        None
+                    }
                 };
+                return (out, kept);
             }
         }
-        out
+        (out, None)
     }
 }
 

@@ -60,6 +60,9 @@ pub(super) struct Flights {
     /// many joins as it visits entries (a sweep on every join made a miss O(flights landed in
     /// the last second): 4x slower at 5k misses a second).
     pub(super) sweep_at: std::sync::atomic::AtomicUsize,
+    /// Bytes of the values landed since landed flights were last all let go: an upper bound
+    /// on what lingering holds (sweeps and replaced flights free some without counting).
+    pub(super) landed_bytes: std::sync::atomic::AtomicUsize,
 }
 
 /// Landed flights are kept this long for callers whose read began before the landing but
@@ -67,6 +70,14 @@ pub(super) struct Flights {
 pub(super) const LINGER: Duration = Duration::from_secs(1);
 /// Landed flights are swept when the map grows past this.
 pub(super) const SWEEP_ABOVE: usize = 256;
+/// At most about this many bytes of landed values are kept for [`LINGER`]: past it, every
+/// landed flight is let go at once. Lingering serves only a caller whose read raced a landing
+/// by a moment; one that finds its flight gone computes (or reads) again, so this bounds
+/// memory, not correctness. Without it, a burst of misses kept a second's worth of values
+/// beside the store's budget (20,000 values of 8 KiB through a 16 MiB fallback store grew
+/// the process by ~3x the budget; with 1 MiB, by 2.1x, the buffers they pinned included;
+/// tests/tests/memory_budget.rs).
+pub(super) const LINGER_BYTES: usize = 256 << 10;
 
 pub(super) enum Joined {
     Lead(Leader),
@@ -150,10 +161,20 @@ impl Leader {
             return;
         }
         self.landed = true;
-        let keep = matches!(landing, Landing::Value(..));
+        let landed_len = match &landing {
+            Landing::Value(bytes, ..) => Some(bytes.len()),
+            _ => None,
+        };
         {
             let mut map = self.flights.lock();
-            if !keep
+            let over_budget = landed_len.is_some_and(|len| {
+                self.flights.landed_bytes.fetch_add(len, Ordering::Relaxed) + len > LINGER_BYTES
+            });
+            if over_budget {
+                // This flight's waiters hold its receiver: they get the landing all the same.
+                map.retain(|_, f| matches!(*f.tx.borrow(), Landing::Running));
+                self.flights.landed_bytes.store(0, Ordering::Relaxed);
+            } else if landed_len.is_none()
                 && map
                     .get(&self.key)
                     .is_some_and(|f| Arc::ptr_eq(f, &self.flight))

@@ -344,6 +344,7 @@ impl Pipeline {
                 op.hit(crate::base::source::Source::Local); // ops: an L1 hit
                 return mode.restore(hit);
             }
+            Err((Some(local), Some(mark))) => (Some(local), Some(local.settle(full, mark).await)),
             Err(l1) => l1,
         };
         // 1. read
@@ -514,27 +515,35 @@ impl Pipeline {
                 }
             }
         }
-        let out = self
+        let (out, kept) = self
             .compute_in_fallback(store, full, tag_keys, ttl, mode, compute)
             .await;
         if let Some(leader) = leader {
-            // Handed over as the Redis path hands it (an entry as `encode_entry` makes it,
-            // encrypted if the handle encrypts); a value that does not encode lands as failed,
-            // and a waiter computes.
-            let bytes = mode.shared(&out).and_then(|value| {
-                let no_versions = vec![0; tag_keys.len()];
-                self.encode_entry(
-                    full,
-                    value,
-                    self.ttl_or_default(ttl),
-                    None,
-                    (tag_keys, &no_versions),
-                    0,
-                    codec::fingerprint::<M::Stored>(),
-                )
-                .ok()
-            });
-            leader.land(bytes.map(Bytes::from));
+            // Handed over as the fallback store keeps it: the store's own bytes, shared, so
+            // that a landing lingering for racing callers costs no memory beside the store's
+            // budget. An encrypting handle's waiters open only sealed entries: for those, the
+            // entry as `encode_entry` makes it. A value that was not kept (an invalidation
+            // during the computation won) or does not encode lands as failed: a waiter
+            // computes.
+            let bytes = if self.is_encrypted() {
+                mode.shared(&out).and_then(|value| {
+                    let no_versions = vec![0; tag_keys.len()];
+                    self.encode_entry(
+                        full,
+                        value,
+                        self.ttl_or_default(ttl),
+                        None,
+                        (tag_keys, &no_versions),
+                        0,
+                        codec::fingerprint::<M::Stored>(),
+                    )
+                    .ok()
+                    .map(Bytes::from)
+                })
+            } else {
+                kept
+            };
+            leader.land(bytes);
         }
         out
     }

@@ -229,6 +229,18 @@ impl MemoryBackend {
         ttl: Option<Duration>,
         seen: Option<&[u8]>,
     ) -> Result<bool> {
+        Ok(self.keep_if_unchanged(key, value, ttl, seen).is_some())
+    }
+
+    /// [`set_if_unchanged`](Self::set_if_unchanged), returning the bytes kept (the store's
+    /// own allocation, shared) when it wrote.
+    pub(crate) fn keep_if_unchanged(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        ttl: Option<Duration>,
+        seen: Option<&[u8]>,
+    ) -> Option<Bytes> {
         let now = Instant::now();
         let result = self
             .entries
@@ -244,11 +256,11 @@ impl MemoryBackend {
                     Op::Nop
                 }
             });
-        Ok(matches!(
-            result,
-            moka::ops::compute::CompResult::Inserted(_)
-                | moka::ops::compute::CompResult::ReplacedWith(_)
-        ))
+        match result {
+            moka::ops::compute::CompResult::Inserted(entry)
+            | moka::ops::compute::CompResult::ReplacedWith(entry) => Some(entry.into_value().data),
+            _ => None,
+        }
     }
 
     pub(crate) fn set_many(&self, writes: Vec<Write>) -> Result<()> {
