@@ -251,13 +251,16 @@ impl Local {
         if mark.waits_for == 0 {
             return mark;
         }
-        let mut answered = self.barriers.answered.subscribe();
-        let _ = tokio::time::timeout(
-            self.barrier_wait,
-            answered.wait_for(|a| *a >= mark.waits_for),
-        )
-        .await;
+        // Boxed: the wait (a timer, a receiver) would otherwise be part of the state of every
+        // read's future, hits included, which is moved and initialized on every call.
+        Box::pin(self.barrier_answered(mark.waits_for)).await;
         self.mark(key)
+    }
+
+    /// Waits until barrier `seq` is answered, for at most the command timeout.
+    async fn barrier_answered(&self, seq: u64) {
+        let mut answered = self.barriers.answered.subscribe();
+        let _ = tokio::time::timeout(self.barrier_wait, answered.wait_for(|a| *a >= seq)).await;
     }
 
     /// Asks for a barrier after a write of `keys` (see [`Barriers`]); true when a
