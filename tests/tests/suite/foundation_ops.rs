@@ -104,6 +104,43 @@ async fn delete_many_counts_the_keys_that_existed() {
     }
 }
 
+/// What other clients leave under a key is deleted too, and counted as held: a string of
+/// another writer, an empty string, a hash (`SET … GET` refuses it, the script takes over).
+/// A tombstone is not held; deleting it again keeps it a tombstone.
+#[tokio::test]
+async fn delete_replaces_whatever_another_client_left_under_the_key() {
+    let cache = tests::redis_cache();
+    let mut raw = Raw::shared().await;
+    let full = |k: &str| cache.full_key(k).expect("a valid key");
+    raw.set(&full("plain"), b"written by someone else").await;
+    raw.set(&full("empty"), b"").await;
+    raw.query::<()>(redis::cmd("HSET").arg(full("hash")).arg("f").arg("v"))
+        .await;
+    for key in ["plain", "empty", "hash"] {
+        assert!(
+            cache.delete(key).await.expect(key),
+            "{key}: it held something"
+        );
+        let kind: String = raw.query(redis::cmd("TYPE").arg(full(key))).await;
+        assert_eq!(kind, "string", "{key}: a tombstone replaced it");
+        assert_eq!(cache.get::<String>(key).await.expect(key), None, "{key}");
+        assert!(!cache.exists(key).await.expect(key), "{key}");
+        assert!(
+            !cache.delete(key).await.expect(key),
+            "{key}: a tombstone is not held"
+        );
+        assert!(
+            raw.pttl(&full(key)).await > 0,
+            "{key}: the tombstone expires"
+        );
+    }
+    assert!(!cache.delete("never-written").await.expect("delete"));
+    assert_eq!(
+        raw.get(&full("never-written")).await.map(|b| b.is_empty()),
+        Some(false)
+    );
+}
+
 #[tokio::test]
 async fn set_with_explicit_and_default_ttl() {
     for (b, cache) in tests::backends().await {
