@@ -413,11 +413,11 @@ fn print_targets(rows: &[Row]) {
         let (what, value, holds) = match t.bar {
             Bar::OpsAtLeast(x) => {
                 let v = ours.paired_ratio(reference, |r| r.ops_per_sec);
-                (format!("ops/s >= {x:.1}x"), v, v >= x)
+                (format!("ops/s >= {x}x"), v, v >= x)
             }
             Bar::P50AtMost(x) => {
                 let v = ours.paired_ratio(reference, |r| r.p50_us);
-                (format!("p50 <= {x:.1}x"), v, v <= x)
+                (format!("p50 <= {x}x"), v, v <= x)
             }
             Bar::P50OverAtMost(x) => {
                 let v = ours.p50_us() - reference.p50_us();
