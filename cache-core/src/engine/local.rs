@@ -27,8 +27,9 @@
 //!   except pattern invalidations, whose pattern other instances also record in their pattern
 //!   log (a computation there must not store a key the pattern matches); those go on the
 //!   channel `<namespace>:~l1`, which the tracking connections subscribe to. The instance
-//!   that writes waits for a `PING` on its tracking connections (its own pushes are applied
-//!   by then) and drops its own entries before its call returns.
+//!   that writes drops its own entries before its call returns, and asks for a `PING` on its
+//!   tracking connections (a barrier: its own pushes are applied once it is answered) that
+//!   its later reads of those keys wait for (see [`Barriers`]).
 //! - Gaps: a lost tracking connection, an open breaker, a failover or a change of a cluster's
 //!   primaries. The L1 serves nothing until tracking is on, and is emptied whenever it is
 //!   lost and again when it is back, before it serves again. From the moment the breaker
