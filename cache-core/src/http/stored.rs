@@ -4,8 +4,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::base::codec::now_ms;
-
 const RESPONSE: u8 = 1;
 const VARIANTS: u8 = 2;
 
@@ -36,20 +34,20 @@ pub(super) struct StoredResponse {
 }
 
 impl StoredResponse {
-    /// Seconds since it was stored, plus the age it arrived with.
-    pub(super) fn age(&self) -> u64 {
-        now_ms().saturating_sub(self.stored_at_ms) / 1000 + u64::from(self.initial_age)
+    /// Seconds since it was stored at `now_ms`, plus the age it arrived with.
+    pub(super) fn age(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000 + u64::from(self.initial_age)
     }
 
-    /// Seconds of freshness left; negative once stale.
-    pub(super) fn ttl_left(&self) -> i64 {
+    /// Seconds of freshness left at `now_ms`; negative once stale.
+    pub(super) fn ttl_left(&self, now_ms: u64) -> i64 {
         let until = self.stored_at_ms.saturating_add(self.fresh_ms) as i128;
-        let left_ms = until - now_ms() as i128;
+        let left_ms = until - now_ms as i128;
         (left_ms.div_euclid(1000)) as i64
     }
 
-    pub(super) fn is_stale(&self) -> bool {
-        now_ms() >= self.stored_at_ms.saturating_add(self.fresh_ms)
+    pub(super) fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms >= self.stored_at_ms.saturating_add(self.fresh_ms)
     }
 }
 
@@ -102,10 +100,14 @@ impl Entry {
                 let initial_age = r.u32()?;
                 let fresh_ms = r.u64()?;
                 let n = r.u16()?;
-                let mut headers = HeaderMap::with_capacity(n as usize);
+                // Room for the two fields a hit adds (`Age`, `Cache-Status`), so that adding
+                // them does not grow the map.
+                let mut headers = HeaderMap::with_capacity(usize::from(n) + 2);
                 for _ in 0..n {
                     let name = HeaderName::from_bytes(r.slice()?).ok()?;
-                    let value = HeaderValue::from_bytes(r.slice()?).ok()?;
+                    // A slice of the stored bytes, not a copy: a hit answers without
+                    // allocating a buffer per field.
+                    let value = HeaderValue::from_maybe_shared(r.shared()?).ok()?;
                     headers.append(name, value);
                 }
                 let body = bytes.slice(r.at..);
@@ -157,6 +159,13 @@ impl Reader<'_> {
     fn slice(&mut self) -> Option<&[u8]> {
         let n = self.u32()? as usize;
         self.take(n)
+    }
+    /// [`slice`](Self::slice) as a view of the same buffer.
+    fn shared(&mut self) -> Option<Bytes> {
+        let n = self.u32()? as usize;
+        let start = self.at;
+        self.take(n)?;
+        Some(self.bytes.slice(start..self.at))
     }
 }
 
