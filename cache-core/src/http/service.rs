@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http::header::{
     AGE, CONNECTION, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -245,16 +246,16 @@ where
     let status = Status::new(&config.status_name);
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
-        return forward(inner, req, status.forward("method")).await;
+        return Box::pin(forward(inner, req, status.forward("method"))).await;
     }
     let request_cc = Directives::of(req.headers());
     if request_cc.no_store {
-        return forward(inner, req, status.forward("bypass")).await;
+        return Box::pin(forward(inner, req, status.forward("bypass"))).await;
     }
     // Borrowed from the layer's configuration, which this future holds: no handle is cloned
     // per request.
     let Some(pipeline) = crate::cache::explicit(&config.cache) else {
-        return forward(inner, req, status.forward("bypass")).await;
+        return Box::pin(forward(inner, req, status.forward("bypass"))).await;
     };
     let (mut parts, body) = req.into_parts();
     // The handler is asked for the full response, which the cache can store; the request's
@@ -299,19 +300,22 @@ where
 
     if request_cc.revalidates() {
         // Request `no-cache`: the handler answers, and its response replaces the stored one.
-        let compute = call_handler(
+        let compute = handler_on_miss(
             slot.clone(),
             Level::Primary,
             config.clone(),
             asked.authorized,
         );
         let mut tag_keys = tags.clone();
-        let reply = pipeline
-            .compute_and_store(call(pipeline, &key, &mut tag_keys, &policy), mode, compute)
-            .await;
+        let reply = Box::pin(pipeline.compute_and_store(
+            call(pipeline, &key, &mut tag_keys, &policy),
+            mode,
+            compute,
+        ))
+        .await;
         return way.finish(reply, status.forward("request")).await;
     }
-    let compute = call_handler(
+    let compute = handler_on_miss(
         slot.clone(),
         Level::Primary,
         config.clone(),
@@ -336,7 +340,7 @@ where
         found => return way.from_cache(found, status.forward("uri-miss")).await,
     };
     let key = variant_key(pipeline, &primary, &names, &slot);
-    let compute = call_handler(
+    let compute = handler_on_miss(
         slot.clone(),
         Level::Variant,
         config.clone(),
@@ -404,12 +408,12 @@ where
             Some(_) => "authorization",
             None => "unreadable",
         };
-        let reply = call_handler(
+        let reply = Box::pin(call_handler(
             self.slot.clone(),
             Level::Variant,
             self.config.clone(),
             asked.authorized,
-        )
+        ))
         .await;
         match reply {
             Reply::Fresh(fresh) => Ok(conditional(
@@ -437,13 +441,12 @@ where
                 if let (Some((names, entry)), Some(lifetime)) = (fresh.variant, fresh.lifetime) {
                     let key = variant_key(self.pipeline, self.primary, &names, self.slot);
                     let mut tag_keys = self.tags.to_vec();
-                    self.pipeline
-                        .compute_and_store(
-                            call(self.pipeline, &key, &mut tag_keys, self.policy),
-                            HttpMode::<S::Error>(PhantomData),
-                            std::future::ready(Reply::Store(entry, lifetime)),
-                        )
-                        .await;
+                    Box::pin(self.pipeline.compute_and_store(
+                        call(self.pipeline, &key, &mut tag_keys, self.policy),
+                        HttpMode::<S::Error>(PhantomData),
+                        std::future::ready(Reply::Store(entry, lifetime)),
+                    ))
+                    .await;
                 }
                 let status = match fresh.detail {
                     None => status.stored(),
@@ -464,6 +467,27 @@ where
             Reply::Store(..) => Ok(gone(status)),
         }
     }
+}
+
+/// [`call_handler`] as a lookup's computation. Every request builds one and a hit drops it
+/// unrun, so it holds only its arguments: the handler's future (the inner service's, the
+/// body's collection) is boxed when it runs, and stays out of the future of every request.
+/// (The steps that run only on a miss are boxed for the same reason.)
+async fn handler_on_miss<S, ReqB, ResB>(
+    slot: Slot<S, ReqB>,
+    level: Level,
+    config: Arc<Config>,
+    authorized: bool,
+) -> Reply<S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    Box::pin(call_handler(slot, level, config, authorized)).await
 }
 
 /// Calls the handler with the request in `slot` and makes its response a [`Reply`].
@@ -563,7 +587,7 @@ where
     }
     let verdict =
         cache_control::verdict(authorized, parts.status, &parts.headers, &config.defaults);
-    let response = Response::from_parts(parts, ResponseBody::from(body.clone()));
+    let mut response = Response::from_parts(parts, ResponseBody::from(body.clone()));
     let Verdict::Store {
         ttl,
         stale,
@@ -581,16 +605,22 @@ where
             detail: Some(detail),
         };
     };
+    // The response's fields are lent to the entry while it is written, then given back: the
+    // response is answered too, and nothing of it is copied but into the entry's bytes.
     let entry = Entry::Response(StoredResponse {
         status: response.status(),
-        headers: response.headers().clone(),
+        headers: std::mem::take(response.headers_mut()),
         body,
         stored_at_ms: now_ms(),
         initial_age,
         fresh_ms: ttl.as_millis() as u64,
         shareable,
-    })
-    .encode();
+    });
+    let encoded = entry.encode();
+    if let Entry::Response(stored) = entry {
+        *response.headers_mut() = stored.headers;
+    }
+    let entry = encoded;
     let names = key::vary_names(response.headers());
     let (store, variant) = if names.is_empty() || level == Level::Variant {
         (entry, None)
@@ -692,26 +722,31 @@ fn gone(status: Status<'_>) -> Response<ResponseBody> {
 
 /// RFC 9111 §7.6.1: the fields that belong to one connection, never stored or replayed.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
+    // Names, not strings: nothing is parsed per response.
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
     }

@@ -172,14 +172,14 @@ impl Reader<'_> {
 /// A strong validator from the body: `"` + 128 bits of its SHA-256 in hex + `"`.
 pub(super) fn etag_of(body: &[u8]) -> HeaderValue {
     use sha2::Digest;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = sha2::Sha256::digest(body);
-    let mut text = String::with_capacity(34);
-    text.push('"');
-    for b in &digest[..16] {
-        text.push_str(&format!("{b:02x}"));
+    let mut text = [b'"'; 34];
+    for (i, b) in digest[..16].iter().enumerate() {
+        text[1 + 2 * i] = HEX[usize::from(b >> 4)];
+        text[2 + 2 * i] = HEX[usize::from(b & 0xf)];
     }
-    text.push('"');
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("\"0\""))
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 /// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
@@ -220,6 +220,15 @@ mod tests {
         assert_eq!(Entry::decode(&vary.encode()), Some(vary));
         assert_eq!(Entry::decode(&Bytes::from_static(b"\x01\x00")), None);
         assert_eq!(Entry::decode(&Bytes::new()), None);
+    }
+
+    #[test]
+    fn the_etag_is_the_first_128_bits_of_the_sha256_in_hex() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(
+            etag_of(b"abc"),
+            HeaderValue::from_static("\"ba7816bf8f01cfea414140de5dae2223\"")
+        );
     }
 
     #[test]
