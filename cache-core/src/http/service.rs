@@ -337,7 +337,7 @@ where
     // is the answer.
     let names = match Entry::decode(&bytes) {
         Some(Entry::Variants(names)) => names,
-        found => return way.from_cache(found, status.forward("uri-miss")).await,
+        found => return way.answer_from_entry(found, status.forward("uri-miss")).await,
     };
     let key = variant_key(pipeline, &primary, &names, &slot);
     let compute = handler_on_miss(
@@ -386,14 +386,14 @@ where
         miss: Status<'_>,
     ) -> Result<Response<ResponseBody>, S::Error> {
         match reply {
-            Reply::Cached(bytes) => self.from_cache(Entry::decode(&bytes), miss).await,
+            Reply::Cached(bytes) => self.answer_from_entry(Entry::decode(&bytes), miss).await,
             reply => self.finish(reply, miss).await,
         }
     }
 
     /// A decoded entry from the cache: the answer when it may answer this request, else the
     /// handler answers.
-    async fn from_cache(
+    async fn answer_from_entry(
         &self,
         found: Option<Entry>,
         miss: Status<'_>,
