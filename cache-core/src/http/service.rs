@@ -337,7 +337,11 @@ where
     // is the answer.
     let names = match Entry::decode(&bytes) {
         Some(Entry::Variants(names)) => names,
-        found => return way.answer_from_entry(found, status.forward("uri-miss")).await,
+        found => {
+            return way
+                .answer_from_entry(found, status.forward("uri-miss"))
+                .await;
+        }
     };
     let key = variant_key(pipeline, &primary, &names, &slot);
     let compute = handler_on_miss(
