@@ -3,7 +3,8 @@
 //!
 //! - our cached route against the same route uncached, its handler taking 5 ms (the ratio);
 //! - our cached route against a handler returning the same bytes from memory (the limit for
-//!   a layer: >= 0.8x);
+//!   a layer: >= 0.8x), on a cache on Redis alone, and on one with its L1 near cache on
+//!   (`CacheBuilder::local_cache`: hits answered from process memory, no round trip);
 //! - ours against hitbox-tower 0.2 on hitbox-redis, on the same Redis, with the same
 //!   response and client (hits: >= 1.0x; misses reported).
 //!
@@ -40,6 +41,8 @@ struct Servers {
     ours_slow: SocketAddr,
     memory: SocketAddr,
     ours: SocketAddr,
+    /// Ours on a cache with the L1 on (the bench's L1 cache, in a namespace of its own).
+    ours_local: SocketAddr,
     /// `None` on a cluster: hitbox-redis's cluster mode is a feature left out here.
     hitbox: Option<SocketAddr>,
     client: Client<HttpConnector, Empty<Bytes>>,
@@ -58,6 +61,7 @@ pub fn workloads() -> Vec<Workload> {
         w("http ours cached 5 ms route c=64", Some("http uncached 5 ms handler c=64"), |cx| Box::pin(hit(cx, Which::OursSlow))),
         w("http handler from memory c=64", None, |cx| Box::pin(hit(cx, Which::Memory))),
         w("http ours hit c=64", Some("http handler from memory c=64"), |cx| Box::pin(hit(cx, Which::Ours))),
+        w("http ours hit, L1 on c=64", Some("http handler from memory c=64"), |cx| Box::pin(hit(cx, Which::OursLocal))),
         w("http hitbox-tower hit c=64", None, |cx| Box::pin(hit(cx, Which::Hitbox))),
         w("http ours hit (vs hitbox) c=64", Some("http hitbox-tower hit c=64"), |cx| Box::pin(hit(cx, Which::Ours))),
         w("http hitbox-tower miss c=64", None, |cx| Box::pin(miss(cx, Which::Hitbox))),
@@ -70,6 +74,11 @@ pub fn targets() -> Vec<Target> {
     vec![
         Target {
             ours: "http ours hit c=64",
+            reference: "http handler from memory c=64",
+            bar: Bar::OpsAtLeast(0.8),
+        },
+        Target {
+            ours: "http ours hit, L1 on c=64",
             reference: "http handler from memory c=64",
             bar: Bar::OpsAtLeast(0.8),
         },
@@ -87,6 +96,7 @@ enum Which {
     OursSlow,
     Memory,
     Ours,
+    OursLocal,
     Hitbox,
 }
 
@@ -120,6 +130,7 @@ impl Servers {
             Which::OursSlow => Some(self.ours_slow),
             Which::Memory => Some(self.memory),
             Which::Ours => Some(self.ours),
+            Which::OursLocal => Some(self.ours_local),
             Which::Hitbox => self.hitbox,
         }
     }
@@ -174,6 +185,12 @@ async fn start(cx: &'static Ctx) -> Servers {
         router(false),
     ))
     .await;
+    let local_cache = cx.l1.namespace("http-l1");
+    let ours_local = serve(tower::Layer::layer(
+        &ResponseCacheLayer::new(local_cache.clone()).ttl(Duration::from_secs(3600)),
+        router(false),
+    ))
+    .await;
     let hitbox = match redis_url(cx).await {
         Some(url) => Some(serve_hitbox(&url, router(false)).await),
         None => None,
@@ -183,6 +200,7 @@ async fn start(cx: &'static Ctx) -> Servers {
         ours_slow,
         memory,
         ours,
+        ours_local,
         hitbox,
         client: Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(CONCURRENCY)
@@ -190,10 +208,25 @@ async fn start(cx: &'static Ctx) -> Servers {
         next_miss: AtomicU64::new(0),
     };
     // The hit rows find every path cached.
-    for addr in [Some(ours_slow), Some(ours), hitbox].into_iter().flatten() {
+    for addr in [Some(ours_slow), Some(ours), Some(ours_local), hitbox]
+        .into_iter()
+        .flatten()
+    {
         for i in 0..ITEMS {
             servers.get(addr, &format!("/item/{i}")).await;
         }
+    }
+    // The L1 is filled by hits read from Redis, once its invalidation feed is subscribed.
+    let start = std::time::Instant::now();
+    while !local_cache.local_cache_serving() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the L1 feed did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for i in 0..ITEMS {
+        servers.get(ours_local, &format!("/item/{i}")).await;
     }
     servers
 }

@@ -6,8 +6,8 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
 
 /// The error type of [`ResponseBody`]: the handler's body error, boxed.
 ///
@@ -25,7 +25,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// let body = cache_core::http::ResponseBody::from(bytes::Bytes::from_static(b"hello"));
 /// assert_eq!(body.size_hint().exact(), Some(5));
 /// ```
-pub struct ResponseBody(UnsyncBoxBody<Bytes, BoxError>);
+pub struct ResponseBody(Inner);
+
+/// A stored body is one frame of bytes held as is (no box, no dynamic call: a hit serves it
+/// with no allocation); only the handler's own body, of a type the layer does not know, is
+/// boxed.
+enum Inner {
+    Bytes(Option<Bytes>),
+    Handler(UnsyncBoxBody<Bytes, BoxError>),
+}
 
 impl std::fmt::Debug for ResponseBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,21 +48,18 @@ impl ResponseBody {
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        ResponseBody(body.map_err(Into::into).boxed_unsync())
+        ResponseBody(Inner::Handler(body.map_err(Into::into).boxed_unsync()))
     }
 
     pub(super) fn empty() -> ResponseBody {
-        ResponseBody(Empty::new().map_err(|never| match never {}).boxed_unsync())
+        ResponseBody(Inner::Bytes(None))
     }
 }
 
 impl From<Bytes> for ResponseBody {
     fn from(bytes: Bytes) -> ResponseBody {
-        ResponseBody(
-            Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        )
+        // An empty body is no frame at all, as `http_body_util::Full` sends it.
+        ResponseBody(Inner::Bytes(Some(bytes).filter(|b| !b.is_empty())))
     }
 }
 
@@ -66,14 +71,25 @@ impl Body for ResponseBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.0).poll_frame(cx)
+        match &mut self.0 {
+            Inner::Bytes(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Handler(body) => Pin::new(body).poll_frame(cx),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_end_stream()
+        match &self.0 {
+            Inner::Bytes(bytes) => bytes.is_none(),
+            Inner::Handler(body) => body.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.0.size_hint()
+        match &self.0 {
+            Inner::Bytes(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Inner::Handler(body) => body.size_hint(),
+        }
     }
 }

@@ -9,20 +9,21 @@ use crate::base::key::KeyBuf;
 /// `http:<method>:<path>:<query>`, the query's parameters sorted (`?b=2&a=1` and
 /// `?a=1&b=2` are one resource to a cache keyed this way).
 pub(super) fn primary(method: &Method, uri: &Uri) -> KeyBuf {
-    let mut params: Vec<&str> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .collect();
-    params.sort_unstable();
+    let query = uri.query().unwrap_or("");
     let mut key = KeyBuf::new();
     key.literal("http:");
     key.part(method.as_str());
     key.literal(":");
     key.part(uri.path());
     key.literal(":");
-    key.part(&params.join("&"));
+    if query.contains('&') {
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort_unstable();
+        key.part(&params.join("&"));
+    } else {
+        // No parameter or one: already in order, and nothing to join.
+        key.part(query);
+    }
     key
 }
 
@@ -73,6 +74,8 @@ mod tests {
     fn query_parameters_are_sorted() {
         assert_eq!(key("/a?b=2&a=1"), key("/a?a=1&b=2"));
         assert_ne!(key("/a?a=1"), key("/a?a=2"));
+        assert_eq!(key("/a?a=1&"), key("/a?a=1"));
+        assert_eq!(key("/a?"), key("/a"));
     }
 
     #[test]

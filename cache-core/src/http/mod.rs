@@ -92,6 +92,8 @@ pub(crate) struct Config {
     lock: FillLock,
     tags: Option<TagFn>,
     name: String,
+    /// `name` as `Cache-Status` writes it, made once rather than per request.
+    status_name: String,
 }
 
 impl std::fmt::Debug for ResponseCacheLayer {
@@ -129,6 +131,7 @@ impl ResponseCacheLayer {
                 lock: FillLock::Local,
                 tags: None,
                 name: "cache-rs".to_owned(),
+                status_name: "cache-rs".to_owned(),
             },
         }
     }
@@ -246,6 +249,7 @@ impl ResponseCacheLayer {
     /// ```
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.config.name = name.into();
+        self.config.status_name = service::cache_status_name(&self.config.name);
         self
     }
 }

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::{
     AGE, CONNECTION, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, Method, Request, Response, StatusCode};
 use http_body::Body;
@@ -156,6 +157,11 @@ impl<E: Send + 'static> Mode<Reply<E>> for HttpMode<E> {
     fn restore(&self, stored: Bytes) -> Reply<E> {
         Reply::Cached(stored)
     }
+    /// The L1 keeps the entry's bytes as they are (a copy is a reference count): its hits
+    /// read neither the envelope nor a copy of the payload.
+    fn local_clone(&self, stored: &Bytes) -> Option<Bytes> {
+        Some(stored.clone())
+    }
     fn succeeded(&self, out: &Reply<E>) -> bool {
         !matches!(out, Reply::Failed(_))
     }
@@ -172,7 +178,43 @@ impl<E: Send + 'static> Mode<Reply<E>> for HttpMode<E> {
 
 /// The request and the service that answers it, taken by whichever step calls the handler
 /// (at most one does).
-type Slot<S, B> = Arc<Mutex<Option<(S, Request<B>)>>>;
+type Slot<S, B> = Arc<Mutex<Pending<S, B>>>;
+
+struct Pending<S, B> {
+    call: Option<(S, Request<B>)>,
+    /// The request's fields, kept by the step that took the request: a variant's key is made
+    /// of them. Copied only then, on the way to the handler, never on a hit.
+    headers: Option<HeaderMap>,
+}
+
+fn slot<S, B>(inner: S, req: Request<B>) -> Slot<S, B> {
+    Arc::new(Mutex::new(Pending {
+        call: Some((inner, req)),
+        headers: None,
+    }))
+}
+
+/// The slot, whoever panicked while holding it (nothing there is left half-changed).
+fn pending<S, B>(slot: &Slot<S, B>) -> std::sync::MutexGuard<'_, Pending<S, B>> {
+    slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The full key of the variant of `primary` that this request's fields select.
+fn variant_key<S, B>(
+    pipeline: &Pipeline,
+    primary: &crate::base::key::KeyBuf,
+    names: &[String],
+    slot: &Slot<S, B>,
+) -> String {
+    let pending = pending(slot);
+    let none = HeaderMap::new();
+    let headers = match (&pending.call, &pending.headers) {
+        (Some((_, req)), _) => req.headers(),
+        (None, Some(headers)) => headers,
+        (None, None) => &none,
+    };
+    pipeline.full_key_of(key::variant(primary.clone(), names, headers))
+}
 
 /// Which key a computation fills: the resource's, or one of its variants'.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -201,26 +243,30 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let status = Status::new(&config.name);
+    let status = Status::new(&config.status_name);
     let method = req.method().clone();
     if method != Method::GET && method != Method::HEAD {
-        return forward(inner, req, status.forward("method")).await;
+        return Box::pin(forward(inner, req, status.forward("method"))).await;
     }
     let request_cc = Directives::of(req.headers());
     if request_cc.no_store {
-        return forward(inner, req, status.forward("bypass")).await;
+        return Box::pin(forward(inner, req, status.forward("bypass"))).await;
     }
-    let Some(pipeline) = crate::cache::explicit(&config.cache).cloned() else {
-        return forward(inner, req, status.forward("bypass")).await;
+    // Borrowed from the layer's configuration, which this future holds: no handle is cloned
+    // per request.
+    let Some(pipeline) = crate::cache::explicit(&config.cache) else {
+        return Box::pin(forward(inner, req, status.forward("bypass"))).await;
     };
     let (mut parts, body) = req.into_parts();
     // The handler is asked for the full response, which the cache can store; the request's
     // own validators are answered here (`If-None-Match`), from what it returns.
     let mut conditions = HeaderMap::new();
-    for value in parts.headers.get_all(IF_NONE_MATCH) {
-        conditions.append(IF_NONE_MATCH, value.clone());
+    if parts.headers.contains_key(IF_NONE_MATCH) {
+        for value in parts.headers.get_all(IF_NONE_MATCH) {
+            conditions.append(IF_NONE_MATCH, value.clone());
+        }
+        parts.headers.remove(IF_NONE_MATCH);
     }
-    parts.headers.remove(IF_NONE_MATCH);
     parts.headers.remove(IF_MODIFIED_SINCE);
     let asked = Asked {
         head: method == Method::HEAD,
@@ -232,8 +278,7 @@ where
         None => Vec::new(),
     };
     let primary = key::primary(&parts.method, &parts.uri);
-    let headers = parts.headers.clone();
-    let slot: Slot<S, ReqB> = Arc::new(Mutex::new(Some((inner, Request::from_parts(parts, body)))));
+    let slot: Slot<S, ReqB> = slot(inner, Request::from_parts(parts, body));
     let policy = Policy {
         // The stale window is the entry's own (written from the response); `Some` here only
         // lets reads serve it.
@@ -243,110 +288,92 @@ where
     };
     let mode = HttpMode::<S::Error>(PhantomData);
     let key = pipeline.full_key_of(primary.clone());
+    let way = Way {
+        pipeline,
+        policy: &policy,
+        tags: &tags,
+        primary: &primary,
+        slot: &slot,
+        config: &config,
+        asked: &asked,
+    };
 
-    let reply = if request_cc.revalidates() {
+    if request_cc.revalidates() {
         // Request `no-cache`: the handler answers, and its response replaces the stored one.
-        let compute = call_handler(
+        let compute = handler_on_miss(
             slot.clone(),
             Level::Primary,
             config.clone(),
             asked.authorized,
         );
         let mut tag_keys = tags.clone();
-        let reply = pipeline
-            .compute_and_store(call(&pipeline, &key, &mut tag_keys, &policy), mode, compute)
-            .await;
-        return finish(
-            &pipeline,
-            &policy,
-            &tags,
-            (&primary, &headers),
-            reply,
-            status.forward("request"),
-            &asked,
+        let reply = Box::pin(pipeline.compute_and_store(
+            call(pipeline, &key, &mut tag_keys, &policy),
+            mode,
+            compute,
+        ))
+        .await;
+        return way.finish(reply, status.forward("request")).await;
+    }
+    let compute = handler_on_miss(
+        slot.clone(),
+        Level::Primary,
+        config.clone(),
+        asked.authorized,
+    );
+    let mut tag_keys = tags.clone();
+    let reply = pipeline
+        .compute_with(
+            call(pipeline, &key, &mut tag_keys, &policy),
+            mode,
+            Spawn,
+            compute,
         )
         .await;
-    } else {
-        let compute = call_handler(
-            slot.clone(),
-            Level::Primary,
-            config.clone(),
-            asked.authorized,
-        );
-        let mut tag_keys = tags.clone();
-        pipeline
-            .compute_with(
-                call(&pipeline, &key, &mut tag_keys, &policy),
-                mode,
-                Spawn,
-                compute,
-            )
-            .await
+    let Reply::Cached(bytes) = reply else {
+        return way.serve(reply, status.forward("uri-miss")).await;
     };
-    let reply = match reply {
-        Reply::Cached(bytes) => match Entry::decode(&bytes) {
-            Some(Entry::Variants(names)) => {
-                let key = pipeline.full_key_of(key::variant(primary.clone(), &names, &headers));
-                let compute = call_handler(
-                    slot.clone(),
-                    Level::Variant,
-                    config.clone(),
-                    asked.authorized,
-                );
-                let mut tag_keys = tags.clone();
-                let reply = pipeline
-                    .compute_with(
-                        call(&pipeline, &key, &mut tag_keys, &policy),
-                        mode,
-                        Spawn,
-                        compute,
-                    )
-                    .await;
-                return serve(
-                    &pipeline,
-                    &policy,
-                    &tags,
-                    (&primary, &headers),
-                    reply,
-                    slot,
-                    &config,
-                    status.forward("vary-miss"),
-                    &asked,
-                )
+    // Decoded once: the same entry says whether the resource varies and, when it does not,
+    // is the answer.
+    let names = match Entry::decode(&bytes) {
+        Some(Entry::Variants(names)) => names,
+        found => {
+            return way
+                .answer_from_entry(found, status.forward("uri-miss"))
                 .await;
-            }
-            _ => Reply::Cached(bytes),
-        },
-        other => other,
+        }
     };
-    serve(
-        &pipeline,
-        &policy,
-        &tags,
-        (&primary, &headers),
-        reply,
-        slot,
-        &config,
-        status.forward("uri-miss"),
-        &asked,
-    )
-    .await
+    let key = variant_key(pipeline, &primary, &names, &slot);
+    let compute = handler_on_miss(
+        slot.clone(),
+        Level::Variant,
+        config.clone(),
+        asked.authorized,
+    );
+    let mut tag_keys = tags.clone();
+    let reply = pipeline
+        .compute_with(
+            call(pipeline, &key, &mut tag_keys, &policy),
+            mode,
+            Spawn,
+            compute,
+        )
+        .await;
+    way.serve(reply, status.forward("vary-miss")).await
 }
 
-/// A reply from a lookup: a cached entry is served when it may answer this request, else
-/// the handler answers.
-#[allow(clippy::too_many_arguments)] // one private step
-async fn serve<S, ReqB, ResB>(
-    pipeline: &Pipeline,
-    policy: &Policy,
-    tags: &[String],
-    request: (&crate::base::key::KeyBuf, &HeaderMap),
-    reply: Reply<S::Error>,
-    slot: Slot<S, ReqB>,
-    config: &Arc<Config>,
-    miss: Status,
-    asked: &Asked,
-) -> Result<Response<ResponseBody>, S::Error>
+/// What the steps after a lookup share: the request's key, tags and slot, and how it asked.
+struct Way<'a, S, B> {
+    pipeline: &'a Pipeline,
+    policy: &'a Policy,
+    tags: &'a [String],
+    primary: &'a crate::base::key::KeyBuf,
+    slot: &'a Slot<S, B>,
+    config: &'a Arc<Config>,
+    asked: &'a Asked,
+}
+
+impl<S, ReqB, ResB> Way<'_, S, ReqB>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
     S::Future: Send + 'static,
@@ -355,79 +382,116 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
-    let Reply::Cached(bytes) = reply else {
-        return finish(pipeline, policy, tags, request, reply, miss, asked).await;
-    };
-    match Entry::decode(&bytes) {
-        Some(Entry::Response(stored)) if !asked.authorized || stored.shareable => {
-            Ok(conditional(from_stored(&stored, asked.head, &miss), asked))
+    /// A reply from a lookup: a cached entry is served when it may answer this request, else
+    /// the handler answers.
+    async fn serve(
+        &self,
+        reply: Reply<S::Error>,
+        miss: Status<'_>,
+    ) -> Result<Response<ResponseBody>, S::Error> {
+        match reply {
+            Reply::Cached(bytes) => self.answer_from_entry(Entry::decode(&bytes), miss).await,
+            reply => self.finish(reply, miss).await,
         }
-        // A response that may not answer a request with credentials (RFC 9111 §3.5), or
-        // bytes this layer did not write: the handler answers, and nothing is stored.
-        found => {
-            let detail = match found {
-                Some(_) => "authorization",
-                None => "unreadable",
-            };
-            let reply = call_handler(slot, Level::Variant, config.clone(), asked.authorized).await;
-            match reply {
-                Reply::Fresh(fresh) => Ok(conditional(
-                    with_status(
-                        fresh.response.into_inner(),
-                        miss.forward("request").not_stored(detail),
-                    ),
-                    asked,
-                )),
-                Reply::Failed(e) => Err(e.into_inner()),
-                Reply::Cached(_) | Reply::Store(..) => Ok(gone(&miss)),
+    }
+
+    /// A decoded entry from the cache: the answer when it may answer this request, else the
+    /// handler answers.
+    async fn answer_from_entry(
+        &self,
+        found: Option<Entry>,
+        miss: Status<'_>,
+    ) -> Result<Response<ResponseBody>, S::Error> {
+        let asked = self.asked;
+        let detail = match found {
+            Some(Entry::Response(stored)) if !asked.authorized || stored.shareable => {
+                return Ok(conditional(from_stored(stored, asked.head, miss), asked));
             }
+            // A response that may not answer a request with credentials (RFC 9111 §3.5), or
+            // bytes this layer did not write: the handler answers, and nothing is stored.
+            Some(_) => "authorization",
+            None => "unreadable",
+        };
+        let reply = Box::pin(call_handler(
+            self.slot.clone(),
+            Level::Variant,
+            self.config.clone(),
+            asked.authorized,
+        ))
+        .await;
+        match reply {
+            Reply::Fresh(fresh) => Ok(conditional(
+                with_status(
+                    fresh.response.into_inner(),
+                    miss.forward("request").not_stored(detail),
+                ),
+                asked,
+            )),
+            Reply::Failed(e) => Err(e.into_inner()),
+            Reply::Cached(_) | Reply::Store(..) => Ok(gone(miss)),
+        }
+    }
+
+    /// The handler's response, just received: stored under its variant key too when it
+    /// varies, then answered.
+    async fn finish(
+        &self,
+        reply: Reply<S::Error>,
+        status: Status<'_>,
+    ) -> Result<Response<ResponseBody>, S::Error> {
+        let asked = self.asked;
+        match reply {
+            Reply::Fresh(fresh) => {
+                if let (Some((names, entry)), Some(lifetime)) = (fresh.variant, fresh.lifetime) {
+                    let key = variant_key(self.pipeline, self.primary, &names, self.slot);
+                    let mut tag_keys = self.tags.to_vec();
+                    Box::pin(self.pipeline.compute_and_store(
+                        call(self.pipeline, &key, &mut tag_keys, self.policy),
+                        HttpMode::<S::Error>(PhantomData),
+                        std::future::ready(Reply::Store(entry, lifetime)),
+                    ))
+                    .await;
+                }
+                let status = match fresh.detail {
+                    None => status.stored(),
+                    Some(detail) => status.not_stored(detail),
+                };
+                Ok(conditional(
+                    with_status(fresh.response.into_inner(), status),
+                    asked,
+                ))
+            }
+            Reply::Cached(bytes) => match Entry::decode(&bytes) {
+                Some(Entry::Response(stored)) => {
+                    Ok(conditional(from_stored(stored, asked.head, status), asked))
+                }
+                _ => Ok(gone(status)),
+            },
+            Reply::Failed(e) => Err(e.into_inner()),
+            Reply::Store(..) => Ok(gone(status)),
         }
     }
 }
 
-/// The handler's response, just received: stored under its variant key too when it varies,
-/// then answered.
-async fn finish<E: Send + 'static>(
-    pipeline: &Pipeline,
-    policy: &Policy,
-    tags: &[String],
-    (primary, headers): (&crate::base::key::KeyBuf, &HeaderMap),
-    reply: Reply<E>,
-    status: Status,
-    asked: &Asked,
-) -> Result<Response<ResponseBody>, E> {
-    match reply {
-        Reply::Fresh(fresh) => {
-            if let (Some((names, entry)), Some(lifetime)) = (fresh.variant, fresh.lifetime) {
-                let key = pipeline.full_key_of(key::variant(primary.clone(), &names, headers));
-                let mut tag_keys = tags.to_vec();
-                pipeline
-                    .compute_and_store(
-                        call(pipeline, &key, &mut tag_keys, policy),
-                        HttpMode::<E>(PhantomData),
-                        std::future::ready(Reply::Store(entry, lifetime)),
-                    )
-                    .await;
-            }
-            let status = match fresh.detail {
-                None => status.stored(),
-                Some(detail) => status.not_stored(detail),
-            };
-            Ok(conditional(
-                with_status(fresh.response.into_inner(), status),
-                asked,
-            ))
-        }
-        Reply::Cached(bytes) => match Entry::decode(&bytes) {
-            Some(Entry::Response(stored)) => Ok(conditional(
-                from_stored(&stored, asked.head, &status),
-                asked,
-            )),
-            _ => Ok(gone(&status)),
-        },
-        Reply::Failed(e) => Err(e.into_inner()),
-        Reply::Store(..) => Ok(gone(&status)),
-    }
+/// [`call_handler`] as a lookup's computation. Every request builds one and a hit drops it
+/// unrun, so it holds only its arguments: the handler's future (the inner service's, the
+/// body's collection) is boxed when it runs, and stays out of the future of every request.
+/// (The steps that run only on a miss are boxed for the same reason.)
+async fn handler_on_miss<S, ReqB, ResB>(
+    slot: Slot<S, ReqB>,
+    level: Level,
+    config: Arc<Config>,
+    authorized: bool,
+) -> Reply<S::Error>
+where
+    S: Service<Request<ReqB>, Response = Response<ResB>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ReqB: Send + 'static,
+    ResB: Body<Data = Bytes> + Send + 'static,
+    ResB::Error: Into<BoxError>,
+{
+    Box::pin(call_handler(slot, level, config, authorized)).await
 }
 
 /// Calls the handler with the request in `slot` and makes its response a [`Reply`].
@@ -447,7 +511,14 @@ where
 {
     // Taken when the computation runs, not when it is made: a hit drops it unrun, and
     // the request stays for the step after.
-    let taken = slot.lock().ok().and_then(|mut s| s.take());
+    let taken = {
+        let mut pending = pending(&slot);
+        let taken = pending.call.take();
+        if let Some((_, req)) = &taken {
+            pending.headers = Some(req.headers().clone());
+        }
+        taken
+    };
     let Some((mut inner, req)) = taken else {
         // Every path takes the request once; this is a bug's answer, not a panic.
         return Reply::Fresh(Box::new(Fresh {
@@ -520,7 +591,7 @@ where
     }
     let verdict =
         cache_control::verdict(authorized, parts.status, &parts.headers, &config.defaults);
-    let response = Response::from_parts(parts, ResponseBody::from(body.clone()));
+    let mut response = Response::from_parts(parts, ResponseBody::from(body.clone()));
     let Verdict::Store {
         ttl,
         stale,
@@ -538,16 +609,22 @@ where
             detail: Some(detail),
         };
     };
+    // The response's fields are lent to the entry while it is written, then given back: the
+    // response is answered too, and nothing of it is copied but into the entry's bytes.
     let entry = Entry::Response(StoredResponse {
         status: response.status(),
-        headers: response.headers().clone(),
+        headers: std::mem::take(response.headers_mut()),
         body,
         stored_at_ms: now_ms(),
         initial_age,
         fresh_ms: ttl.as_millis() as u64,
         shareable,
-    })
-    .encode();
+    });
+    let encoded = entry.encode();
+    if let Entry::Response(stored) = entry {
+        *response.headers_mut() = stored.headers;
+    }
+    let entry = encoded;
     let names = key::vary_names(response.headers());
     let (store, variant) = if names.is_empty() || level == Level::Variant {
         (entry, None)
@@ -570,7 +647,7 @@ where
 async fn forward<S, ReqB, ResB>(
     mut inner: S,
     req: Request<ReqB>,
-    status: Status,
+    status: Status<'_>,
 ) -> Result<Response<ResponseBody>, S::Error>
 where
     S: Service<Request<ReqB>, Response = Response<ResB>>,
@@ -587,18 +664,21 @@ where
 
 /// A stored response as a hit: its status, headers and body, with `Age` and
 /// `Cache-Status`.
-fn from_stored(stored: &StoredResponse, head: bool, status: &Status) -> Response<ResponseBody> {
+fn from_stored(stored: StoredResponse, head: bool, status: Status<'_>) -> Response<ResponseBody> {
+    let now = now_ms();
+    let age = HeaderValue::from(stored.age(now));
+    let hit = status.hit(stored.ttl_left(now), stored.is_stale(now));
     let body = if head {
         ResponseBody::empty()
     } else {
-        ResponseBody::from(stored.body.clone())
+        ResponseBody::from(stored.body)
     };
     let mut response = Response::new(body);
     *response.status_mut() = stored.status;
-    *response.headers_mut() = stored.headers.clone();
+    // Moved, not copied: the entry was decoded for this response alone.
+    *response.headers_mut() = stored.headers;
     let headers = response.headers_mut();
-    headers.insert(AGE, HeaderValue::from(stored.age()));
-    let hit = status.hit(stored.ttl_left(), stored.is_stale());
+    headers.insert(AGE, age);
     headers.append(CACHE_STATUS, hit);
     response
 }
@@ -640,32 +720,37 @@ fn bad_gateway() -> Response<ResponseBody> {
 }
 
 /// A reply no path produces; answered rather than panicking.
-fn gone(status: &Status) -> Response<ResponseBody> {
+fn gone(status: Status<'_>) -> Response<ResponseBody> {
     with_status(bad_gateway(), status.not_stored("handler-not-reached"))
 }
 
 /// RFC 9111 §7.6.1: the fields that belong to one connection, never stored or replayed.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    if headers.contains_key(CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
+    // Names, not strings: nothing is parsed per response.
+    const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+    const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
+        CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        TE,
+        TRAILER,
+        TRANSFER_ENCODING,
+        UPGRADE,
+        PROXY_AUTHENTICATE,
+        PROXY_AUTHORIZATION,
     ] {
         headers.remove(name);
     }
@@ -675,44 +760,48 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 
 /// One member of `Cache-Status`, built up as the request goes: `<name>; hit; ttl=N`,
 /// `<name>; fwd=uri-miss; stored`, `<name>; fwd=uri-miss; stored=?0; detail="private"`.
-#[derive(Clone)]
-struct Status {
-    name: String,
+/// Borrows the name, written once per layer ([`cache_status_name`]).
+#[derive(Clone, Copy)]
+struct Status<'a> {
+    name: &'a str,
     fwd: Option<&'static str>,
 }
 
-impl Status {
-    fn new(name: &str) -> Status {
-        // An sf-token when the name is one, else an sf-string.
-        let token = name
+/// The cache's name as `Cache-Status` writes it: an sf-token when the name is one, else an
+/// sf-string.
+pub(super) fn cache_status_name(name: &str) -> String {
+    let token = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '*')
+        && name
             .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '*')
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c));
-        let name = if token {
-            name.to_owned()
-        } else {
-            let mut quoted = String::from("\"");
-            for c in name
-                .chars()
-                .filter(|c| c.is_ascii() && !c.is_ascii_control())
-            {
-                if c == '"' || c == '\\' {
-                    quoted.push('\\');
-                }
-                quoted.push(c);
-            }
-            quoted.push('"');
-            quoted
-        };
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~:/".contains(c));
+    if token {
+        return name.to_owned();
+    }
+    let mut quoted = String::from("\"");
+    for c in name
+        .chars()
+        .filter(|c| c.is_ascii() && !c.is_ascii_control())
+    {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+impl<'a> Status<'a> {
+    fn new(name: &'a str) -> Status<'a> {
         Status { name, fwd: None }
     }
 
-    fn forward(&self, why: &'static str) -> Status {
+    fn forward(self, why: &'static str) -> Status<'a> {
         Status {
-            name: self.name.clone(),
+            name: self.name,
             fwd: Some(why),
         }
     }
@@ -720,17 +809,22 @@ impl Status {
     fn prefix(&self) -> String {
         match self.fwd {
             Some(why) => format!("{}; fwd={why}", self.name),
-            None => self.name.clone(),
+            None => self.name.to_owned(),
         }
     }
 
+    /// `<name>; hit; ttl=N`, written into one buffer that becomes the value (every hit
+    /// writes it: no formatting machinery, one allocation).
     fn hit(&self, ttl_left: i64, stale: bool) -> HeaderValue {
-        let name = &self.name;
-        value(if stale {
-            format!("{name}; hit; ttl={ttl_left}; detail=stale")
-        } else {
-            format!("{name}; hit; ttl={ttl_left}")
-        })
+        const DETAIL: &[u8] = b"; detail=stale";
+        let mut out = BytesMut::with_capacity(self.name.len() + 32 + DETAIL.len());
+        out.extend_from_slice(self.name.as_bytes());
+        out.extend_from_slice(b"; hit; ttl=");
+        put_decimal(&mut out, ttl_left);
+        if stale {
+            out.extend_from_slice(DETAIL);
+        }
+        HeaderValue::from_maybe_shared(out.freeze()).unwrap_or(HeaderValue::from_static("cache-rs"))
     }
 
     fn stored(&self) -> HeaderValue {
@@ -744,6 +838,25 @@ impl Status {
     fn not_stored_plain(&self) -> HeaderValue {
         value(self.prefix())
     }
+}
+
+/// `n` in decimal, as `format!("{n}")` writes it.
+fn put_decimal(out: &mut BytesMut, n: i64) {
+    if n < 0 {
+        out.extend_from_slice(b"-");
+    }
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 fn value(text: String) -> HeaderValue {

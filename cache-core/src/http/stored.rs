@@ -4,8 +4,6 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
-use crate::base::codec::now_ms;
-
 const RESPONSE: u8 = 1;
 const VARIANTS: u8 = 2;
 
@@ -36,20 +34,20 @@ pub(super) struct StoredResponse {
 }
 
 impl StoredResponse {
-    /// Seconds since it was stored, plus the age it arrived with.
-    pub(super) fn age(&self) -> u64 {
-        now_ms().saturating_sub(self.stored_at_ms) / 1000 + u64::from(self.initial_age)
+    /// Seconds since it was stored at `now_ms`, plus the age it arrived with.
+    pub(super) fn age(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.stored_at_ms) / 1000 + u64::from(self.initial_age)
     }
 
-    /// Seconds of freshness left; negative once stale.
-    pub(super) fn ttl_left(&self) -> i64 {
+    /// Seconds of freshness left at `now_ms`; negative once stale.
+    pub(super) fn ttl_left(&self, now_ms: u64) -> i64 {
         let until = self.stored_at_ms.saturating_add(self.fresh_ms) as i128;
-        let left_ms = until - now_ms() as i128;
+        let left_ms = until - now_ms as i128;
         (left_ms.div_euclid(1000)) as i64
     }
 
-    pub(super) fn is_stale(&self) -> bool {
-        now_ms() >= self.stored_at_ms.saturating_add(self.fresh_ms)
+    pub(super) fn is_stale(&self, now_ms: u64) -> bool {
+        now_ms >= self.stored_at_ms.saturating_add(self.fresh_ms)
     }
 }
 
@@ -102,10 +100,14 @@ impl Entry {
                 let initial_age = r.u32()?;
                 let fresh_ms = r.u64()?;
                 let n = r.u16()?;
-                let mut headers = HeaderMap::with_capacity(n as usize);
+                // Room for the two fields a hit adds (`Age`, `Cache-Status`), so that adding
+                // them does not grow the map.
+                let mut headers = HeaderMap::with_capacity(usize::from(n) + 2);
                 for _ in 0..n {
                     let name = HeaderName::from_bytes(r.slice()?).ok()?;
-                    let value = HeaderValue::from_bytes(r.slice()?).ok()?;
+                    // A slice of the stored bytes, not a copy: a hit answers without
+                    // allocating a buffer per field.
+                    let value = HeaderValue::from_maybe_shared(r.shared()?).ok()?;
                     headers.append(name, value);
                 }
                 let body = bytes.slice(r.at..);
@@ -158,19 +160,26 @@ impl Reader<'_> {
         let n = self.u32()? as usize;
         self.take(n)
     }
+    /// [`slice`](Self::slice) as a view of the same buffer.
+    fn shared(&mut self) -> Option<Bytes> {
+        let n = self.u32()? as usize;
+        let start = self.at;
+        self.take(n)?;
+        Some(self.bytes.slice(start..self.at))
+    }
 }
 
 /// A strong validator from the body: `"` + 128 bits of its SHA-256 in hex + `"`.
 pub(super) fn etag_of(body: &[u8]) -> HeaderValue {
     use sha2::Digest;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = sha2::Sha256::digest(body);
-    let mut text = String::with_capacity(34);
-    text.push('"');
-    for b in &digest[..16] {
-        text.push_str(&format!("{b:02x}"));
+    let mut text = [b'"'; 34];
+    for (i, b) in digest[..16].iter().enumerate() {
+        text[1 + 2 * i] = HEX[usize::from(b >> 4)];
+        text[2 + 2 * i] = HEX[usize::from(b & 0xf)];
     }
-    text.push('"');
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("\"0\""))
+    HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("\"0\""))
 }
 
 /// Whether `If-None-Match` matches `etag` (weak comparison, RFC 9110 §13.1.2).
@@ -211,6 +220,15 @@ mod tests {
         assert_eq!(Entry::decode(&vary.encode()), Some(vary));
         assert_eq!(Entry::decode(&Bytes::from_static(b"\x01\x00")), None);
         assert_eq!(Entry::decode(&Bytes::new()), None);
+    }
+
+    #[test]
+    fn the_etag_is_the_first_128_bits_of_the_sha256_in_hex() {
+        // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
+        assert_eq!(
+            etag_of(b"abc"),
+            HeaderValue::from_static("\"ba7816bf8f01cfea414140de5dae2223\"")
+        );
     }
 
     #[test]

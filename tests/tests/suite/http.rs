@@ -844,3 +844,94 @@ async fn with_redis_unreachable_the_handler_answers() {
     let r = s.get("/cc/private").await;
     assert_eq!(r.status, StatusCode::OK);
 }
+
+// ---- the L1 near cache -----------------------------------------------------------------------
+
+/// With the cache's L1 on (`CacheBuilder::local_cache`), hits are answered from process memory,
+/// byte for byte the response a Redis hit gives, and every invalidation reaches them: a tag
+/// invalidated here, and a response replaced by another instance (heard through tracking).
+/// Redis only: the L1 sits in front of Redis, the in-memory backend has none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_the_l1_on_hits_come_from_it_and_invalidations_reach_it() {
+    let builder = tests::redis_builder().local_cache(1_000);
+    let (here, there) = (
+        builder.clone().build().expect("build"),
+        builder.build().expect("build"),
+    );
+    for c in [&here, &there] {
+        eventually("the L1 feed subscribed", || async {
+            c.local_cache_serving()
+        })
+        .await;
+    }
+    let tagged = |cache: &Cache| {
+        layer(cache).tags(|parts: &http::request::Parts| {
+            vec![format!(
+                "user:{}",
+                parts.uri.path().trim_start_matches("/users/")
+            )]
+        })
+    };
+    let app = App::default();
+    let s = serve_app(tagged(&here), app.clone()).await;
+    let other = serve_app(tagged(&there), app.clone()).await;
+
+    let miss = s.get("/users/7").await;
+    assert_eq!(miss.text(), "user 7 v0");
+    // The first hit reads Redis and fills the L1 (unless the tracking message of the miss's
+    // own write lands after that read began: then a later hit fills it); the ones after are
+    // answered from it.
+    let from_redis = s.get("/users/7").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let from_l1 = loop {
+        let local_before = here.stats().local_hits;
+        let reply = s.get("/users/7").await;
+        if here.stats().local_hits > local_before {
+            break reply;
+        }
+        assert!(Instant::now() < deadline, "no hit was answered by the L1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for hit in [&from_redis, &from_l1] {
+        assert!(hit.hit(), "{}", hit.cache_status());
+        assert_eq!(hit.status, StatusCode::OK);
+        assert_eq!(hit.text(), "user 7 v0");
+        assert_eq!(hit.headers["etag"], miss.headers["etag"]);
+        assert_eq!(hit.headers["cache-control"], "max-age=60");
+        assert!(hit.headers.contains_key("age"));
+    }
+    assert_eq!(
+        from_l1.headers.len(),
+        from_redis.headers.len(),
+        "{:?} / {:?}",
+        from_l1.headers,
+        from_redis.headers
+    );
+    assert_eq!(app.calls("users"), 1);
+
+    // A tag invalidated through this instance: the L1 does not answer with what it held.
+    app.version.store(1, Ordering::SeqCst);
+    here.invalidate_tag("user:7").await.expect("invalidate");
+    let after = s.get("/users/7").await;
+    assert_eq!(after.text(), "user 7 v1", "{}", after.cache_status());
+    assert_eq!(app.calls("users"), 2);
+    let hit = s.get("/users/7").await;
+    assert!(hit.hit(), "{}", hit.cache_status());
+
+    // Another instance replaces the response (request `no-cache`): tracking tells this one's
+    // L1, which then answers with the new response.
+    app.version.store(2, Ordering::SeqCst);
+    let replaced = other
+        .get_with("/users/7", &[("cache-control", "no-cache")])
+        .await;
+    assert_eq!(replaced.text(), "user 7 v2");
+    eventually("the other instance's response served here", || async {
+        s.get("/users/7").await.text() == "user 7 v2"
+    })
+    .await;
+    assert_eq!(
+        app.calls("users"),
+        3,
+        "every answer after came from the cache"
+    );
+}
