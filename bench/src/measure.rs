@@ -40,6 +40,25 @@ pub struct Round {
     pub server_cpu_us: f64,
 }
 
+impl Round {
+    /// A round of the visibility workloads: each operation's delay in nanoseconds, over
+    /// `elapsed` (no CPU figures: the delays are what they measure).
+    pub fn of_delays(elapsed: std::time::Duration, delays: &mut [u64]) -> Round {
+        delays.sort_unstable();
+        let pct =
+            |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize] as f64 / 1_000.0;
+        Round {
+            ops: delays.len() as u64,
+            ops_with_warmup: delays.len() as u64,
+            ops_per_sec: delays.len() as f64 / elapsed.as_secs_f64(),
+            p50_us: pct(0.5),
+            p99_us: pct(0.99),
+            client_cpu_us: f64::NAN,
+            server_cpu_us: f64::NAN,
+        }
+    }
+}
+
 /// The rounds of one workload, and their medians.
 #[derive(Debug, Clone, Default)]
 pub struct Measurement {

@@ -1070,17 +1070,7 @@ async fn l1_visibility(cx: &'static Ctx) -> Round {
     };
     let _ = run_for(cx.plan.warmup).await;
     let (elapsed, mut delays) = run_for(cx.plan.round_time).await;
-    delays.sort_unstable();
-    let pct = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize] as f64 / 1_000.0;
-    Round {
-        ops: delays.len() as u64,
-        ops_with_warmup: delays.len() as u64,
-        ops_per_sec: delays.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: pct(0.5),
-        p99_us: pct(0.99),
-        client_cpu_us: f64::NAN,
-        server_cpu_us: f64::NAN,
-    }
+    Round::of_delays(elapsed, &mut delays)
 }
 
 /// Keys of each side of the pattern rows (10% of them match): `BENCH_PATTERN_KEYS`, default

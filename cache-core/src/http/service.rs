@@ -315,21 +315,7 @@ where
         .await;
         return way.finish(reply, status.forward("request")).await;
     }
-    let compute = handler_on_miss(
-        slot.clone(),
-        Level::Primary,
-        config.clone(),
-        asked.authorized,
-    );
-    let mut tag_keys = tags.clone();
-    let reply = pipeline
-        .compute_with(
-            call(pipeline, &key, &mut tag_keys, &policy),
-            mode,
-            Spawn,
-            compute,
-        )
-        .await;
+    let reply = way.get_or_compute(&key, Level::Primary).await;
     let Reply::Cached(bytes) = reply else {
         return way.serve(reply, status.forward("uri-miss")).await;
     };
@@ -344,21 +330,7 @@ where
         }
     };
     let key = variant_key(pipeline, &primary, &names, &slot);
-    let compute = handler_on_miss(
-        slot.clone(),
-        Level::Variant,
-        config.clone(),
-        asked.authorized,
-    );
-    let mut tag_keys = tags.clone();
-    let reply = pipeline
-        .compute_with(
-            call(pipeline, &key, &mut tag_keys, &policy),
-            mode,
-            Spawn,
-            compute,
-        )
-        .await;
+    let reply = way.get_or_compute(&key, Level::Variant).await;
     way.serve(reply, status.forward("vary-miss")).await
 }
 
@@ -382,6 +354,26 @@ where
     ResB: Body<Data = Bytes> + Send + 'static,
     ResB::Error: Into<BoxError>,
 {
+    /// Get-or-compute of the entry under `key` (the resource's, or a variant's): what the
+    /// cache holds, or the handler's reply, stored when it may be.
+    async fn get_or_compute(&self, key: &str, level: Level) -> Reply<S::Error> {
+        let compute = handler_on_miss(
+            self.slot.clone(),
+            level,
+            self.config.clone(),
+            self.asked.authorized,
+        );
+        let mut tag_keys = self.tags.to_vec();
+        self.pipeline
+            .compute_with(
+                call(self.pipeline, key, &mut tag_keys, self.policy),
+                HttpMode::<S::Error>(PhantomData),
+                Spawn,
+                compute,
+            )
+            .await
+    }
+
     /// A reply from a lookup: a cached entry is served when it may answer this request, else
     /// the handler answers.
     async fn serve(
