@@ -884,25 +884,25 @@ impl CacheBuilder {
 }
 
 impl CacheBuilder {
-    /// Makes [`Cache::clear`](crate::Cache::clear) O(1): each scope (root, namespace, tenant)
-    /// gets a generation that a clear moves on, and every read fetches its scopes' generations
-    /// in the same round trip as the value. That read costs every hit: measured on a plain
-    /// `#[cached]` hit, +20% client instructions and +57% Redis CPU (an `MGET` instead of a
-    /// `GET`). Off by default: `clear` is then an invalidation by pattern of the scope (a
-    /// `SCAN`, as [`Cache::invalidate_pattern`](crate::Cache::invalidate_pattern)), with the
-    /// same guarantee and a cost in the number of keys. Environment: `CACHE_FAST_CLEAR`
-    /// (`true`, `false`). See [the guide](crate::guide::invalidation).
+    /// Makes every read fetch its scopes' generations with its value, so that a
+    /// [`Cache::clear`](crate::Cache::clear) made by another instance is seen by the very next
+    /// read there, rather than once Redis's tracking push reached it (under a millisecond on
+    /// loopback). It costs every hit: measured on a plain `#[cached]` hit, +20% client
+    /// instructions and +57% Redis CPU (an `MGET` instead of a `GET`). Off by default: each
+    /// process learns the generations once and tracks them (`CLIENT TRACKING` on the
+    /// generation keys only), and reads check them in memory. Environment:
+    /// `CACHE_STRICT_CLEAR` (`true`, `false`). See [the guide](crate::guide::invalidation).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), cache_core::Error> {
-    /// let cache = cache_core::Cache::builder().fast_clear(true).build()?;
+    /// let cache = cache_core::Cache::builder().strict_clear(true).build()?;
     /// cache.set("k", &1u8, None).await?;
     /// cache.clear().await?; // one command, whatever the number of keys
     /// assert_eq!(cache.get::<u8>("k").await?, None);
     /// # Ok(()) }
     /// ```
-    pub fn fast_clear(mut self, on: bool) -> Self {
-        self.config.fast_clear = on;
+    pub fn strict_clear(mut self, on: bool) -> Self {
+        self.config.strict_clear = on;
         self
     }
 
@@ -923,10 +923,10 @@ impl CacheBuilder {
     }
 }
 
-/// The operations settings of the environment (`CACHE_SLOW_OP`, `CACHE_FAST_CLEAR`).
+/// The operations settings of the environment (`CACHE_SLOW_OP`, `CACHE_STRICT_CLEAR`).
 fn observe_from_env(b: &mut CacheBuilder, get: &dyn Fn(&str) -> Option<String>) -> Result<()> {
-    if let Some(v) = get("CACHE_FAST_CLEAR") {
-        b.config.fast_clear = parse_bool("CACHE_FAST_CLEAR", &v)?;
+    if let Some(v) = get("CACHE_STRICT_CLEAR") {
+        b.config.strict_clear = parse_bool("CACHE_STRICT_CLEAR", &v)?;
     }
     if let Some(v) = get("CACHE_SLOW_OP") {
         b.config.slow_op = match v.trim() {

@@ -464,12 +464,13 @@ impl Cache {
         self.handle().invalidate_tag(tag).await
     }
 
-    /// Clears this handle's scope (the whole root, a namespace, a tenant). Afterwards no read
-    /// through this handle or a handle made from it, on any instance, returns a value written
-    /// before. With [`fast_clear`](crate::CacheBuilder::fast_clear) it is O(1), one command
-    /// whatever the number of keys, and the old entries expire with their TTL; without it (the
-    /// default, which keeps hits a plain `GET`) it is
-    /// [`invalidate_pattern("*")`](Cache::invalidate_pattern) on the scope. See
+    /// Clears this handle's scope (the whole root, a namespace, a tenant) in O(1): one
+    /// command whatever the number of keys, which moves the scope's generation. Afterwards no
+    /// read through this handle or a handle made from it returns a value written before: on
+    /// this instance from the moment it returns, on the others once Redis's tracking push
+    /// reached them (under a millisecond on loopback; at once for every read with
+    /// [`strict_clear`](crate::CacheBuilder::strict_clear)). The old entries are not
+    /// deleted: they expire with their TTL, or are evicted. See
     /// [the guide](crate::guide::invalidation).
     ///
     /// ```
@@ -484,11 +485,7 @@ impl Cache {
     /// # Ok(()) }
     /// ```
     pub async fn clear(&self) -> Result<()> {
-        if self.handle().fast_clear() {
-            self.handle().clear().await
-        } else {
-            self.invalidate_pattern("*").await.map(drop)
-        }
+        self.handle().clear().await
     }
 
     /// Invalidates every entry attached to any of `tags`, in one round trip.
@@ -624,12 +621,14 @@ impl Cache {
         self.handle().local_cache_serving()
     }
 
-    /// Waits until every change that Redis made before this call has reached this instance's
-    /// L1 near cache: afterwards, no read here returns a value older than a write that
-    /// returned anywhere (any instance, any client) before the call. The L1 follows Redis
-    /// within milliseconds on its own; this is for the rare reader that must not lag at all,
-    /// told by another service that a key just changed. One round trip to each node the L1
-    /// tracks; at once without an L1.
+    /// Waits until every change that Redis made before this call has reached what this
+    /// instance keeps in memory (its L1 near cache, and the scopes' generations that
+    /// [`clear`](Cache::clear) moves): afterwards, no read here returns a value older than a
+    /// write or a clear that returned anywhere (any instance, any client) before the call.
+    /// Both follow Redis within milliseconds on their own; this is for the rare reader that
+    /// must not lag at all, told by another service that a key just changed. One round trip
+    /// to each node tracked, after waiting (at most the connect timeout) for tracking to be
+    /// on; at once on the memory backend.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -92,9 +92,10 @@ pub(crate) struct Config {
     pub(crate) breaker_failures: u32,
     /// How long the breaker stays open before a probe.
     pub(crate) breaker_open_for: Duration,
-    /// `Cache::clear` in O(1) by scope generations that every read fetches (engine/clear.rs);
-    /// off: `clear` is an invalidation by pattern, and reads are a plain `GET`.
-    pub(crate) fast_clear: bool,
+    /// Every read fetches its scopes' generations with its value (engine/clear.rs), rather
+    /// than trusting those this process learned through tracking: a clear made by another
+    /// instance is seen by the next read, not within the tracking's milliseconds.
+    pub(crate) strict_clear: bool,
     /// L1 near cache entries per root (0: off); see local.rs.
     pub(crate) local_capacity: u64,
     /// The L1's byte budget (see local.rs: what an entry is weighed by).
@@ -123,7 +124,7 @@ impl Default for Config {
             slow_op: None,
             breaker_failures: 5,
             breaker_open_for: Duration::from_secs(1),
-            fast_clear: false,
+            strict_clear: false,
             local_capacity: 0,
             local_max_bytes: 64 * 1024 * 1024,
             local_ttl: Duration::from_secs(30),

@@ -54,6 +54,7 @@ use serde::de::DeserializeOwned;
 
 use crate::base::codec;
 use crate::base::settings::Config;
+use crate::engine::feed::{Feed, Subscription};
 use crate::engine::{Handle, Lookup, Shared, Source};
 use crate::store::Backend;
 use crate::store::breaker::{Breaker, BreakerState};
@@ -445,14 +446,16 @@ impl Handle {
                 stats: self.scope.stats.clone(),
                 local: false,
                 generations: self.scope.generations.clone(),
+                generation_cells: self.scope.generation_cells.clone(),
             }),
         }
     }
 
-    /// Waits until every change Redis made before this call has reached this instance's L1
-    /// (a barrier on its tracking connections); at once without an L1 or while it does not
-    /// serve.
+    /// Waits until every change Redis made before this call has reached this instance's
+    /// scopes' generations (clear.rs) and its L1 (a barrier on its tracking connections; at
+    /// once without an L1 or while it does not serve).
     pub(crate) async fn sync_local_cache(&self) {
+        self.sync_generations().await; // clear.rs
         if let Some(local) = self.shared.local.as_deref() {
             own_pushes_applied(&self.shared.backend, local).await;
         }
@@ -475,7 +478,7 @@ impl Handle {
         Some(local)
     }
 
-    fn ensure_feed(&self, local: &Local) {
+    pub(crate) fn ensure_feed(&self, local: &Local) {
         if local.feed_started.load(Ordering::Relaxed)
             || local.feed_started.swap(true, Ordering::SeqCst)
         {
@@ -484,7 +487,11 @@ impl Handle {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 let timeout = self.shared.config.connect_timeout;
-                rt.spawn(feed(Arc::downgrade(&self.shared), timeout));
+                rt.spawn(crate::engine::feed::run(
+                    Arc::downgrade(&self.shared),
+                    timeout,
+                    &L1_FEED,
+                ));
             }
             // No runtime here: try again from the next read that has one.
             Err(_) => local.feed_started.store(false, Ordering::SeqCst),
@@ -707,66 +714,23 @@ async fn publish(cache: &Handle, kind: u8, body: String) {
     }
 }
 
-// ---- the feed -------------------------------------------------------------------------------
+// ---- the feed (feed.rs runs it) ------------------------------------------------------------
 
-/// How often the tracking connections are checked (each answers `ROLE` as a primary; on a
-/// cluster, the primaries are those tracked): a connection that died without closing, a
-/// failover or a new primary is noticed within about this (plus the command timeout).
-const FEED_CHECK: Duration = Duration::from_millis(250);
-
-async fn feed(shared: Weak<Shared>, timeout: Duration) {
-    let mut backoff = Duration::from_millis(20);
-    loop {
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let (Some(local), Backend::Redis(redis)) = (strong.local.clone(), &strong.backend) else {
-            return;
-        };
-        // The circuit breaker's changes: an outage is a gap too (see below).
-        let mut breaker = redis.breaker().subscribe();
-        // Pushes are applied where the connection reads them, in order with the replies on it
-        // (the writers' barrier relies on it); only the end of a connection goes to this task.
-        let (lost, mut connection_lost) = tokio::sync::mpsc::unbounded_channel::<()>();
-        let applier = shared.clone();
-        let pushes = move |push: redis::PushInfo| {
-            if push.kind == redis::PushKind::Disconnection {
-                let _ = lost.send(());
-            } else if let Some(shared) = applier.upgrade() {
-                receive(&shared, push);
-            }
-            Ok::<(), ()>(())
-        };
-        let tracking = redis.track(&local.prefix, &local.channel, pushes).await;
-        drop(strong);
-        drop(local);
-        let tracking = match tracking.map(Arc::new) {
-            Ok(tracking) => tracking,
-            Err(e) => {
-                let reason = e.to_string();
-                if matches!(e, crate::base::error::Error::Config { .. }) {
-                    tracing::error!(%reason, "L1 near cache: no client tracking; the L1 stays off");
-                } else {
-                    tracing::debug!(%reason, "L1 tracking: cannot connect, retrying");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(20);
-        // Not before the breaker is closed: while it is open, this instance's invalidations
-        // wait in its recovery queue.
-        let opens = loop {
-            let status = *breaker.borrow_and_update();
-            if status.state == BreakerState::Closed {
-                break status.opens;
-            }
-            if breaker.changed().await.is_err() {
-                return; // the cache is gone
-            }
-        };
-        let Some(local) = shared.upgrade().and_then(|s| s.local.clone()) else {
+/// The L1's tracking: every key under the root (values, tag versions), and the channel of
+/// pattern messages.
+pub(crate) static L1_FEED: Feed = Feed {
+    name: "L1 near cache",
+    refused: "the L1 stays off",
+    subscription: |shared| {
+        let local = shared.local.as_deref()?;
+        Some(Subscription {
+            prefix: local.prefix.clone(),
+            channel: Some(local.channel.clone()),
+        })
+    },
+    receive,
+    live: |shared, tracking, opens| {
+        let Some(local) = &shared.local else {
             return;
         };
         // Tracking reports changes from its `OK` on; whatever changed before is unknown:
@@ -777,73 +741,25 @@ async fn feed(shared: Weak<Shared>, timeout: Duration) {
         local.flush();
         local.opens_seen.store(opens, Ordering::Release);
         local.healthy.store(true, Ordering::Release);
+        // The root's prefix covers the generation keys: this feed tracks them too.
+        shared.generations.tracking_on(tracking);
         tracing::debug!(prefix = %local.prefix, "L1 tracking on");
-        drop(local);
-        // Checked beside, so that pushes are applied while a check waits for its answers.
-        let (gap, mut gap_noticed) = tokio::sync::oneshot::channel::<()>();
-        let checker = tokio::spawn(check_tracking(
-            shared.clone(),
-            tracking.clone(),
-            timeout,
-            gap,
-        ));
-        loop {
-            tokio::select! {
-                _ = connection_lost.recv() => break,
-                changed = breaker.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let status = *breaker.borrow_and_update();
-                    if status.state != BreakerState::Closed || status.opens != opens {
-                        // The breaker opened: a gap. Track again once it has closed.
-                        break;
-                    }
-                }
-                _ = &mut gap_noticed => break,
-            }
-        }
-        checker.abort();
-        drop(tracking);
-        // A gap: what changed meanwhile is unknown. Serve nothing until tracking is back.
-        let Some(shared) = shared.upgrade() else {
+    },
+    gap: |shared| {
+        // What changed meanwhile is unknown. Serve nothing until tracking is back.
+        let Some(local) = &shared.local else {
             return;
         };
-        if let Some(local) = &shared.local {
-            local.healthy.store(false, Ordering::Release);
-            if let Ok(mut slot) = local.tracking.write() {
-                *slot = None;
-            }
-            local.flush();
-            shared.stats.local_flush();
-            tracing::warn!(prefix = %local.prefix, "L1 tracking lost, a failover, or redis unreachable; L1 flushed, tracking again");
+        local.healthy.store(false, Ordering::Release);
+        if let Ok(mut slot) = local.tracking.write() {
+            *slot = None;
         }
-    }
-}
-
-/// Checks the tracking connections every [`FEED_CHECK`] until one fails (or the cache is
-/// gone), then reports the gap.
-async fn check_tracking(
-    shared: Weak<Shared>,
-    tracking: Arc<crate::store::redis::Tracking>,
-    timeout: Duration,
-    gap: tokio::sync::oneshot::Sender<()>,
-) {
-    loop {
-        tokio::time::sleep(FEED_CHECK).await;
-        let Some(strong) = shared.upgrade() else {
-            return;
-        };
-        let Backend::Redis(redis) = &strong.backend else {
-            return;
-        };
-        let intact = tokio::time::timeout(timeout, redis.tracking_intact(&tracking)).await;
-        if !matches!(intact, Ok(true)) {
-            let _ = gap.send(());
-            return;
-        }
-    }
-}
+        shared.generations.tracking_lost();
+        local.flush();
+        shared.stats.local_flush();
+        tracing::warn!(prefix = %local.prefix, "L1 tracking lost, a failover, or redis unreachable; L1 flushed, tracking again");
+    },
+};
 
 /// One push of a tracking connection (its end is the feed task's).
 fn receive(shared: &Shared, push: redis::PushInfo) {
@@ -859,11 +775,13 @@ fn receive(shared: &Shared, push: redis::PushInfo) {
                         if let redis::Value::BulkString(key) = key
                             && let Ok(key) = std::str::from_utf8(&key)
                         {
+                            shared.generations.heard_of(Some(key));
                             local.invalidate_tracked(key);
                         }
                     }
                 }
                 _ => {
+                    shared.generations.heard_of(None);
                     local.flush();
                     shared.stats.local_flush();
                 }

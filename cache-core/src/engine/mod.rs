@@ -2,6 +2,8 @@
 
 pub(crate) mod clear;
 pub(crate) mod crypto;
+pub(crate) mod feed;
+pub(crate) mod generations;
 pub(crate) mod lease;
 pub(crate) mod local;
 pub(crate) mod observe;
@@ -38,6 +40,8 @@ pub(crate) struct Shared {
     patterns: patterns::PatternLog,
     /// The L1 near cache, when configured on a Redis backend (local.rs).
     local: Option<Arc<crate::engine::local::Local>>,
+    /// The scopes' generations known in this process (generations.rs, clear.rs).
+    generations: generations::Generations,
     /// Lease owners, embedded locks and lock wake-ups (lease.rs).
     leases: lease::Leases,
     /// The first-level namespaces' statistics (observe.rs).
@@ -59,6 +63,8 @@ pub(crate) struct Scope {
     local: bool,
     /// The generation keys of the root and of every scope down to this one (clear.rs).
     generations: Arc<[String]>,
+    /// What this process knows of each of them, in the same order (clear.rs).
+    generation_cells: Arc<[Arc<generations::Cell>]>,
 }
 
 /// The engine's handle on a cache root: its state and the scope (namespace, tenant, default
@@ -109,14 +115,11 @@ impl Handle {
 
     fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Handle {
         let prefix = format!("{}:", config.namespace);
+        let generations = generations::Generations::new(&backend, config.strict_clear);
+        let generation = crate::store::breaker::generation_key(&prefix, &prefix);
         let scope = Scope {
-            // Scope generations only where `fast_clear` asks for them (clear.rs): each is a key
-            // every read fetches.
-            generations: if config.fast_clear {
-                Arc::from([crate::store::breaker::generation_key(&prefix)])
-            } else {
-                Arc::from([])
-            },
+            generation_cells: Arc::from([generations.cell(&generation)]),
+            generations: Arc::from([generation]),
             prefix,
             default_ttl: config.default_ttl,
             encryption: keyring.map(Arc::new),
@@ -131,6 +134,7 @@ impl Handle {
             warnings: WarnThrottle::default(),
             patterns: Default::default(),
             local,
+            generations,
             leases: Default::default(),
             namespaces: Default::default(),
             slow_log: Default::default(),
@@ -140,6 +144,7 @@ impl Handle {
             scope: Arc::new(scope),
         };
         crate::engine::observe::register_root(&cache);
+        cache.ensure_generations_feed(); // clear.rs: on now, when built in a runtime
         cache
     }
 
@@ -178,21 +183,35 @@ impl Handle {
         default_ttl: Option<Duration>,
         stats: Arc<crate::base::observe::NsStats>,
     ) -> Handle {
-        let generations = if prefix == self.scope.prefix || !self.shared.config.fast_clear {
-            self.scope.generations.clone()
+        let (generations, generation_cells) = if prefix == self.scope.prefix {
+            (
+                self.scope.generations.clone(),
+                self.scope.generation_cells.clone(),
+            )
         } else {
-            let own = crate::store::breaker::generation_key(&prefix);
-            self.scope
-                .generations
-                .iter()
-                .cloned()
-                .chain([own])
-                .collect()
+            let root = format!("{}:", self.shared.config.namespace);
+            let own = crate::store::breaker::generation_key(&root, &prefix);
+            let cell = self.shared.generations.cell(&own);
+            (
+                self.scope
+                    .generations
+                    .iter()
+                    .cloned()
+                    .chain([own])
+                    .collect(),
+                self.scope
+                    .generation_cells
+                    .iter()
+                    .cloned()
+                    .chain([cell])
+                    .collect(),
+            )
         };
         Handle {
             shared: self.shared.clone(),
             scope: Arc::new(Scope {
                 generations,
+                generation_cells,
                 prefix,
                 default_ttl,
                 encryption: self.scope.encryption.clone(),
@@ -289,12 +308,14 @@ impl Handle {
             },
             None => None,
         };
+        let (generation_keys, heard) = self.generations_to_read(); // clear.rs
         let (bytes, generations) = self
             .shared
             .backend
-            .get_with_scope(&full, &[] as &[&str], self.generation_keys())
+            .get_with_scope(&full, &[] as &[&str], generation_keys)
             .await
             .inspect_err(|e| self.backend_err("get", &full, e))?;
+        self.learn_generations(heard, &generations);
         let found = self
             .decode_hit(&full, bytes.as_deref(), Some((&[], &generations)), 0)
             .await;
@@ -333,9 +354,9 @@ impl Handle {
                     return Ok(Lookup::Miss);
                 }
                 // Tags, and the generations of the scopes (clear.rs): every read checks those.
-                // An entry without tags read through a scope without generations (the
-                // common case) has nothing to check.
-                let unchecked = env.tags().next().is_none() && self.generation_keys().is_empty();
+                // An entry without tags read through scopes known never to have been cleared
+                // (the common case) has nothing to check.
+                let unchecked = env.tags().next().is_none() && self.never_cleared();
                 if !unchecked && !tags::still_valid(self, env.tags(), known_versions).await? {
                     self.count_miss(MissReason::TagInvalidated);
                     stats.miss();
@@ -382,9 +403,11 @@ impl Handle {
             .iter()
             .map(|k| self.full_key(k))
             .collect::<Result<_>>()?;
-        // The scopes' generations (clear.rs) in the same `MGET` as the values.
+        // The scopes' generations (clear.rs), when not known here, in the same `MGET` as the
+        // values.
         let generations = self.generation_keys();
-        let asked: Vec<String> = full.iter().chain(generations).cloned().collect();
+        let (to_read, heard) = self.generations_to_read();
+        let asked: Vec<String> = full.iter().chain(to_read).cloned().collect();
         let mut found = self
             .shared
             .backend
@@ -396,6 +419,7 @@ impl Handle {
             .iter()
             .map(|g| g.as_deref().and_then(codec::decode_version))
             .collect();
+        self.learn_generations(heard, &generation_versions);
         // The versions of every tag the entries record, read together: one more round trip
         // in all, not one per tagged entry.
         let mut tag_keys: Vec<String> = found
@@ -470,7 +494,13 @@ impl Handle {
             .iter()
             .map(|t| tags::checked_tag(t).map(|t| self.tag_key(t)))
             .collect::<Result<Vec<_>>>()?;
-        let versions = tags::current_versions(self, &tag_keys, None).await?;
+        let versions = match tags::current_versions(self, &tag_keys, None).await {
+            Ok(versions) => versions,
+            Err(e) => {
+                self.shared.backend.write_failed(&[full], &e).await;
+                return Err(e);
+            }
+        };
         self.store(&full, value, ttl, (&tag_keys, &versions), 0, 0)
             .await
     }
@@ -633,10 +663,19 @@ impl Handle {
     ) -> Result<()> {
         let mut op = self.op(Operation::Mset);
         let ttl = crate::base::limits::ttl(self.ttl_or_default(ttl.into()))?;
-        let generations = tags::current_versions(self, &[], None).await?; // clear.rs
+        let full: Vec<String> = items
+            .iter()
+            .map(|(k, _)| self.full_key(k))
+            .collect::<Result<_>>()?;
+        let generations = match tags::current_versions(self, &[], None).await {
+            Ok(generations) => generations, // clear.rs
+            Err(e) => {
+                self.shared.backend.write_failed(&full, &e).await;
+                return Err(e);
+            }
+        };
         let mut writes = Vec::with_capacity(items.len());
-        for (k, v) in items {
-            let full = self.full_key(k)?;
+        for ((_, v), full) in items.iter().zip(full) {
             let bytes = self.encode(&full, v, ttl, (&[], &generations), 0, 0)?;
             writes.push((full, bytes, ttl));
         }

@@ -47,28 +47,58 @@ pub(crate) fn checked_tag(tag: &str) -> Result<&str> {
 /// The current version of each tag key, creating the missing ones, then the current
 /// generation of each scope of `cache` (clear.rs; a missing one is 0, never cleared), to
 /// record in an entry. `known` holds versions already read in the same round trip as the
-/// value, in the same order.
+/// value, in the same order: the tags', then the generations' when the read fetched them.
 pub(crate) async fn current_versions(
     cache: &Handle,
     tag_keys: &[String],
     known: Option<Vec<Option<u64>>>,
 ) -> Result<Vec<u64>> {
-    let generations = cache.generation_keys();
-    let versions = match known {
-        Some(v) if v.len() == tag_keys.len() + generations.len() => v,
-        _ => {
-            let keys: Vec<&str> = tag_keys
-                .iter()
-                .chain(generations)
-                .map(String::as_str)
-                .collect();
-            cache.backend_ref().versions(&keys).await?
+    let generation_count = cache.generation_keys().len();
+    let (mut tag_versions, mut generation_versions) = match known {
+        Some(mut v) if v.len() == tag_keys.len() + generation_count => {
+            let g = v.split_off(tag_keys.len());
+            (Some(v), Some(g))
         }
+        Some(v) if v.len() == tag_keys.len() => (Some(v), None),
+        _ => (None, None),
     };
-    let (tag_versions, generation_versions) = versions.split_at(tag_keys.len());
+    // The generations known here (tracking on), else read with what is missing.
+    let (to_read, heard) = match generation_versions {
+        Some(_) => (&[][..], 0),
+        None => cache.generations_to_read(),
+    };
+    if generation_versions.is_none() && to_read.is_empty() {
+        generation_versions = (0..generation_count)
+            .map(|i| cache.known_generation(i).map(Some))
+            .collect();
+    }
+    if tag_versions.is_none() || generation_versions.is_none() {
+        let keys: Vec<&str> = (tag_versions.is_none().then_some(tag_keys))
+            .into_iter()
+            .flatten()
+            .chain(
+                generation_versions
+                    .is_none()
+                    .then_some(cache.generation_keys())
+                    .into_iter()
+                    .flatten(),
+            )
+            .map(String::as_str)
+            .collect();
+        let mut read = cache.backend_ref().versions(&keys).await?.into_iter();
+        if tag_versions.is_none() {
+            tag_versions = Some(read.by_ref().take(tag_keys.len()).collect());
+        }
+        if generation_versions.is_none() {
+            let read: Vec<Option<u64>> = read.collect();
+            cache.learn_generations(heard, &read);
+            generation_versions = Some(read);
+        }
+    }
+    let tag_versions = tag_versions.unwrap_or_default();
     let missing: Vec<&str> = tag_keys
         .iter()
-        .zip(tag_versions)
+        .zip(&tag_versions)
         .filter(|(_, v)| v.is_none())
         .map(|(k, _)| k.as_str())
         .collect();
@@ -91,7 +121,12 @@ pub(crate) async fn current_versions(
         // A version key deleted between its creation and the read records 0, which never
         // matches: the entry is a miss, never a stale hit.
         .map(|v| v.or_else(|| created.next().flatten()).unwrap_or(0))
-        .chain(generation_versions.iter().map(|g| g.unwrap_or(0)))
+        .chain(
+            generation_versions
+                .unwrap_or_default()
+                .iter()
+                .map(|g| g.unwrap_or(0)),
+        )
         .collect())
 }
 
@@ -119,8 +154,11 @@ pub(crate) async fn still_valid(
             .or_else(|| keys.iter().position(|k| k.as_str() == key))
             .and_then(|i| versions.get(i).copied())
             .or_else(|| {
+                // Read with the entry, or known here (clear.rs).
                 let i = generations.iter().position(|g| g.as_str() == key)?;
-                known_generations.map(|g| g[i])
+                known_generations
+                    .map(|g| g[i])
+                    .or_else(|| cache.known_generation(i).map(Some))
             })
     };
     let mut unknown: Vec<(&str, u64)> = Vec::new();

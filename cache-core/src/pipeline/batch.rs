@@ -588,6 +588,7 @@ impl Pipeline {
                 }
                 continue;
             };
+            // Its tags' versions, then the scopes' generations (after every tag of the batch).
             let element_versions: Vec<u64> = versions
                 .as_ref()
                 .map(|all| {
@@ -601,6 +602,7 @@ impl Pipeline {
                                 .copied()
                                 .unwrap_or(0)
                         })
+                        .chain(all.get(tag_keys.len()..).unwrap_or(&[]).iter().copied())
                         .collect()
                 })
                 .unwrap_or_default();

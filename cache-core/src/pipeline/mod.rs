@@ -351,10 +351,14 @@ impl Pipeline {
         let epoch = landings();
         let mut known = None;
         let mut stale = None;
+        let (generation_keys, heard) = self.generations_to_read(); // engine/clear.rs
         let read = (self.backend_ref())
-            .get_with_scope(full, tag_keys, self.generation_keys()) // engine/clear.rs
+            .get_with_scope(full, tag_keys, generation_keys)
             .await;
         op.read_done(); // ops: read latency
+        if let Ok((_, versions)) = &read {
+            self.learn_generations(heard, versions.get(tag_keys.len()..).unwrap_or(&[]));
+        }
         match read {
             Ok((bytes, versions)) if policy.reads_plainly() => {
                 match self

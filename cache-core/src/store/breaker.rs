@@ -151,35 +151,34 @@ pub(crate) enum Invalidation {
     Clear(String),
 }
 
-/// What the generation key of a scope ends with (engine/clear.rs). Known here because the
-/// recovery queue escalates to a clear of the root.
-pub(crate) const GENERATION_MARK: &str = "~clear";
+/// What follows the root's prefix in a scope's generation key (engine/clear.rs). Known here
+/// because the recovery queue escalates to a clear of the root.
+pub(crate) const GENERATION_MARK: &str = "~clear:";
 
-/// What the queue escalates to when it is full: a clear of the root. With `fast_clear`, one
-/// move of the root's generation; without it (reads fetch no generation), an invalidation by
-/// pattern of the root's every key, a `SCAN` of the keyspace when Redis is back.
+/// What the queue escalates to when it is full: a clear of the root, one move of its
+/// generation.
 fn escalation(config: &Config) -> Invalidation {
     let root = format!("{}:", config.namespace);
-    if config.fast_clear {
-        return Invalidation::Clear(generation_key(&root));
-    }
-    let mut glob = String::with_capacity(root.len() + 2);
-    for c in root.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            glob.push('\\');
-        }
-        glob.push(c);
-    }
-    glob.push('*');
-    Invalidation::Pattern(glob)
+    Invalidation::Clear(generation_key(&root, &root))
 }
 
-/// The generation key of the scope `prefix` (`root:`, `root:ns:`, ...). `~` starts no user
-/// key, so it never collides with a value.
-pub(crate) fn generation_key(prefix: &str) -> String {
-    let mut k = String::with_capacity(prefix.len() + GENERATION_MARK.len());
-    k.push_str(prefix);
+/// Where every generation key of the root `root` (`<namespace>:`) starts: what the
+/// generations' tracking covers (engine/clear.rs).
+pub(crate) fn generation_prefix(root: &str) -> String {
+    let mut k = String::with_capacity(root.len() + GENERATION_MARK.len());
+    k.push_str(root);
     k.push_str(GENERATION_MARK);
+    k
+}
+
+/// The generation key of the scope `prefix` (`root:`, `root:ns:`, `root:@t:`, ...) of the
+/// root `root`: `root:~clear:` then what the scope adds (`ns:`, `@t:`). `~` starts no user
+/// key, so it never collides with a value; all of a root's share one prefix, which tracking
+/// covers without covering values.
+pub(crate) fn generation_key(root: &str, prefix: &str) -> String {
+    let rest = prefix.strip_prefix(root).unwrap_or(prefix);
+    let mut k = generation_prefix(root);
+    k.push_str(rest);
     k
 }
 
@@ -230,7 +229,7 @@ pub(crate) struct Breaker {
     /// stayed closed.
     retrying: AtomicBool,
     /// What an invalidation the queue cannot hold escalates to: a clear of the root (its
-    /// generation moved on with `fast_clear`, else an invalidation by pattern of the root).
+    /// generation moved on).
     escalation: Invalidation,
     /// The backend that owns this breaker, for its recovery task (a `Weak`, so that the task
     /// ends when the backend is dropped).
@@ -873,25 +872,16 @@ mod tests {
         b.put_back(vec![(Invalidation::Key("k0".into()), Duration::ZERO)]);
         assert_eq!(b.queued(), QUEUE_CAPACITY + 1, "a newer entry is kept");
         let items = b.take_all();
+        let root = format!("{}:", Config::default().namespace);
         assert_eq!(
             items.last().map(|(item, _)| item),
-            Some(&Invalidation::Pattern(format!(
-                "{}:*",
-                Config::default().namespace
-            ))),
-            "the escalation comes after what it covers"
+            Some(&Invalidation::Clear(generation_key(&root, &root))),
+            "the escalation, a clear of the root, comes after what it covers"
         );
-        // With `fast_clear`, the escalation moves the root's generation instead.
-        let fast = Breaker::new(
-            &Config {
-                fast_clear: true,
-                ..Config::default()
-            },
-            Weak::new(),
-        );
+        assert_eq!(generation_key(&root, &root), format!("{root}~clear:"));
         assert_eq!(
-            fast.escalation,
-            Invalidation::Clear(generation_key(&format!("{}:", Config::default().namespace)))
+            generation_key(&root, &format!("{root}a:@t:")),
+            format!("{root}~clear:a:@t:")
         );
     }
 

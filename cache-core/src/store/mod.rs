@@ -126,6 +126,17 @@ impl Backend {
         dispatch!(self.set(key, value, ttl))
     }
 
+    /// A write of `keys` that failed with `e` before its command was sent (reading the
+    /// versions to record): Redis keeps what it held, which the caller meant to replace; if
+    /// Redis was out of reach, the keys are invalidated when it is back, as for a failed
+    /// `SET` (store/breaker.rs).
+    pub(crate) async fn write_failed(&self, keys: &[String], e: &crate::base::error::Error) {
+        if let Backend::Redis(redis) = self {
+            let hold = redis.breaker().hold();
+            redis.not_reached(e, |b| b.queue_keys(keys, hold)).await;
+        }
+    }
+
     /// Writes `value` only if `key` still holds what a read found (`seen`; `None`: nothing);
     /// true if it wrote. What keeps a computation from storing over an invalidation that
     /// landed while it ran.

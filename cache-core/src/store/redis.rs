@@ -657,6 +657,17 @@ impl RedisBackend {
         if tag_keys.is_empty() && generation_keys.is_empty() {
             return Ok((self.get(key).await?, Vec::new()));
         }
+        if self.cluster {
+            // One `MGET` per hash slot: redis-rs's own split of a multi-slot `MGET` answered
+            // "Mismatch in the number of multi-slot results" on a cluster with replicas.
+            let others: Vec<String> = tag_keys
+                .iter()
+                .map(|k| k.as_ref().to_owned())
+                .chain(generation_keys.iter().map(|k| k.as_ref().to_owned()))
+                .collect();
+            let (mut values, versions) = self.get_many_with_versions(&[key], &others).await?;
+            return Ok((values.pop().flatten(), versions));
+        }
         self.breaker.settle_before_read(self).await?;
         // One command for the value and its tags' versions: cheaper to send and to parse
         // than a GET+MGET pipeline. The reply is taken apart by value, not converted through
@@ -696,6 +707,10 @@ impl RedisBackend {
     pub(crate) async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.cluster {
+            // One `MGET` per hash slot (see `get_with_scope`).
+            return Ok(self.get_many_with_versions(keys, &[]).await?.0);
         }
         self.breaker.settle_before_read(self).await?;
         let mut cmd = redis::cmd("MGET");

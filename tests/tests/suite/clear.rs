@@ -22,23 +22,23 @@ async fn within<F: std::future::Future<Output = bool>>(
     started.elapsed()
 }
 
-/// Both backends, each with scope generations (`fast_clear`: a clear is one command) and
-/// without (the default: a clear is an invalidation by pattern); the guarantees are the same.
+/// Both backends, each with the generations known in process (the default: tracked) and
+/// fetched by every read (`strict_clear`); the guarantees are the same.
 fn both_kinds() -> Vec<(String, Cache)> {
     let mut all = Vec::new();
-    for fast in [false, true] {
+    for strict in [false, true] {
         let memory = Cache::builder()
             .in_memory()
             .namespace(tests::unique_namespace().as_str())
-            .fast_clear(fast)
+            .strict_clear(strict)
             .build()
             .expect("builds");
         let redis = tests::redis_builder()
-            .fast_clear(fast)
+            .strict_clear(strict)
             .build()
             .expect("builds");
-        all.push((format!("memory, fast_clear {fast}"), memory));
-        all.push((format!("redis, fast_clear {fast}"), redis));
+        all.push((format!("memory, strict_clear {strict}"), memory));
+        all.push((format!("redis, strict_clear {strict}"), redis));
     }
     all
 }
@@ -172,15 +172,12 @@ async fn a_computation_running_across_a_clear_does_not_revive_the_old_value() {
 /// after the clear still hit rather than all turning into misses.
 #[tokio::test]
 async fn a_generation_key_lost_after_a_clear_keeps_the_entries_written_after_it() {
-    let cache = tests::redis_builder()
-        .fast_clear(true)
-        .build()
-        .expect("builds");
+    let cache = tests::redis_builder().build().expect("builds");
     let users = cache.namespace("users");
     users.clear().await.expect("clear");
     users.set("after", &1u32, None).await.expect("set");
     let mut con = tests::raw_connection().await;
-    let generation = format!("{}~clear", users.key_prefix());
+    let generation = format!("{}~clear:users:", cache.key_prefix());
     let deleted: i64 = redis::cmd("DEL")
         .arg(&generation)
         .query_async(&mut con)
@@ -241,6 +238,126 @@ async fn no_instance_serves_a_cleared_value_from_redis_or_its_l1() {
     for _ in 0..10 {
         assert_eq!(get(&nb, "k").await, None, "not served again");
     }
+}
+
+/// Two instances on one deployment, neither with an L1: one clears, and the other, which knew
+/// the scope's generation (its hits read no generation key), hears of it through tracking. So
+/// it does of a generation key changed by any other client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_instance_hears_of_a_clear_through_tracking() {
+    let namespace = tests::unique_namespace();
+    let build = || {
+        tests::redis_builder()
+            .namespace(namespace.as_str())
+            .build()
+            .expect("builds")
+    };
+    let (a, b) = (build(), build());
+    b.sync_local_cache().await; // its generations' tracking is on
+    let (na, nb) = (a.namespace("n"), b.namespace("n"));
+    na.set("k", &1u32, None).await.expect("set");
+    assert_eq!(
+        get(&nb, "k").await,
+        Some(1),
+        "read, and the generations learned"
+    );
+    assert_eq!(get(&nb, "k").await, Some(1));
+
+    na.clear().await.expect("clear");
+    b.sync_local_cache().await; // every push sent before it was applied
+    assert_eq!(get(&nb, "k").await, None, "b heard of a's clear");
+    na.set("k", &2u32, None).await.expect("set");
+    assert_eq!(get(&nb, "k").await, Some(2), "written after the clear");
+
+    // Another client moves the generation on (as a clear from another deployment would).
+    let mut raw = tests::raw_connection().await;
+    let generation = format!("{}~clear:n:", a.key_prefix());
+    let _: i64 = redis::cmd("INCR")
+        .arg(&generation)
+        .query_async(&mut raw)
+        .await
+        .expect("INCR");
+    b.sync_local_cache().await;
+    assert_eq!(
+        get(&nb, "k").await,
+        None,
+        "b heard of the other client's change"
+    );
+}
+
+/// `CLIENT TRACKING` connections at `server`, by id.
+async fn tracking_clients(server: &tests::RedisServer) -> Vec<String> {
+    let mut con = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut con)
+        .await
+        .expect("CLIENT LIST");
+    clients
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The generations' tracking connection killed: a gap. The instance forgets what it knew
+/// (its reads fetch the generations meanwhile), tracks again, and hears of the next clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_generation_tracking_connection_is_a_gap() {
+    let server = tests::RedisServer::start();
+    let namespace = tests::unique_namespace();
+    let build = || {
+        Cache::builder()
+            .url(server.url())
+            .namespace(namespace.as_str())
+            .build()
+            .expect("builds")
+    };
+    let (a, b) = (build(), build());
+    a.sync_local_cache().await;
+    b.sync_local_cache().await;
+    a.set("k", &1u32, None).await.expect("set");
+    assert_eq!(get(&b, "k").await, Some(1));
+    let before = tracking_clients(&server).await;
+    assert_eq!(before.len(), 2, "one tracking connection per instance");
+    let mut admin = server
+        .client()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    for id in &before {
+        let _: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT KILL");
+    }
+    a.clear().await.expect("clear");
+    // Whether b noticed the gap yet or not, it trusts nothing it cannot confirm.
+    b.sync_local_cache().await;
+    assert_eq!(get(&b, "k").await, None, "the clear made during the gap");
+    a.set("k", &2u32, None).await.expect("set");
+    assert_eq!(get(&b, "k").await, Some(2));
+    within("both track again", Duration::from_secs(10), || async {
+        let now = tracking_clients(&server).await;
+        now.len() == 2 && now.iter().all(|id| !before.contains(id))
+    })
+    .await;
+    b.sync_local_cache().await;
+    assert_eq!(get(&b, "k").await, Some(2), "learned again");
+    a.clear().await.expect("clear");
+    b.sync_local_cache().await;
+    assert_eq!(get(&b, "k").await, None, "heard through the new connection");
 }
 
 // ---- no invalidation lost ------------------------------------------------------------------

@@ -139,11 +139,14 @@ async fn a_killed_tracking_connection_flushes_the_l1_before_it_serves_again() {
         .arg("LIST")
         .query(&mut con)
         .expect("client list");
+    // b's: tracking, and subscribed to the L1's channel (`quiet`, without an L1, tracks its
+    // scopes' generations only, unsubscribed).
     let tracking: Vec<&str> = clients
         .lines()
         .filter(|l| {
             l.split(' ')
                 .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+                && l.split(' ').any(|f| f == "sub=1")
         })
         .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
         .collect();

@@ -1,6 +1,7 @@
-//! The Redis backend's tracking connections for the L1 (ARCHITECTURE.md §4, "The L1 and
-//! server-assisted tracking"): opened per node that holds keys, checked, and used as a
-//! barrier after a write. A child of redis.rs: it uses the backend's connector and timeouts.
+//! The Redis backend's tracking connections, for the L1 and the scopes' generations
+//! (ARCHITECTURE.md §4, "The L1 and server-assisted tracking"): opened per node that holds
+//! keys, checked, and used as a barrier after a write. A child of redis.rs: it uses the
+//! backend's connector and timeouts.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,14 +11,25 @@ use redis::RedisError;
 use super::RedisBackend;
 use crate::base::error::{Error, Result};
 
-/// The L1's tracking connections (see [`RedisBackend::track`]); dropping every clone closes
-/// them.
+/// Tracking connections (see [`RedisBackend::track`]); dropping every clone closes them.
 #[derive(Clone)]
 pub(crate) struct Tracking {
     connections: Vec<redis::aio::MultiplexedConnection>,
     /// On a cluster, the primaries tracked (sorted), to notice a topology change.
     primaries: Vec<(String, u16)>,
     broken: Arc<AtomicBool>,
+}
+
+#[cfg(test)]
+impl Tracking {
+    /// No connection: for the unit tests of what holds one.
+    pub(crate) fn none() -> Tracking {
+        Tracking {
+            connections: Vec::new(),
+            primaries: Vec::new(),
+            broken: Arc::new(AtomicBool::new(false)),
+        }
+    }
 }
 
 fn is_primary_role(role: &redis::Value) -> bool {
@@ -29,10 +41,10 @@ fn is_primary_role(role: &redis::Value) -> bool {
 }
 
 impl RedisBackend {
-    /// Turns server-assisted invalidation on for the L1 (ARCHITECTURE.md §4, "The L1 and
-    /// server-assisted tracking"): one RESP3 connection per node that holds keys (the server,
-    /// Sentinel's primary now, every cluster primary), each with `CLIENT TRACKING on BCAST
-    /// PREFIX <prefix>` and subscribed to `channel`. Every change of a key under `prefix`
+    /// Turns server-assisted invalidation on (ARCHITECTURE.md §4, "The L1 and server-assisted
+    /// tracking"): one RESP3 connection per node that holds keys (the server, Sentinel's
+    /// primary now, every cluster primary), each with `CLIENT TRACKING on BCAST PREFIX
+    /// <prefix>` and subscribed to `channel`, if any. Every change of a key under `prefix`
     /// by any client (expiry, eviction and `FLUSHDB` included) then arrives on `pushes` as an
     /// `invalidate` push, the channel's messages as `message` pushes, and a lost connection
     /// as a `Disconnection` push. Around the breaker, bounded by the connect and command
@@ -40,7 +52,7 @@ impl RedisBackend {
     pub(crate) async fn track(
         &self,
         prefix: &str,
-        channel: &str,
+        channel: Option<&str>,
         pushes: impl redis::aio::AsyncPushSender,
     ) -> Result<Tracking> {
         let primaries = if self.cluster {
@@ -89,14 +101,16 @@ impl RedisBackend {
                     connect(e)
                 } else {
                     Error::Config {
-                        setting: "local_cache",
+                        setting: "client tracking",
                         reason: format!(
-                            "the server refused `CLIENT TRACKING` ({e}); the L1 near cache needs Redis 6 or newer (RESP3 and client tracking) and, with ACLs, `+client|tracking +subscribe`: it stays off"
+                            "the server refused `CLIENT TRACKING` ({e}); the L1 near cache and the generations that make `clear` cheap to check need Redis 6 or newer (RESP3 and client tracking) and, with ACLs, `+client|tracking +subscribe`"
                         ),
                     }
                 }
             })?;
-            conn.subscribe(channel).await.map_err(connect)?;
+            if let Some(channel) = channel {
+                conn.subscribe(channel).await.map_err(connect)?;
+            }
             connections.push(conn);
         }
         Ok(Tracking {
