@@ -20,7 +20,11 @@ pub(crate) fn is_generation_key(key: &str) -> bool {
         .is_some_and(|i| key[i..].starts_with(GENERATION_MARK))
 }
 
-/// The scopes' generations known in this process (one per cache root).
+/// The scopes' generations known in this process (one per cache root). Every read loads
+/// `heard` and `live`: aligned to its own cache lines, away from counters every operation
+/// writes (the root's statistics beside it in `Shared`), which would make each load a miss
+/// on another core's write.
+#[repr(align(128))]
 pub(crate) struct Generations {
     /// Moved by every change of a generation key tracking reports, by every gap, and when
     /// tracking comes on: a generation learned before is no longer known.
@@ -46,8 +50,11 @@ struct Cells {
     purge_at: usize,
 }
 
-/// One scope's generation as known here.
+/// One scope's generation as known here. Read by every read of the scope: on cache lines of
+/// its own (the allocations made beside it, such as the namespace's statistics, are written
+/// by every operation).
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub(crate) struct Cell {
     /// The largest generation learned.
     value: AtomicU64,
