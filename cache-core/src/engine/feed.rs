@@ -52,6 +52,7 @@ const FEED_CHECK: Duration = Duration::from_millis(250);
 /// Runs `feed` for the root `shared` until the root is dropped.
 pub(crate) async fn run(shared: Weak<Shared>, timeout: Duration, feed: &'static Feed) {
     let mut backoff = Duration::from_millis(20);
+    let mut refusal_logged = false;
     loop {
         let Some(strong) = shared.upgrade() else {
             return;
@@ -98,7 +99,9 @@ pub(crate) async fn run(shared: Weak<Shared>, timeout: Duration, feed: &'static 
             Ok(tracking) => tracking,
             Err(e) => {
                 let reason = e.to_string();
-                if matches!(e, crate::base::error::Error::Config { .. }) {
+                if matches!(e, crate::base::error::Error::Config { .. }) && !refusal_logged {
+                    // Once: the server (or the ACL user) will refuse the same way every time.
+                    refusal_logged = true;
                     tracing::error!(feed = feed.name, %reason, "no client tracking; {}", feed.refused);
                 } else {
                     tracing::debug!(feed = feed.name, %reason, "tracking: cannot connect, retrying");
