@@ -59,6 +59,43 @@ impl Round {
     }
 }
 
+/// A round of a visibility workload: one delay per cycle (how soon a change made in one place
+/// is seen in another). `cycle(i)` makes its change and returns the delay it measured
+/// (usually with [`poll_until`]). Cycles run for the plan's warm-up (discarded), then for its
+/// round time (at least one); p50/p99 are of the delays, ops/s counts cycles.
+pub async fn delay_round<Fut: Future<Output = Duration>>(
+    plan: &Plan,
+    mut cycle: impl FnMut(u64) -> Fut,
+) -> Round {
+    let mut i = 0u64;
+    let mut run_for = async |time: Duration| {
+        let started = Instant::now();
+        let mut delays = Vec::new();
+        while started.elapsed() < time || delays.is_empty() {
+            delays.push(cycle(i).await.as_nanos() as u64);
+            i += 1;
+        }
+        (started.elapsed(), delays)
+    };
+    let _ = run_for(plan.warmup).await;
+    let (elapsed, mut delays) = run_for(plan.round_time).await;
+    Round::of_delays(elapsed, &mut delays)
+}
+
+/// Polls `done` until it holds, yielding between polls; how long that took. Panics with
+/// `what` after 5 s.
+pub async fn poll_until<Fut: Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> Fut,
+) -> Duration {
+    let t0 = Instant::now();
+    while !done().await {
+        assert!(t0.elapsed() < Duration::from_secs(5), "{what}");
+        tokio::task::yield_now().await;
+    }
+    t0.elapsed()
+}
+
 /// The rounds of one workload, and their medians.
 #[derive(Debug, Clone, Default)]
 pub struct Measurement {

@@ -3,11 +3,9 @@
 //! that they publish nothing. Measured with `measure` and `Round` like every other row; the
 //! L1 hit row itself is `ours L1 hit c=64` in workloads.rs, with a bar here.
 
-use std::time::{Duration, Instant};
-
 use cache_core::{Cache, Lookup, Source};
 
-use crate::measure::{measure, Round};
+use crate::measure::{delay_round, measure, poll_until, Round};
 use crate::workloads::{Bar, Ctx, Expect, Target, User, Workload, TTL};
 
 /// Keys the write rows cycle through.
@@ -121,65 +119,44 @@ enum Writer {
 /// it misses. p50/p99 are of that delay; ops/s counts whole cycles.
 async fn visibility(cx: &'static Ctx, writer: Writer) -> Round {
     let reader = &cx.l1;
-    let run_for = |time: Duration| async move {
-        let started = Instant::now();
-        let mut delays = Vec::new();
-        let mut i = 0u64;
-        while started.elapsed() < time || delays.is_empty() {
-            let id = VISIBILITY_IDS + (i % 64);
-            i += 1;
-            let name = format!("nvis:{id}");
-            cx.ours.set(&name, &User::load(id), TTL).await.expect("set");
-            // Read until the L1 holds it: the push about the write above (by another
-            // instance) may still drop the first copy read.
-            let t0 = Instant::now();
-            while !matches!(
+    delay_round(&cx.plan, |i| async move {
+        let id = VISIBILITY_IDS + (i % 64);
+        let name = format!("nvis:{id}");
+        let in_l1 = || async {
+            matches!(
                 reader.lookup::<User>(&name).await.expect("lookup"),
                 Lookup::Hit {
                     source: Source::Local,
                     ..
                 }
-            ) {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(5),
-                    "the L1 never held {name}"
-                );
+            )
+        };
+        cx.ours.set(&name, &User::load(id), TTL).await.expect("set");
+        // Read until the L1 holds it: the push about the write above (by another instance)
+        // may still drop the first copy read.
+        poll_until("the L1 never held the key", in_l1).await;
+        match writer {
+            Writer::WithoutL1 => cx.ours.set(&name, &User::load(id), TTL).await.expect("set"),
+            Writer::PlainClient => {
+                let full = cx.ours.full_key(&name).expect("key");
+                let mut conn = cx.raw.clone();
+                let bytes: Vec<u8> = redis::cmd("GET")
+                    .arg(&full)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("GET");
+                let _: () = redis::cmd("SET")
+                    .arg(&full)
+                    .arg(bytes)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("SET");
             }
-            match writer {
-                Writer::WithoutL1 => cx.ours.set(&name, &User::load(id), TTL).await.expect("set"),
-                Writer::PlainClient => {
-                    let full = cx.ours.full_key(&name).expect("key");
-                    let mut conn = cx.raw.clone();
-                    let bytes: Vec<u8> = redis::cmd("GET")
-                        .arg(&full)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("GET");
-                    let _: () = redis::cmd("SET")
-                        .arg(&full)
-                        .arg(bytes)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("SET");
-                }
-            }
-            let t0 = Instant::now();
-            while let Lookup::Hit {
-                source: Source::Local,
-                ..
-            } = reader.lookup::<User>(&name).await.expect("lookup")
-            {
-                assert!(
-                    t0.elapsed() < Duration::from_secs(5),
-                    "the invalidation never arrived"
-                );
-                tokio::task::yield_now().await;
-            }
-            delays.push(t0.elapsed().as_nanos() as u64);
         }
-        (started.elapsed(), delays)
-    };
-    let _ = run_for(cx.plan.warmup).await;
-    let (elapsed, mut delays) = run_for(cx.plan.round_time).await;
-    Round::of_delays(elapsed, &mut delays)
+        poll_until("the invalidation never arrived", || async {
+            !in_l1().await
+        })
+        .await
+    })
+    .await
 }

@@ -8,9 +8,9 @@
 //! the one call; ops/s is keys made unreadable per second, p50 the time of the call.
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::measure::Round;
+use crate::measure::{delay_round, poll_until, Round};
 use crate::workloads::{Ctx, Expect, Workload, TTL};
 
 /// Keys in the namespace each round clears.
@@ -92,33 +92,18 @@ async fn clear_namespace(cx: &'static Ctx) -> Round {
 async fn clear_visibility(cx: &'static Ctx) -> Round {
     let writer = cx.ours.namespace("trust-vis");
     let reader = cx.l1.without_local_cache().namespace("trust-vis");
-    let run_for = |time: Duration| {
+    delay_round(&cx.plan, |_| {
         let (writer, reader) = (writer.clone(), reader.clone());
         async move {
-            let started = Instant::now();
-            let mut delays = Vec::new();
-            while started.elapsed() < time || delays.is_empty() {
-                writer.set("k", &1u32, TTL).await.expect("set");
-                let t0 = Instant::now();
-                while reader.get::<u32>("k").await.expect("get").is_none() {
-                    assert!(t0.elapsed() < Duration::from_secs(5), "never read");
-                    tokio::task::yield_now().await;
-                }
-                writer.clear().await.expect("clear");
-                let t0 = Instant::now();
-                while reader.get::<u32>("k").await.expect("get").is_some() {
-                    assert!(
-                        t0.elapsed() < Duration::from_secs(5),
-                        "the clear never reached the other instance"
-                    );
-                    tokio::task::yield_now().await;
-                }
-                delays.push(t0.elapsed().as_nanos() as u64);
-            }
-            (started.elapsed(), delays)
+            writer.set("k", &1u32, TTL).await.expect("set");
+            let read = || async { reader.get::<u32>("k").await.expect("get") };
+            poll_until("never read", || async { read().await.is_some() }).await;
+            writer.clear().await.expect("clear");
+            poll_until("the clear never reached the other instance", || async {
+                read().await.is_none()
+            })
+            .await
         }
-    };
-    let _ = run_for(cx.plan.warmup).await;
-    let (elapsed, mut delays) = run_for(cx.plan.round_time).await;
-    Round::of_delays(elapsed, &mut delays)
+    })
+    .await
 }

@@ -1025,52 +1025,38 @@ async fn ours_l1_hit(cx: &'static Ctx, concurrency: usize) -> Round {
 async fn l1_visibility(cx: &'static Ctx) -> Round {
     use cache_core::{Lookup, Source};
     let (a, b) = (&cx.l1_writer, &cx.l1);
-    let run_for = |time: Duration| async move {
-        let started = std::time::Instant::now();
-        let mut delays = Vec::new();
-        let mut i = 0u64;
-        while started.elapsed() < time || delays.is_empty() {
-            let id = FIRST_MISS_ID / 2 + (i % 64);
-            i += 1;
-            let key = format!("vis:{id}");
-            let tag = format!("vis-org:{id}");
-            ok(
-                b.set_tagged(&key, &User::load(id), TTL, &[tag.as_str()])
-                    .await,
-                "set",
-            );
-            // Once from Redis (kept in the L1), then from the L1.
-            let _ = ok(b.lookup::<User>(&key).await, "lookup");
-            match ok(b.lookup::<User>(&key).await, "lookup") {
+    crate::measure::delay_round(&cx.plan, |i| async move {
+        let id = FIRST_MISS_ID / 2 + (i % 64);
+        let key = format!("vis:{id}");
+        let tag = format!("vis-org:{id}");
+        ok(
+            b.set_tagged(&key, &User::load(id), TTL, &[tag.as_str()])
+                .await,
+            "set",
+        );
+        // Once from Redis (kept in the L1), then from the L1.
+        let _ = ok(b.lookup::<User>(&key).await, "lookup");
+        match ok(b.lookup::<User>(&key).await, "lookup") {
+            Lookup::Hit {
+                source: Source::Local,
+                value,
+                ..
+            } => check(&value, id),
+            other => panic!("expected an L1 hit, got {other:?}"),
+        }
+        ok(a.invalidate_tag(&tag).await, "invalidate");
+        crate::measure::poll_until("the invalidation never arrived", || async {
+            !matches!(
+                ok(b.lookup::<User>(&key).await, "lookup"),
                 Lookup::Hit {
                     source: Source::Local,
-                    value,
                     ..
-                } => check(&value, id),
-                other => panic!("expected an L1 hit, got {other:?}"),
-            }
-            ok(a.invalidate_tag(&tag).await, "invalidate");
-            let t0 = std::time::Instant::now();
-            loop {
-                match ok(b.lookup::<User>(&key).await, "lookup") {
-                    Lookup::Hit {
-                        source: Source::Local,
-                        ..
-                    } => tokio::task::yield_now().await,
-                    _ => break,
                 }
-                assert!(
-                    t0.elapsed() < Duration::from_secs(5),
-                    "the invalidation never arrived"
-                );
-            }
-            delays.push(t0.elapsed().as_nanos() as u64);
-        }
-        (started.elapsed(), delays)
-    };
-    let _ = run_for(cx.plan.warmup).await;
-    let (elapsed, mut delays) = run_for(cx.plan.round_time).await;
-    Round::of_delays(elapsed, &mut delays)
+            )
+        })
+        .await
+    })
+    .await
 }
 
 /// Keys of each side of the pattern rows (10% of them match): `BENCH_PATTERN_KEYS`, default
