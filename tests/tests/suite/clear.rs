@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use cache_core::{Cache, Error};
 
+use crate::foundation::{calls, Raw};
+
 /// Polls `cond` every 10 ms until it holds; fails after `limit`.
 async fn within<F: std::future::Future<Output = bool>>(
     what: &str,
@@ -283,6 +285,39 @@ async fn another_instance_hears_of_a_clear_through_tracking() {
         None,
         "b heard of the other client's change"
     );
+}
+
+/// The point of knowing the generations in process: once known, a hit through a scope three
+/// levels deep (root, namespace, tenant) is one `GET`, counted by the server itself (an owned
+/// server, so no other test's commands are counted). A clear heard of costs one `MGET` to
+/// learn the new generations, then hits are plain `GET`s again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_the_generations_are_known_a_hit_is_one_get() {
+    let server = tests::RedisServer::start();
+    let cache = tests::redis_cache_at(&server.url());
+    let mut raw = Raw::on(&server.client()).await;
+    cache.sync_local_cache().await; // the generations' tracking is on
+    let cart = cache.namespace("users").tenant(7u64);
+    cart.set("k", &1u32, None).await.expect("set");
+    assert_eq!(get(&cart, "k").await, Some(1));
+
+    raw.reset_command_stats().await;
+    for _ in 0..10 {
+        assert_eq!(get(&cart, "k").await, Some(1));
+    }
+    assert_eq!(raw.command_calls().await, calls(&[("get", 10)]));
+
+    cache
+        .namespace("orders")
+        .clear()
+        .await
+        .expect("clear a sibling");
+    cache.sync_local_cache().await; // its push heard of: the generations read again
+    raw.reset_command_stats().await;
+    for _ in 0..10 {
+        assert_eq!(get(&cart, "k").await, Some(1), "a sibling's clear");
+    }
+    assert_eq!(raw.command_calls().await, calls(&[("get", 9), ("mget", 1)]));
 }
 
 /// `CLIENT TRACKING` connections at `server`, by id.
