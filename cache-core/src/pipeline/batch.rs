@@ -287,9 +287,17 @@ impl Pipeline {
         let mut store = Store::Backend { versions: None };
         if !read.is_empty() {
             let keys: Vec<&str> = read.iter().map(|r| r.2.as_str()).collect();
+            // The scopes' generations too, while this process does not know them
+            // (engine/clear.rs): after the tags' versions, where the checks look for them.
+            let (generation_keys, heard) = self.generations_to_read();
+            let asked: std::borrow::Cow<'_, [String]> = if generation_keys.is_empty() {
+                std::borrow::Cow::Borrowed(&tag_keys)
+            } else {
+                tag_keys.iter().chain(generation_keys).cloned().collect()
+            };
             let found = self
                 .backend_ref()
-                .get_many_with_versions(&keys, &tag_keys)
+                .get_many_with_versions(&keys, &asked)
                 .await
                 .map_err(|e| {
                     let fallback = self.fallback_for(&e);
@@ -301,6 +309,7 @@ impl Pipeline {
             op.read_done(); // ops: read latency
             match found {
                 Ok((values, versions)) => {
+                    self.learn_generations(heard, versions.get(tag_keys.len()..).unwrap_or(&[]));
                     for ((pos, id, full, tags, mark), bytes) in read.into_iter().zip(values) {
                         let known = (tag_keys.as_slice(), versions.as_slice());
                         match self

@@ -320,6 +320,50 @@ async fn once_the_generations_are_known_a_hit_is_one_get() {
     assert_eq!(raw.command_calls().await, calls(&[("get", 9), ("mget", 1)]));
 }
 
+/// Generations not known here (with `strict_clear`, never) are read in the same `MGET` as a
+/// batch's values: one round trip for the batch, not one more per element.
+#[tokio::test]
+async fn a_batch_reads_the_generations_it_does_not_know_with_its_values() {
+    let server = tests::RedisServer::start();
+    let cache = Cache::builder()
+        .url(server.url())
+        .namespace(tests::unique_namespace().as_str())
+        .strict_clear(true)
+        .build()
+        .expect("builds");
+    let users = cache.namespace("users");
+    let mut raw = Raw::on(&server.client()).await;
+    let load = |ids: Vec<u32>| async move {
+        ids.into_iter()
+            .map(|id| (id, id * 2))
+            .collect::<std::collections::HashMap<u32, u32>>()
+    };
+    let key = |id: &u32| format!("u:{id}");
+    let first = users.get_or_set_many(0..10u32, key, None, load).await;
+    assert_eq!(first.len(), 10);
+
+    raw.reset_command_stats().await;
+    let again = users
+        .get_or_set_many(0..10u32, key, None, |_| async {
+            panic!("all ten are cached")
+        })
+        .await;
+    assert_eq!(again, first);
+    assert_eq!(raw.command_calls().await, calls(&[("mget", 1)]));
+
+    users.clear().await.expect("clear");
+    let after = users.get_or_set_many(0..10u32, key, None, load).await;
+    assert_eq!(after, first, "loaded again after the clear");
+    raw.reset_command_stats().await;
+    let cached = users
+        .get_or_set_many(0..10u32, key, None, |_| async {
+            panic!("written after the clear, all ten are hits")
+        })
+        .await;
+    assert_eq!(cached, first);
+    assert_eq!(raw.command_calls().await, calls(&[("mget", 1)]));
+}
+
 /// `CLIENT TRACKING` connections at `server`, by id.
 async fn tracking_clients(server: &tests::RedisServer) -> Vec<String> {
     let mut con = server
