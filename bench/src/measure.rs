@@ -41,12 +41,14 @@ pub struct Round {
 }
 
 impl Round {
-    /// A round of the visibility workloads: each operation's delay in nanoseconds, over
-    /// `elapsed` (no CPU figures: the delays are what they measure).
+    /// A round of `delays.len()` operations over `elapsed`, each taking its delay (in
+    /// nanoseconds); no CPU figures (the caller adds them where it measures them).
     pub fn of_delays(elapsed: std::time::Duration, delays: &mut [u64]) -> Round {
         delays.sort_unstable();
-        let pct =
-            |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize] as f64 / 1_000.0;
+        let pct = |q: f64| match delays.len() {
+            0 => f64::NAN,
+            n => delays[((n - 1) as f64 * q).round() as usize] as f64 / 1_000.0,
+        };
         Round {
             ops: delays.len() as u64,
             ops_with_warmup: delays.len() as u64,
@@ -219,24 +221,7 @@ where
             Err(e) => panic!("a benchmark task did not finish: {e}"),
         }
     }
-    let elapsed = started.elapsed();
-    all.sort_unstable();
-    let pct = |q: f64| -> f64 {
-        if all.is_empty() {
-            return f64::NAN;
-        }
-        let at = ((all.len() - 1) as f64 * q).round() as usize;
-        all[at] as f64 / 1_000.0
-    };
-    Round {
-        ops: all.len() as u64,
-        ops_with_warmup: all.len() as u64,
-        ops_per_sec: all.len() as f64 / elapsed.as_secs_f64(),
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        client_cpu_us: f64::NAN,
-        server_cpu_us: f64::NAN,
-    }
+    Round::of_delays(started.elapsed(), &mut all)
 }
 
 /// CPU time (user + system) this process has used, from `/proc/self/stat`; `None` where that

@@ -215,6 +215,56 @@ pub async fn raw_connection() -> RawConnection {
     }
 }
 
+/// A client with `CLIENT TRACKING` on, as `CLIENT LIST` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackingClient {
+    pub id: String,
+    /// Subscribed to a channel: an L1's tracking connection (the scopes' generations' is not).
+    pub subscribed: bool,
+}
+
+/// The clients with tracking on at the server on `port`.
+pub fn tracking_clients(port: u16) -> Vec<TrackingClient> {
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("a connection to port {port}: {e}"));
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut con)
+        .unwrap_or_else(|e| panic!("CLIENT LIST: {e}"));
+    clients
+        .lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
+        })
+        .filter_map(|l| {
+            let id = l.split(' ').find_map(|f| f.strip_prefix("id="))?;
+            Some(TrackingClient {
+                id: id.to_owned(),
+                subscribed: l.split(' ').any(|f| f == "sub=1"),
+            })
+        })
+        .collect()
+}
+
+/// `CLIENT KILL`s the clients `ids` at the server on `port`; how many were killed.
+pub fn kill_clients(port: u16, ids: &[String]) -> u64 {
+    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .and_then(|c| c.get_connection())
+        .unwrap_or_else(|e| panic!("a connection to port {port}: {e}"));
+    ids.iter()
+        .map(|id| {
+            redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("ID")
+                .arg(id)
+                .query::<u64>(&mut con)
+                .unwrap_or_else(|e| panic!("CLIENT KILL ID {id}: {e}"))
+        })
+        .sum()
+}
+
 /// The pub/sub channels matching `pattern` that have a subscriber, on every server of the
 /// selected [`topology`] (a cluster's classic pub/sub subscriptions live on the node the
 /// subscriber connected to, so each node is asked).

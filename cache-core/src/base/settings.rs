@@ -103,6 +103,13 @@ pub(crate) struct Config {
     pub(crate) local_ttl: Duration,
 }
 
+impl Config {
+    /// The root's key prefix, `<namespace>:`: every key of the cache root starts with it.
+    pub(crate) fn root_prefix(&self) -> String {
+        format!("{}:", self.namespace)
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {

@@ -47,7 +47,7 @@ pub(crate) static GENERATIONS_FEED: Feed = Feed {
     name: "scope generations",
     refused: "every read fetches its scopes' generations with its value",
     subscription: |shared| {
-        let root = format!("{}:", shared.config.namespace);
+        let root = shared.config.root_prefix();
         Some(Subscription {
             prefix: crate::store::breaker::generation_prefix(&root),
             channel: None,
@@ -112,6 +112,24 @@ impl Handle {
         }
         self.ensure_generations_feed();
         (&self.scope.generations, heard)
+    }
+
+    /// The generations of this handle's scopes, if this process knows them all; else the
+    /// `heard` count to learn them with once read
+    /// ([`learn_generations`](Self::learn_generations)).
+    pub(crate) fn known_generations(&self) -> Result<Vec<Option<u64>>, u64> {
+        let generations = &self.shared.generations;
+        let heard = generations.heard();
+        let known = self
+            .scope
+            .generation_cells
+            .iter()
+            .map(|c| generations.known(c).map(Some))
+            .collect::<Option<Vec<_>>>();
+        known.ok_or_else(|| {
+            self.ensure_generations_feed();
+            heard
+        })
     }
 
     /// Generation `i` of this handle's scopes, if this process knows it.

@@ -215,7 +215,7 @@ impl Local {
             feed_started: AtomicBool::new(false),
             tracking: std::sync::RwLock::new(None),
             ttl: config.local_ttl,
-            prefix: format!("{}:", config.namespace),
+            prefix: config.root_prefix(),
             channel: format!("{}:~l1", config.namespace),
         }))
     }

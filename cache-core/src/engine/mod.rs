@@ -114,7 +114,7 @@ impl Handle {
     }
 
     fn with_backend(backend: Backend, config: Config, keyring: Option<Keyring>) -> Handle {
-        let prefix = format!("{}:", config.namespace);
+        let prefix = config.root_prefix();
         let generations = generations::Generations::new(&backend, config.strict_clear);
         let generation = crate::store::breaker::generation_key(&prefix, &prefix);
         let scope = Scope {
@@ -189,7 +189,7 @@ impl Handle {
                 self.scope.generation_cells.clone(),
             )
         } else {
-            let root = format!("{}:", self.shared.config.namespace);
+            let root = self.shared.config.root_prefix();
             let own = crate::store::breaker::generation_key(&root, &prefix);
             let cell = self.shared.generations.cell(&own);
             (

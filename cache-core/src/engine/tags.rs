@@ -63,28 +63,21 @@ pub(crate) async fn current_versions(
         _ => (None, None),
     };
     // The generations known here (tracking on), else read with what is missing.
-    let (to_read, heard) = match generation_versions {
-        Some(_) => (&[][..], 0),
-        None => cache.generations_to_read(),
-    };
-    if generation_versions.is_none() && to_read.is_empty() {
-        generation_versions = (0..generation_count)
-            .map(|i| cache.known_generation(i).map(Some))
-            .collect();
+    let mut heard = 0;
+    if generation_versions.is_none() {
+        match cache.known_generations() {
+            Ok(known) => generation_versions = Some(known),
+            Err(at) => heard = at,
+        }
     }
     if tag_versions.is_none() || generation_versions.is_none() {
-        let keys: Vec<&str> = (tag_versions.is_none().then_some(tag_keys))
-            .into_iter()
-            .flatten()
-            .chain(
-                generation_versions
-                    .is_none()
-                    .then_some(cache.generation_keys())
-                    .into_iter()
-                    .flatten(),
-            )
-            .map(String::as_str)
-            .collect();
+        let mut keys: Vec<&str> = Vec::new();
+        if tag_versions.is_none() {
+            keys.extend(tag_keys.iter().map(String::as_str));
+        }
+        if generation_versions.is_none() {
+            keys.extend(cache.generation_keys().iter().map(String::as_str));
+        }
         let mut read = cache.backend_ref().versions(&keys).await?.into_iter();
         if tag_versions.is_none() {
             tag_versions = Some(read.by_ref().take(tag_keys.len()).collect());

@@ -158,7 +158,7 @@ pub(crate) const GENERATION_MARK: &str = "~clear:";
 /// What the queue escalates to when it is full: a clear of the root, one move of its
 /// generation.
 fn escalation(config: &Config) -> Invalidation {
-    let root = format!("{}:", config.namespace);
+    let root = config.root_prefix();
     Invalidation::Clear(generation_key(&root, &root))
 }
 
@@ -872,7 +872,7 @@ mod tests {
         b.put_back(vec![(Invalidation::Key("k0".into()), Duration::ZERO)]);
         assert_eq!(b.queued(), QUEUE_CAPACITY + 1, "a newer entry is kept");
         let items = b.take_all();
-        let root = format!("{}:", Config::default().namespace);
+        let root = Config::default().root_prefix();
         assert_eq!(
             items.last().map(|(item, _)| item),
             Some(&Invalidation::Clear(generation_key(&root, &root))),

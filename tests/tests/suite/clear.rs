@@ -342,49 +342,20 @@ async fn a_batch_reads_the_generations_it_does_not_know_with_its_values() {
     let first = users.get_or_set_many(0..10u32, key, None, load).await;
     assert_eq!(first.len(), 10);
 
-    raw.reset_command_stats().await;
-    let again = users
-        .get_or_set_many(0..10u32, key, None, |_| async {
-            panic!("all ten are cached")
-        })
-        .await;
-    assert_eq!(again, first);
-    assert_eq!(raw.command_calls().await, calls(&[("mget", 1)]));
+    let all_cached = async |raw: &mut Raw, why: &str| {
+        raw.reset_command_stats().await;
+        let cached = users
+            .get_or_set_many(0..10u32, key, None, |_| async { panic!("{why}") })
+            .await;
+        assert_eq!(cached, first, "{why}");
+        assert_eq!(raw.command_calls().await, calls(&[("mget", 1)]), "{why}");
+    };
+    all_cached(&mut raw, "all ten are cached").await;
 
     users.clear().await.expect("clear");
     let after = users.get_or_set_many(0..10u32, key, None, load).await;
     assert_eq!(after, first, "loaded again after the clear");
-    raw.reset_command_stats().await;
-    let cached = users
-        .get_or_set_many(0..10u32, key, None, |_| async {
-            panic!("written after the clear, all ten are hits")
-        })
-        .await;
-    assert_eq!(cached, first);
-    assert_eq!(raw.command_calls().await, calls(&[("mget", 1)]));
-}
-
-/// `CLIENT TRACKING` connections at `server`, by id.
-async fn tracking_clients(server: &tests::RedisServer) -> Vec<String> {
-    let mut con = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    let clients: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(&mut con)
-        .await
-        .expect("CLIENT LIST");
-    clients
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
-        })
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
-        .map(str::to_owned)
-        .collect()
+    all_cached(&mut raw, "written after the clear, all ten are hits").await;
 }
 
 /// The generations' tracking connection killed: a gap. The instance forgets what it knew
@@ -405,22 +376,15 @@ async fn a_killed_generation_tracking_connection_is_a_gap() {
     b.sync_local_cache().await;
     a.set("k", &1u32, None).await.expect("set");
     assert_eq!(get(&b, "k").await, Some(1));
-    let before = tracking_clients(&server).await;
+    let tracking_ids = || -> Vec<String> {
+        tests::tracking_clients(server.port())
+            .into_iter()
+            .map(|c| c.id)
+            .collect()
+    };
+    let before = tracking_ids();
     assert_eq!(before.len(), 2, "one tracking connection per instance");
-    let mut admin = server
-        .client()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    for id in &before {
-        let _: u64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(id)
-            .query_async(&mut admin)
-            .await
-            .expect("CLIENT KILL");
-    }
+    assert_eq!(tests::kill_clients(server.port(), &before), 2);
     a.clear().await.expect("clear");
     // Whether b noticed the gap yet or not, it trusts nothing it cannot confirm.
     b.sync_local_cache().await;
@@ -428,7 +392,7 @@ async fn a_killed_generation_tracking_connection_is_a_gap() {
     a.set("k", &2u32, None).await.expect("set");
     assert_eq!(get(&b, "k").await, Some(2));
     within("both track again", Duration::from_secs(10), || async {
-        let now = tracking_clients(&server).await;
+        let now = tracking_ids();
         now.len() == 2 && now.iter().all(|id| !before.contains(id))
     })
     .await;

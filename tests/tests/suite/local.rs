@@ -133,30 +133,15 @@ async fn a_killed_tracking_connection_flushes_the_l1_before_it_serves_again() {
         b.get::<u32>("k").await.expect("get") == Some(2)
     })
     .await;
-    // Its tracking connection killed: a gap, which empties the L1.
-    let mut con = server.client().get_connection().expect("connect");
-    let clients: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut con)
-        .expect("client list");
-    // b's: tracking, and subscribed to the L1's channel (`quiet`, without an L1, tracks its
-    // scopes' generations only, unsubscribed).
-    let tracking: Vec<&str> = clients
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
-                && l.split(' ').any(|f| f == "sub=1")
-        })
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+    // Its tracking connection killed: a gap, which empties the L1. b's is the one subscribed
+    // to the L1's channel (`quiet`, without an L1, tracks its scopes' generations only).
+    let tracking: Vec<String> = tests::tracking_clients(server.port())
+        .into_iter()
+        .filter(|c| c.subscribed)
+        .map(|c| c.id)
         .collect();
-    assert_eq!(tracking.len(), 1, "{clients}");
-    let killed: u64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("ID")
-        .arg(tracking[0])
-        .query(&mut con)
-        .expect("kill");
+    assert_eq!(tracking.len(), 1, "{tracking:?}");
+    let killed = tests::kill_clients(server.port(), &tracking);
     assert_eq!(killed, 1);
     eventually("the gap is noticed", || async {
         b.stats().local_flushes >= 1

@@ -56,30 +56,11 @@ async fn reader_and_quiet_writer(builder: impl Fn() -> cache_core::CacheBuilder)
 
 /// `CLIENT KILL`s every client with tracking on at the server on `port`; how many.
 fn kill_tracking_clients(port: u16) -> usize {
-    let mut con = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-        .and_then(|c| c.get_connection())
-        .expect("connect");
-    let clients: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query(&mut con)
-        .expect("CLIENT LIST");
-    let ids: Vec<&str> = clients
-        .lines()
-        .filter(|l| {
-            l.split(' ')
-                .any(|f| f.strip_prefix("flags=").is_some_and(|f| f.contains('t')))
-        })
-        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+    let ids: Vec<String> = tests::tracking_clients(port)
+        .into_iter()
+        .map(|c| c.id)
         .collect();
-    for id in &ids {
-        let _: u64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("ID")
-            .arg(*id)
-            .query(&mut con)
-            .expect("KILL");
-    }
-    ids.len()
+    tests::kill_clients(port, &ids) as usize
 }
 
 /// Kills b's tracking connections on the servers at `ports`: a gap, after which b serves
