@@ -120,6 +120,21 @@ fn millis(d: Duration) -> u64 {
     crate::base::limits::millis(d)
 }
 
+/// A command whose buffers are sized up front for `args` arguments after its name, `bytes`
+/// long in all (a number counted as 20). Grown argument by argument, as `redis::cmd` does,
+/// the buffer of a `SET` of a 100-byte value is reallocated four or five times: 1,400 of the
+/// 21,900 instructions a `set` took, and 2,300 of a `delete`'s 18,200 (callgrind).
+fn command(name: &'static str, args: usize, bytes: usize) -> Cmd {
+    let mut cmd = Cmd::with_capacity(args + 1, name.len() + bytes);
+    cmd.arg(name);
+    cmd
+}
+
+/// The bytes of `keys`, for [`command`].
+fn keys_len<K: AsRef<str>>(keys: &[K]) -> usize {
+    keys.iter().map(|k| k.as_ref().len()).sum()
+}
+
 pub(crate) struct RedisBackend {
     // Built on first use: bb8 spawns its reaper and connectors on the tokio runtime, and a
     // `Cache` may be built before one exists (in a `static`, say).
@@ -619,7 +634,7 @@ impl RedisBackend {
 
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Bytes>> {
         self.breaker.settle_before_read(self).await?;
-        let mut cmd = redis::cmd("GET");
+        let mut cmd = command("GET", 1, key.len());
         cmd.arg(key);
         let value: Option<Vec<u8>> = self.run("GET", cmd).await?;
         Ok(value.map(Bytes::from))
@@ -672,7 +687,11 @@ impl RedisBackend {
         // One command for the value and its tags' versions: cheaper to send and to parse
         // than a GET+MGET pipeline. The reply is taken apart by value, not converted through
         // an intermediate vector: allocations on this path are measurable (see codec::Tags).
-        let mut cmd = redis::cmd("MGET");
+        let mut cmd = command(
+            "MGET",
+            1 + tag_keys.len() + generation_keys.len(),
+            key.len() + keys_len(tag_keys) + keys_len(generation_keys),
+        );
         cmd.arg(key).arg(tag_keys).arg(generation_keys);
         let reply: redis::Value = self.run("MGET", cmd).await?;
         let unexpected = || Error::Command {
@@ -824,7 +843,8 @@ impl RedisBackend {
 
     /// `SET key value [PX ttl]`.
     fn set_cmd(key: &str, value: &[u8], ttl: Option<Duration>) -> Cmd {
-        let mut cmd = redis::cmd("SET");
+        // `SET key value PX ms NX`
+        let mut cmd = command("SET", 5, key.len() + value.len() + 2 + 20 + 2);
         cmd.arg(key).arg(value);
         if let Some(ttl) = ttl {
             cmd.arg("PX").arg(millis(ttl));
@@ -949,7 +969,7 @@ impl RedisBackend {
     /// then changes nothing), or a server older than 6.2 (no `GET` option), goes through the
     /// script, which replaces anything.
     async fn delete_one(&self, key: &str, tombstone: &[u8], hold: Duration) -> Result<u64> {
-        let mut cmd = redis::cmd("SET");
+        let mut cmd = command("SET", 5, key.len() + tombstone.len() + 2 + 20 + 3);
         cmd.arg(key)
             .arg(tombstone)
             .arg("PX")
