@@ -160,6 +160,9 @@ pub(crate) struct Local {
     feed_started: AtomicBool,
     /// The tracking connections while tracking is on, for writers' barriers.
     tracking: std::sync::RwLock<Option<Arc<crate::store::redis::Tracking>>>,
+    /// `tracking` holds connections: what every write asks (a load, where the lock's read
+    /// side is two atomic writes to a line all writers share).
+    tracking_on: AtomicBool,
     ttl: Duration,
     /// The root's prefix (`<namespace>:`): what tracking covers, values and tag versions.
     prefix: String,
@@ -214,6 +217,7 @@ impl Local {
             opens_seen: AtomicU64::new(0),
             feed_started: AtomicBool::new(false),
             tracking: std::sync::RwLock::new(None),
+            tracking_on: AtomicBool::new(false),
             ttl: config.local_ttl,
             prefix: config.root_prefix(),
             channel: format!("{}:~l1", config.namespace),
@@ -222,10 +226,6 @@ impl Local {
 
     fn stripe_index(&self, key: &str) -> usize {
         (self.hasher.hash_one(key) as usize) % STRIPES
-    }
-
-    fn stripe(&self, key: &str) -> &AtomicU64 {
-        &self.stripes[self.stripe_index(key)]
     }
 
     fn mark(&self, key: &str) -> Mark {
@@ -265,12 +265,15 @@ impl Local {
         let _ = tokio::time::timeout(self.barrier_wait, answered.wait_for(|a| *a >= seq)).await;
     }
 
-    /// Asks for a barrier after a write of `keys` (see [`Barriers`]); true when a
-    /// `run_barriers` task must be started.
-    fn owe_barrier<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> bool {
+    /// Drops keys this process wrote, each stripe owing a barrier first (see [`Barriers`]):
+    /// a read that misses them from now on waits for it. True when a `run_barriers` task
+    /// must be started.
+    fn drop_written<'k>(&self, keys: impl IntoIterator<Item = &'k str>) -> bool {
         let seq = self.barriers.requested.fetch_add(1, Ordering::SeqCst) + 1;
         for key in keys {
-            self.barriers.owed[self.stripe_index(key)].fetch_max(seq, Ordering::SeqCst);
+            let index = self.stripe_index(key);
+            self.barriers.owed[index].fetch_max(seq, Ordering::SeqCst);
+            self.drop_key(key, index);
         }
         !self.barriers.running.swap(true, Ordering::SeqCst)
     }
@@ -282,15 +285,19 @@ impl Local {
         self.epoch.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// As [`bump_epoch`](Self::bump_epoch), for the fills of `key`'s stripe only.
-    fn bump_stripe(&self, key: &str) {
-        let _exclusive = self.fill_gate.write().unwrap_or_else(|p| p.into_inner());
-        self.stripe(key).fetch_add(1, Ordering::SeqCst);
+    /// Drops `key` (whose stripe is `index`): as [`bump_epoch`](Self::bump_epoch) for the
+    /// fills of its stripe only, then the entry.
+    fn drop_key(&self, key: &str, index: usize) {
+        {
+            let _exclusive = self.fill_gate.write().unwrap_or_else(|p| p.into_inner());
+            self.stripes[index].fetch_add(1, Ordering::SeqCst);
+        }
+        self.entries.invalidate(key);
     }
 
     fn unchanged(&self, key: &str, mark: Mark) -> bool {
         self.epoch.load(Ordering::SeqCst) == mark.epoch
-            && self.stripe(key).load(Ordering::SeqCst) == mark.stripe
+            && self.stripes[self.stripe_index(key)].load(Ordering::SeqCst) == mark.stripe
     }
 
     /// True when the L1 may serve and fill: its feed is subscribed, and the circuit breaker
@@ -370,11 +377,10 @@ impl Local {
         self.entries.insert(key.to_owned(), Arc::new(entry));
     }
 
-    /// Drops keys (this instance's writes, and the feed's messages).
+    /// Drops keys (this instance's writes while tracking is off, and the feed's messages).
     fn invalidate_keys<'k>(&self, keys: impl IntoIterator<Item = &'k str>) {
         for key in keys {
-            self.bump_stripe(key);
-            self.entries.invalidate(key);
+            self.drop_key(key, self.stripe_index(key));
         }
     }
 
@@ -400,18 +406,6 @@ impl Local {
             .collect();
         for key in doomed {
             self.entries.invalidate(key.as_str());
-        }
-    }
-
-    /// Drops every entry, and forgets every tag, under `prefix` (a scope cleared).
-    #[allow(dead_code)] // the hook of `clear()`, which lands beside this
-    fn invalidate_prefix(&self, prefix: &str) {
-        self.bump_epoch();
-        for (key, _) in self.entries.iter().filter(|(k, _)| k.starts_with(prefix)) {
-            self.entries.invalidate(key.as_str());
-        }
-        for (tag, _) in self.tags.iter().filter(|(k, _)| k.starts_with(prefix)) {
-            self.tags.invalidate(tag.as_str());
         }
     }
 
@@ -583,16 +577,12 @@ pub(crate) async fn after_keys(cache: &Handle, keys: &[&str]) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
     };
-    let tracking_on = local.tracking.read().is_ok_and(|t| t.is_some());
-    if !tracking_on {
+    if !local.tracking_on.load(Ordering::SeqCst) {
         // Nothing to wait for: the L1 does not serve, and is flushed before it does.
         local.invalidate_keys(keys.iter().copied());
         return;
     }
-    // Owed before the keys are dropped: a read that misses them from now on waits.
-    let start = local.owe_barrier(keys.iter().copied());
-    local.invalidate_keys(keys.iter().copied());
-    if start {
+    if local.drop_written(keys.iter().copied()) {
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(run_barriers(Arc::downgrade(&cache.shared)));
@@ -684,15 +674,6 @@ pub(crate) fn pattern_here(cache: &Handle, glob: &str) {
     }
 }
 
-/// A scope cleared: this process's L1 drops every entry and tag under `prefix`. Other
-/// instances see the writes that clear made through tracking.
-#[allow(dead_code)] // the hook of `clear()`, which lands beside this
-pub(crate) fn invalidate_prefix(cache: &Handle, prefix: &str) {
-    if let Some(local) = cache.shared.local.as_deref() {
-        local.invalidate_prefix(prefix);
-    }
-}
-
 async fn publish(cache: &Handle, kind: u8, body: String) {
     let Some(local) = cache.shared.local.as_deref() else {
         return;
@@ -738,6 +719,7 @@ pub(crate) static L1_FEED: Feed = Feed {
         if let Ok(mut slot) = local.tracking.write() {
             *slot = Some(tracking.clone());
         }
+        local.tracking_on.store(true, Ordering::SeqCst);
         local.flush();
         local.opens_seen.store(opens, Ordering::Release);
         local.healthy.store(true, Ordering::Release);
@@ -751,6 +733,7 @@ pub(crate) static L1_FEED: Feed = Feed {
             return;
         };
         local.healthy.store(false, Ordering::Release);
+        local.tracking_on.store(false, Ordering::SeqCst);
         if let Ok(mut slot) = local.tracking.write() {
             *slot = None;
         }
