@@ -300,7 +300,7 @@ impl Handle {
         let mark = match local.map(|l| self.local_read::<T>(l, &full, 0, |_| None, |_| None)) {
             Some(Ok(hit)) => {
                 op.hit(Source::Local); // ops: an L1 hit
-                return Ok(hit);
+                return Ok(hit.into_lookup());
             }
             Some(Err(mark)) => match local {
                 Some(local) => Some(local.settle(&full, mark).await),

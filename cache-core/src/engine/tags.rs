@@ -22,7 +22,9 @@ pub(crate) fn version_key(prefix: &str, tag: &str) -> String {
 
 /// Whether `key` may be a tag's version key (the L1 forgets the tag when tracking reports it).
 pub(crate) fn may_be_version_key(key: &str) -> bool {
-    key.contains(VERSION_KEY_MARK)
+    // Asked of every key tracking reports, and most hold no `~` at all: a byte scan first,
+    // which costs a fraction of setting up the substring search.
+    key.as_bytes().contains(&b'~') && key.contains(VERSION_KEY_MARK)
 }
 
 /// [`version_key`] in place, in the buffer `tag` was rendered into: generated code renders

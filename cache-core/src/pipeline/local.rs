@@ -7,7 +7,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::base::codec;
-use crate::base::source::Lookup;
 use crate::engine::local::{Local, Mark};
 use crate::pipeline::Pipeline;
 use crate::pipeline::glue::Mode;
@@ -28,12 +27,9 @@ impl Pipeline {
             let copy = mode.local_clone(v)?;
             Some(Arc::new(copy) as Arc<dyn Any + Send + Sync>)
         };
-        match self.local_read::<M::Stored>(local, full, fingerprint, |v| mode.local_clone(v), keep)
-        {
-            Ok(Lookup::Hit { value, .. }) => Ok(value),
-            Ok(Lookup::Miss) => Err((None, None)),
-            Err(mark) => Err((Some(local), Some(mark))),
-        }
+        self.local_read::<M::Stored>(local, full, fingerprint, |v| mode.local_clone(v), keep)
+            .map(|hit| hit.value)
+            .map_err(|mark| (Some(local), Some(mark)))
     }
 
     /// Keeps a get-or-compute hit in the L1 (decoded, when the mode can clone it).
