@@ -492,3 +492,32 @@ async fn the_l1_serves_encrypted_values_decrypted_through_the_readers_keyring() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn an_l1_hit_says_how_old_its_value_is() {
+    let (a, b) = pair().await;
+    let heard = b.stats().local_invalidations;
+    let written = Instant::now();
+    a.set("aged", &7u32, None).await.expect("set");
+    // Once b applied Redis's message about the write, nothing drops the copy it reads next.
+    eventually("b hears of the write", || async {
+        b.stats().local_invalidations > heard
+    })
+    .await;
+    assert_eq!(source::<u32>(&b, "aged").await, Some((7, Source::Redis)));
+    // Time passing is what is measured here: the age of the L1's copy grows with it.
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let since_written = written.elapsed();
+    match b.lookup::<u32>("aged").await.expect("lookup") {
+        Lookup::Hit { value, source, age } => {
+            assert_eq!((value, source), (7, Source::Local));
+            // The writer's wall clock against a monotonic one: allow rounding either way.
+            assert!(
+                age + Duration::from_millis(5) >= Duration::from_millis(40)
+                    && age <= since_written + Duration::from_millis(50),
+                "an L1 hit {age:?} old, written {since_written:?} ago"
+            );
+        }
+        Lookup::Miss => panic!("expected an L1 hit"),
+    }
+}
