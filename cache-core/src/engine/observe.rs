@@ -80,10 +80,14 @@ impl Handle {
                 source = tracing::field::Empty,
             ),
         };
+        // A get-or-compute's own duration is read by the `metrics` facade only (see the drop);
+        // its read is timed from `read_begins`.
+        let timed = operation.kind() != Kind::Composite || cfg!(feature = "metrics");
         Op {
             cache: self,
             operation,
-            started: Instant::now(),
+            started: timed.then(Instant::now),
+            read_started: None,
             span,
             outcome: Outcome::Error,
             source: None,
@@ -102,7 +106,10 @@ impl Handle {
 pub(crate) struct Op<'a> {
     cache: &'a Handle,
     operation: Operation,
-    started: Instant,
+    /// `None` for a get-or-compute without the `metrics` facade: nothing reads its duration.
+    started: Option<Instant>,
+    /// When a get-or-compute's read began (its L1 missed), for `read_done`.
+    read_started: Option<Instant>,
     span: tracing::Span,
     outcome: Outcome,
     source: Option<&'static str>,
@@ -151,9 +158,17 @@ impl Op<'_> {
         self.source = Some("compute");
     }
 
-    /// The read of a get-or-compute is over: its latency goes to the read histogram.
+    /// The read of a get-or-compute begins: the L1 (if any) missed, and the backend is next.
+    pub(crate) fn read_begins(&mut self) {
+        self.read_started = Some(Instant::now());
+    }
+
+    /// The read of a get-or-compute is over: its latency (from
+    /// [`read_begins`](Self::read_begins)) goes to the read histogram.
     pub(crate) fn read_done(&self) {
-        let took = self.started.elapsed();
+        let Some(took) = self.read_started.map(|t| t.elapsed()) else {
+            return;
+        };
         self.cache.scope.stats.read_took(took);
         slow_check(self.cache, "get_or_compute (read)", took);
     }
@@ -171,18 +186,24 @@ fn source_label(source: Source) -> &'static str {
 
 impl Drop for Op<'_> {
     fn drop(&mut self) {
-        let took = self.started.elapsed();
-        let stats = &self.cache.scope.stats;
-        match self.operation.kind() {
-            Kind::Read => stats.read_took(took),
-            Kind::Write => stats.write_took(took),
-            Kind::Composite => {}
-        }
         if !self.span.is_disabled() {
             self.span.record("outcome", self.outcome.label());
             if let Some(source) = self.source {
                 self.span.record("source", source);
             }
+        }
+        // A get-or-compute has no histogram of its own (its read has, `read_done`) and no
+        // slow log: without the `metrics` facade nothing reads its duration, and the two
+        // clock reads were a few percent of an L1 hit each.
+        let Some(took) = self.started.map(|t| t.elapsed()) else {
+            return;
+        };
+        let kind = self.operation.kind();
+        let stats = &self.cache.scope.stats;
+        match kind {
+            Kind::Read => stats.read_took(took),
+            Kind::Write => stats.write_took(took),
+            Kind::Composite => {}
         }
         crate::base::metrics::operation(
             &stats.name,
@@ -190,7 +211,7 @@ impl Drop for Op<'_> {
             self.outcome.label(),
             took,
         );
-        if self.operation.kind() != Kind::Composite {
+        if kind != Kind::Composite {
             slow_check(self.cache, self.operation.name(), took);
         }
     }

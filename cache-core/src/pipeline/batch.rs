@@ -241,6 +241,7 @@ impl Pipeline {
         Fut: Future<Output = Result<HashMap<K, T>, E>>,
     {
         let mut op = self.op(Operation::GetOrCompute); // ops: one for the batch
+        op.read_begins(); // ops: the batch's read, its L1 lookups included
         let policy = &options.policy;
         let mut out: HashMap<K, T> = HashMap::with_capacity(elements.len());
         let mut missing: Vec<Missing<K, T>> = Vec::new();

@@ -344,8 +344,15 @@ impl Pipeline {
                 op.hit(crate::base::source::Source::Local); // ops: an L1 hit
                 return mode.restore(hit);
             }
-            Err((Some(local), Some(mark))) => (Some(local), Some(local.settle(full, mark).await)),
-            Err(l1) => l1,
+            Err(l1) => {
+                op.read_begins(); // ops: the read's latency starts here
+                match l1 {
+                    (Some(local), Some(mark)) => {
+                        (Some(local), Some(local.settle(full, mark).await))
+                    }
+                    l1 => l1,
+                }
+            }
         };
         // 1. read
         let epoch = landings();
