@@ -134,16 +134,21 @@ impl RedisBackend {
     /// the reply of the command that made it, so once this returns, the pushes of every
     /// write that returned before it was called have been handed to the push sender.
     pub(crate) async fn tracking_barrier(&self, tracking: &Tracking) -> bool {
-        let pings = tracking.connections.iter().map(|conn| async move {
+        async fn ping(conn: &redis::aio::MultiplexedConnection) -> bool {
+            // Answered within the command timeout (the connections' response timeout) or not.
             redis::cmd("PING")
                 .query_async::<redis::Value>(&mut conn.clone())
                 .await
                 .is_ok()
-        });
-        futures_util::future::join_all(pings)
-            .await
-            .into_iter()
-            .all(|answered| answered)
+        }
+        match tracking.connections.as_slice() {
+            // One server or Sentinel's primary: after every write of a lone writer.
+            [conn] => ping(conn).await,
+            connections => futures_util::future::join_all(connections.iter().map(ping))
+                .await
+                .into_iter()
+                .all(|answered| answered),
+        }
     }
 
     /// True while every tracking connection answers, as a primary, and (on a cluster) the
