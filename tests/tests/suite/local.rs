@@ -507,8 +507,9 @@ async fn an_l1_hit_says_how_old_its_value_is() {
     assert_eq!(source::<u32>(&b, "aged").await, Some((7, Source::Redis)));
     // Time passing is what is measured here: the age of the L1's copy grows with it.
     tokio::time::sleep(Duration::from_millis(40)).await;
-    let since_written = written.elapsed();
-    match b.lookup::<u32>("aged").await.expect("lookup") {
+    let found = b.lookup::<u32>("aged").await.expect("lookup");
+    let since_written = written.elapsed(); // after the lookup: an upper bound of the age
+    match found {
         Lookup::Hit { value, source, age } => {
             assert_eq!((value, source), (7, Source::Local));
             // The writer's wall clock against a monotonic one: allow rounding either way.
