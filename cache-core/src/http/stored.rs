@@ -43,7 +43,15 @@ impl StoredResponse {
     pub(super) fn ttl_left(&self, now_ms: u64) -> i64 {
         let until = self.stored_at_ms.saturating_add(self.fresh_ms) as i128;
         let left_ms = until - now_ms as i128;
-        (left_ms.div_euclid(1000)) as i64
+        // Stale from the millisecond the lifetime is used up (`is_stale`; RFC 9111 §4.2.1:
+        // fresh while the lifetime exceeds the age): at that millisecond, rounding down alone
+        // gave `ttl=0` on a stale response.
+        let secs = if left_ms > 0 {
+            left_ms / 1000
+        } else {
+            (left_ms - 1).div_euclid(1000)
+        };
+        secs as i64
     }
 
     pub(super) fn is_stale(&self, now_ms: u64) -> bool {
@@ -200,6 +208,30 @@ pub(super) fn none_match(if_none_match: &HeaderMap, etag: Option<&HeaderValue>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ttl_left_is_negative_exactly_when_stale() {
+        let stored = StoredResponse {
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            stored_at_ms: 10_000,
+            initial_age: 0,
+            fresh_ms: 1_000,
+            shareable: true,
+        };
+        for (now, ttl) in [
+            (10_000, 1),
+            (10_001, 0),
+            (10_999, 0),
+            (11_000, -1),
+            (11_999, -1),
+            (12_000, -2),
+        ] {
+            assert_eq!(stored.ttl_left(now), ttl, "at {now}");
+            assert_eq!(stored.is_stale(now), ttl < 0, "at {now}");
+        }
+    }
 
     #[test]
     fn entries_round_trip_and_garbage_is_none() {
