@@ -1,4 +1,4 @@
-//! The front door's builder: [`CacheBuilder`](crate::CacheBuilder), from code and from the environment.
+//! The front door's builder: [`CacheBuilder`], from code and from the environment.
 
 use std::time::Duration;
 
@@ -10,7 +10,7 @@ use crate::base::settings::{
 use crate::cache::Cache;
 use crate::engine::Handle;
 
-/// Builds a [`Cache`](crate::Cache): from code, from the environment, or both.
+/// Builds a [`Cache`]: from code, from the environment, or both.
 ///
 /// ```
 /// use std::time::Duration;

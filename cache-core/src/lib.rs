@@ -77,7 +77,7 @@ pub mod key {
 
 // Here rather than beside `KeyBuf` (base/key.rs): an exported macro names public paths,
 // which lib.rs owns.
-/// Builds a key from parts joined by `:`, each escaped through [`KeyPart`](crate::KeyPart).
+/// Builds a key from parts joined by `:`, each escaped through [`KeyPart`].
 ///
 /// ```
 /// let user_id = 42;

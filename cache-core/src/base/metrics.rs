@@ -4,7 +4,7 @@
 //! Labels are low-cardinality: `namespace` (a first-level namespace, bounded per root; see
 //! `observe.rs`), `operation`, `outcome`, `reason`. Never keys, tenants or ids. Durations are
 //! in seconds. The names are listed in the guide's metric table (operations chapter) and described to the
-//! installed recorder by [`describe_metrics`](crate::stats::describe_metrics).
+//! installed recorder by [`describe_metrics`].
 
 #[cfg(feature = "metrics")]
 mod imp {

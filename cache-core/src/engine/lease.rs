@@ -152,8 +152,8 @@ impl MemoryLocks {
 // ---- waiting ---------------------------------------------------------------------------------
 
 /// Wake-ups on the release of one Redis key used as a lock by any process: for the fill lock
-/// of get-or-compute (`compute/fill_lock.rs`), whose release script publishes on the key's
-/// channel as [`Lock`]'s does. Waiting this way is not a poll: the caller still sleeps with a
+/// of get-or-compute (`pipeline/fill_lock.rs`), whose release script publishes on the key's
+/// channel as [`Lock`](crate::lock::Lock)'s does. Waiting this way is not a poll: the caller still sleeps with a
 /// bounded backoff, as a safety net for a missed message.
 pub(crate) struct ReleaseWatch {
     queue: Arc<Queue>,

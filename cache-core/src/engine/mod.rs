@@ -605,7 +605,7 @@ impl Handle {
     }
 
     /// [`encode`](Self::encode) with a stale window: the entry is logically expired after
-    /// `ttl` and kept (to be served stale) for `stale` more (compute.rs).
+    /// `ttl` and kept (to be served stale) for `stale` more (the pipeline's `stale` option).
     #[allow(clippy::too_many_arguments)] // one private step
     pub(crate) fn encode_entry<T: Serialize + 'static>(
         &self,
@@ -617,7 +617,7 @@ impl Handle {
         compute_us: u32,
         fingerprint: u64,
     ) -> Result<Vec<u8>> {
-        // Zero is refused here too, for the paths that encode before they write (compute.rs);
+        // Zero is refused here too, for the paths that encode before they write (the pipeline's);
         // the backends round and clamp the same way (limits::deadline, limits::millis).
         let ttl = crate::base::limits::ttl(ttl)?;
         let now = codec::now_ms();
@@ -818,7 +818,7 @@ pub(crate) enum WriteIf {
     /// A value computed after a read that found this (`None`: nothing): written only if the
     /// key still holds it, so that nothing that changed the key meanwhile is overwritten;
     /// nor if a pattern invalidated after the read matches the key (the
-    /// [`pattern_mark`](crate::Cache::pattern_mark) taken before it).
+    /// [`pattern_mark`](Handle::pattern_mark) taken before it).
     Unchanged(Option<Bytes>, u64),
 }
 

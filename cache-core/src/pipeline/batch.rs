@@ -126,7 +126,7 @@ impl BatchOptions {
         self
     }
 
-    /// Stampede protection ([`FillLock`](crate::compute::FillLock)): per id, as for a single
+    /// Stampede protection ([`FillLock`]): per id, as for a single
     /// key.
     ///
     /// ```

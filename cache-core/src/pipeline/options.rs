@@ -56,7 +56,7 @@ impl Policy {
     };
 
     /// True when a read needs nothing beyond "hit or miss" (the common case keeps the plain
-    /// path of [`Cache::decode_hit`](crate::Cache::decode_hit)).
+    /// path of [`Handle::decode_hit`](crate::engine::Handle::decode_hit)).
     pub(super) fn reads_plainly(&self) -> bool {
         self.stale.is_none() && self.early_refresh_beta <= 0.0
     }

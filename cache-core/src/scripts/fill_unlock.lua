@@ -1,4 +1,4 @@
--- Release of a fill lock by its owner only (compute/fill_lock.rs): a holder whose lease ran
+-- Release of a fill lock by its owner only (pipeline/fill_lock.rs): a holder whose lease ran
 -- out must not release the lock another process took since. The release is published on the
 -- channel named after the lock's key, which wakes the processes waiting for the value.
 -- KEYS[1]: the lock's key; ARGV[1]: the owner token. Returns 1 if released.

@@ -1,5 +1,5 @@
 //! The `tower-sessions` integration (feature `tower-sessions`): [`TowerSessionStore`]
-//! implements its `SessionStore` trait on [`Sessions`](super::Sessions).
+//! implements its `SessionStore` trait on [`Sessions`].
 
 use std::collections::HashMap;
 

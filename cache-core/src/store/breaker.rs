@@ -53,7 +53,7 @@
 //!
 //! # Hooks for other modules
 //!
-//! - [`Cache::breaker`](crate::Cache::breaker): the breaker of a Redis cache (`None` on the memory backend).
+//! - [`Handle::breaker`](crate::engine::Handle::breaker): the breaker of a Redis cache (`None` on the memory backend).
 //! - [`Breaker::state`] and [`Breaker::since_change`]: for `health()`.
 //! - [`Breaker::opens`] (a counter bumped each time it opens, cheap to poll) and
 //!   [`Breaker::subscribe`] (a `tokio::sync::watch` of [`BreakerStatus`]): for an L1 that
@@ -62,8 +62,12 @@
 //!   that failed, as the `SCAN MATCH` glob (full key prefix included); replayed as
 //!   `SCAN MATCH` on every primary + the delete script:
 //!   `redis.not_reached(&err, |b| b.queue_pattern(&glob)).await`.
-//! - [`Cache::fallback_for`](crate::Cache::fallback_for), [`Cache::compute_in_fallback`](crate::Cache::compute_in_fallback), [`Cache::open_fallback`](crate::Cache::open_fallback) and
-//!   [`Cache::put_in_fallback`](crate::Cache::put_in_fallback): called from a few marked lines of `compute.rs`.
+//! - The fallback store of get-or-compute (`pipeline/fallback.rs`:
+//!   [`Pipeline::fallback_for`](crate::pipeline::Pipeline::fallback_for),
+//!   [`open_fallback`](crate::pipeline::Pipeline::open_fallback),
+//!   [`compute_in_fallback`](crate::pipeline::Pipeline::compute_in_fallback) and
+//!   [`put_in_fallback`](crate::pipeline::Pipeline::put_in_fallback)), called from a few marked
+//!   lines of `pipeline/mod.rs`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
