@@ -341,23 +341,31 @@ impl Breaker {
             .failures
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
-        if n >= self.threshold
-            && self
-                .state
-                .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
+        if n < self.threshold || self.state.load(Ordering::Acquire) != CLOSED {
+            return;
+        }
+        // Counted before the state says so: whoever sees the breaker open (a call it turns
+        // away, `state()`) sees the open counted too. Counted after, a caller turned away
+        // could read `breaker_opened == 0` while this thread built the fallback store. A
+        // failure that loses the race to open takes its count back.
+        let opens = self.opens.fetch_add(1, Ordering::Relaxed) + 1;
+        if self
+            .state
+            .compare_exchange(CLOSED, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
         {
-            self.opened(n);
+            self.opened(n, opens);
+        } else {
+            self.opens.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
-    fn opened(&self, failures: u32) {
+    fn opened(&self, failures: u32, opens: u64) {
         if let Ok(mut fallback) = self.fallback.write()
             && fallback.is_none()
         {
             *fallback = Some(Arc::new(MemoryBackend::new(self.fallback_capacity)));
         }
-        let opens = self.opens.fetch_add(1, Ordering::Relaxed) + 1;
         self.changed(BreakerState::Open, opens);
         tracing::warn!(
             failures,
@@ -832,6 +840,27 @@ mod tests {
         ));
         assert!(b.fallback().is_some(), "a fallback store while open");
         assert_eq!(b.counters.rejected.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn a_call_turned_away_sees_the_open_counted() {
+        // The opening thread builds the fallback store between flipping the state and
+        // telling the watchers; a caller turned away meanwhile must still read the open in
+        // the counter (stats, the L1's outage check). Raced on two threads, many times.
+        for _ in 0..300 {
+            let b = Arc::new(breaker(1));
+            let caller = {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    while b.admit("GET").is_ok() {
+                        std::hint::spin_loop();
+                    }
+                    b.opens()
+                })
+            };
+            b.record(&down());
+            assert_eq!(caller.join().expect("the caller"), 1);
+        }
     }
 
     #[test]
