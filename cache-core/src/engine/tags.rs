@@ -185,7 +185,9 @@ pub(crate) async fn still_valid(
         return Ok(true);
     }
     let keys: Vec<&str> = unknown.iter().map(|(k, _)| *k).collect();
-    let current = cache.backend_ref().versions(&keys).await?;
+    // Boxed: a read of versions not known yet is the rare case (a round trip of its own),
+    // and its state would otherwise be part of every read's future.
+    let current = Box::pin(cache.backend_ref().versions(&keys)).await?;
     Ok(unknown
         .iter()
         .zip(current)

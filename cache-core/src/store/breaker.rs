@@ -636,7 +636,9 @@ impl Breaker {
         if self.queued.load(Ordering::Acquire) == 0 && !self.settling.load(Ordering::Acquire) {
             return Ok(());
         }
-        self.settle_queued(redis).await
+        // Boxed: the replay's state (~2.7 KB) would otherwise be part of the future of every
+        // read, which is moved whole each time a caller builds and awaits it.
+        Box::pin(self.settle_queued(redis)).await
     }
 
     /// Replays what is queued, under `settle`, if the breaker is closed (when it is not, the

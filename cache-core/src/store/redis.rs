@@ -240,7 +240,9 @@ impl RedisBackend {
         {
             return Ok(conn.clone());
         }
-        let conn = self.checkout().await?;
+        // Boxed: a checkout (bb8's wait for a connection) is rare, and its state would
+        // otherwise be part of every command's future.
+        let conn = Box::pin(self.checkout()).await?;
         if let Ok(mut guard) = slot.write() {
             *guard = Some(conn.clone());
         }
