@@ -175,7 +175,8 @@ impl Generations {
         self.tracking.read().ok().and_then(|t| t.clone())
     }
 
-    /// True once: the caller starts the feed (and calls [`feed_not_started`](Self::feed_not_started) if it cannot).
+    /// True once: the caller starts the feed (and calls
+    /// [`feed_not_started`](Self::feed_not_started) if it cannot).
     pub(crate) fn claim_feed(&self) -> bool {
         !self.strict
             && !self.feed_started.load(Ordering::Relaxed)

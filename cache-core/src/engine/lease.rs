@@ -153,8 +153,8 @@ impl MemoryLocks {
 
 /// Wake-ups on the release of one Redis key used as a lock by any process: for the fill lock
 /// of get-or-compute (`pipeline/fill_lock.rs`), whose release script publishes on the key's
-/// channel as [`Lock`](crate::lock::Lock)'s does. Waiting this way is not a poll: the caller still sleeps with a
-/// bounded backoff, as a safety net for a missed message.
+/// channel as [`Lock`](crate::lock::Lock)'s does. Waiting this way is not a poll: the caller
+/// still sleeps with a bounded backoff, as a safety net for a missed message.
 pub(crate) struct ReleaseWatch {
     queue: Arc<Queue>,
     // Field order is drop order: the subscription goes before the place in the queue.

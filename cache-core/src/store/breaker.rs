@@ -53,7 +53,8 @@
 //!
 //! # Hooks for other modules
 //!
-//! - [`Handle::breaker`](crate::engine::Handle::breaker): the breaker of a Redis cache (`None` on the memory backend).
+//! - [`Handle::breaker`](crate::engine::Handle::breaker): the breaker of a Redis cache (`None`
+//!   on the memory backend).
 //! - [`Breaker::state`] and [`Breaker::since_change`]: for `health()`.
 //! - [`Breaker::opens`] (a counter bumped each time it opens, cheap to poll) and
 //!   [`Breaker::subscribe`] (a `tokio::sync::watch` of [`BreakerStatus`]): for an L1 that
